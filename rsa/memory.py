@@ -31,14 +31,16 @@ __all__ = ["ScreenedMemory"]
 class ScreenedMemory:
     """Per-sequence state of the memory S ∪ R for a batch of B sequences.
 
+    Each state is stored together with its key as one row ``[h_j | W_k h_j]`` of
+    width 2n, so that moving a state (into S, from S to R) is one tensor operation.
     Tensors kept (B batch, n hidden size, nS = |S|, nR = |R|):
 
-    - ``S_h``, ``S_k`` (B, nS, n): states and keys in the buffer, oldest first.
-    - ``S_score`` (B, nS): relevance scores accumulated so far (no gradient).
-    - ``R_h``, ``R_k`` (B, nR, n), ``R_score`` (B, nR), ``R_index`` (B, nR): the
-      relevant set, slot by slot, with frozen scores and 0-based time indices.
+    - ``S`` (B, nS, 2n): states and keys in the buffer, oldest first;
+      ``S_score`` (B, nS): relevance scores accumulated so far (no gradient).
+    - ``R`` (B, nR, 2n), ``R_score`` (B, nR), ``R_index`` (B, nR): the relevant set,
+      slot by slot, with frozen scores and 0-based time indices.
 
-    ``S_h``/``R_h`` keep their autograd graph: gradients flow back through the
+    ``S`` and ``R`` keep their autograd graph: gradients flow back through the
     attention skip connections to old states (the point of the mechanism). Scores and
     the selection never carry gradient.
     """
@@ -49,34 +51,44 @@ class ScreenedMemory:
             raise ValueError(f"nu must be an int >= 1 (or None for unbounded), got {nu!r}")
         if rho < 0:
             raise ValueError(f"rho must be an int >= 0, got {rho!r}")
-        self.nu, self.rho = nu, rho
-        empty = torch.zeros(batch, 0, hidden, device=device, dtype=dtype)
-        self.S_h = self.S_k = self.R_h = self.R_k = empty
+        self.nu, self.rho, self.n = nu, rho, hidden
+        self.S = self.R = torch.zeros(batch, 0, 2 * hidden, device=device, dtype=dtype)
         self.S_score = torch.zeros(batch, 0, device=device, dtype=dtype)
         self.R_score = torch.zeros(batch, 0, device=device, dtype=dtype)
         self.R_index = torch.zeros(batch, 0, device=device, dtype=torch.long)
         self.S_start = 0  # time index of the oldest state in S (S is contiguous in time)
+        self._slots = torch.arange(rho, device=device).expand(batch, -1)
 
     # -- reading -------------------------------------------------------------------
     def __len__(self) -> int:
-        return self.S_h.shape[1] + self.R_h.shape[1]
+        return self.S.shape[1] + self.R.shape[1]
+
+    def memory(self) -> torch.Tensor:
+        """All states with their keys, R slots first then S: (B, nR + nS, 2n)."""
+        if self.R.shape[1] == 0:
+            return self.S
+        return torch.cat([self.R, self.S], dim=1)
 
     def keys(self) -> torch.Tensor:
-        """Keys of all states in memory, R slots first then S: (B, nR + nS, n)."""
-        if self.R_k.shape[1] == 0:
-            return self.S_k
-        return torch.cat([self.R_k, self.S_k], dim=1)
+        """Keys W_k h_j of all states in memory (order of :meth:`memory`): (B, m, n)."""
+        return self.memory()[..., self.n:]
 
     def values(self) -> torch.Tensor:
-        """The states themselves, in the order of :meth:`keys`: (B, nR + nS, n)."""
-        if self.R_h.shape[1] == 0:
-            return self.S_h
-        return torch.cat([self.R_h, self.S_h], dim=1)
+        """The states h_j themselves (order of :meth:`memory`): (B, m, n)."""
+        return self.memory()[..., :self.n]
+
+    @property
+    def S_h(self) -> torch.Tensor:
+        return self.S[..., :self.n]
+
+    @property
+    def R_h(self) -> torch.Tensor:
+        return self.R[..., :self.n]
 
     def S_index(self) -> torch.Tensor:
         """Time indices of the states in S, oldest first: (nS,) (shared by the batch)."""
-        nS = self.S_h.shape[1]
-        return torch.arange(self.S_start, self.S_start + nS, device=self.S_h.device)
+        nS = self.S.shape[1]
+        return torch.arange(self.S_start, self.S_start + nS, device=self.S.device)
 
     # -- writing -------------------------------------------------------------------
     @torch.no_grad()
@@ -85,44 +97,38 @@ class ScreenedMemory:
 
         States in R do not accumulate: their scores are frozen.
         """
-        nR = self.R_h.shape[1]
+        nR = self.R.shape[1]
         self.S_score = self.S_score + alpha[:, nR:].detach()
 
     def push(self, h: torch.Tensor, k: torch.Tensor) -> None:
         """Append the new state h_t (B, n) with its key k_t = W_k h_t; evict if S is full."""
-        if self.nu is not None and self.S_h.shape[1] == self.nu:
-            leaving = (self.S_h[:, 0], self.S_k[:, 0], self.S_score[:, 0], self.S_start)
-            self.S_h, self.S_k = self.S_h[:, 1:], self.S_k[:, 1:]
-            self.S_score = self.S_score[:, 1:]
+        hk = torch.cat([h, k], dim=1)[:, None]  # (B, 1, 2n)
+        if self.nu is not None and self.S.shape[1] == self.nu:
+            leaving = (self.S[:, 0], self.S_score[:, 0], self.S_start)
+            self.S, self.S_score = self.S[:, 1:], self.S_score[:, 1:]
             self.S_start += 1
             self._consolidate(*leaving)
-        self.S_h = torch.cat([self.S_h, h[:, None]], dim=1)
-        self.S_k = torch.cat([self.S_k, k[:, None]], dim=1)
+        self.S = torch.cat([self.S, hk], dim=1)
         self.S_score = torch.cat([self.S_score, self.S_score.new_zeros(h.shape[0], 1)], dim=1)
 
-    def _consolidate(self, h, k, score, index: int) -> None:
+    def _consolidate(self, hk, score, index: int) -> None:
         """The state that left S enters R, or replaces R's least relevant state."""
         if self.rho == 0:
             return
-        B = h.shape[0]
-        if self.R_h.shape[1] < self.rho:  # R not full yet: same for every example
-            self.R_h = torch.cat([self.R_h, h[:, None]], dim=1)
-            self.R_k = torch.cat([self.R_k, k[:, None]], dim=1)
+        if self.R.shape[1] < self.rho:  # R not full yet: the same for every example
+            self.R = torch.cat([self.R, hk[:, None]], dim=1)
             self.R_score = torch.cat([self.R_score, score[:, None]], dim=1)
             self.R_index = torch.cat(
-                [self.R_index, self.R_index.new_full((B, 1), index)], dim=1)
+                [self.R_index, self.R_index.new_full((hk.shape[0], 1), index)], dim=1)
             return
         with torch.no_grad():
             low = self.R_score.min(dim=1, keepdim=True).values  # (B, 1)
-            slots = torch.arange(self.rho, device=h.device).expand(B, -1)
             # first slot holding the minimum (ties -> lowest slot)
-            j = torch.where(self.R_score == low, slots, self.rho).min(dim=1).values
-            replace = (slots == j[:, None]) & (score[:, None] > low)  # strict >
+            j = torch.where(self.R_score == low, self._slots, self.rho).min(dim=1).values
+            replace = (self._slots == j[:, None]) & (score[:, None] > low)  # strict >
             self.R_score = torch.where(replace, score[:, None], self.R_score)
             self.R_index = torch.where(replace, index, self.R_index)
-        m = replace[:, :, None]
-        self.R_h = torch.where(m, h[:, None], self.R_h)
-        self.R_k = torch.where(m, k[:, None], self.R_k)
+        self.R = torch.where(replace[:, :, None], hk[:, None], self.R)
 
     # -- recording -----------------------------------------------------------------
     @torch.no_grad()
@@ -132,12 +138,12 @@ class ScreenedMemory:
         index (B, slots_R + slots_S) long with -1 for empty slots; score likewise (0 on
         empty); relevant (slots_R + slots_S,) bool marking the R slots.
         """
-        B = self.S_h.shape[0]
-        dev = self.S_h.device
+        B = self.S.shape[0]
+        dev = self.S.device
         K = slots_R + slots_S
         index = torch.full((B, K), -1, dtype=torch.long, device=dev)
         score = torch.zeros(B, K, dtype=self.S_score.dtype, device=dev)
-        nR, nS = self.R_h.shape[1], self.S_h.shape[1]
+        nR, nS = self.R.shape[1], self.S.shape[1]
         index[:, :nR] = self.R_index
         score[:, :nR] = self.R_score
         index[:, slots_R:slots_R + nS] = self.S_index()
@@ -150,7 +156,7 @@ class ScreenedMemory:
         """Place alpha (B, nR + nS) into the fixed slot layout (B, slots_R + slots_S)."""
         B = alpha.shape[0]
         out = alpha.new_zeros(B, slots_R + slots_S)
-        nR, nS = self.R_h.shape[1], self.S_h.shape[1]
+        nR, nS = self.R.shape[1], self.S.shape[1]
         out[:, :nR] = alpha[:, :nR]
         out[:, slots_R:slots_R + nS] = alpha[:, nR:]
         return out

@@ -178,7 +178,9 @@ class _Recurrent(nn.Module):
         if T < 1:
             raise ValueError(f"sequence length T must be >= 1, got {T}")
         n = self.hidden_size
-        Ux = self.U(x)  # (T, B, g n): the input drive of every step in one matmul
+        # the input drive of every step in one matmul; unbind once (indexing Ux[t] per
+        # step would make each backward allocate a (T, B, g n) gradient: O(T^2))
+        Ux = self.U(x).unbind(0)  # T x (B, g n)
         memory = None
         if self.attention is not None:
             nu = self.nu if self.attention == "screened" else None
@@ -195,8 +197,8 @@ class _Recurrent(nn.Module):
                 if memory is None:
                     s = h
                 else:
-                    c, alpha = self.attend(q, memory.keys(), memory.values(),
-                                           freeze_attention)
+                    M = memory.memory()  # (B, m, 2n): [h_j | W_k h_j]
+                    c, alpha = self.attend(q, M[..., n:], M[..., :n], freeze_attention)
                     s = (h + c) / 2  # s_{t-1}
                     q = s
                     memory.add_attention(alpha)

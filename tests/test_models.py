@@ -138,6 +138,7 @@ def test_replacement_rule_first_minimum_strict_greater():
     assert mem.R_index.tolist() == [[0, 1], [2, 1]]
     assert mem.R_score.tolist() == [[0.5, 0.5], [0.7, 0.5]]
     assert mem.R_h[:, :, 0].tolist() == [[0.0, 1.0], [2.0, 1.0]]
+    assert mem.S_index().tolist() == [3]
 
 
 @pytest.mark.parametrize("cls,kw", MODELS[::3] + [MODELS[6], MODELS[12]])
