@@ -1,0 +1,171 @@
+"""``python -m rsa bench``: wall time and peak memory of one training update per model.
+
+The cost claim of ``paper.md`` §2 (MemRNN O(T^2), RelRNN linear in T) and the
+reviewers' request for wall-clock numbers (§7), measured with :mod:`rsa.measure` on the
+copy task: for each model and T in {100, 200, 500, 1000} at B = 10, n = 128, and at
+B = 100 for T = 200, the median time of ``repeats`` updates after ``warmup`` updates,
+the peak extra memory of one update, and the bytes autograd saves for backward.
+Configurations whose estimated memory (:func:`rsa.measure.estimate_memory`) exceeds
+the budget are skipped and say so (MemRNN at large T). The torch thread count is
+printed with the table, since CPU timings depend on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from rsa import io
+from rsa.heads import MODELS
+from rsa.measure import estimate_memory, peak_memory, saved_tensor_bytes, update_time
+
+__all__ = ["run_bench", "markdown_table", "main", "DEFAULT_TS"]
+
+DEFAULT_TS = (100, 200, 500, 1000)
+
+
+def _available_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def run_bench(models=MODELS, Ts=DEFAULT_TS, *, batch: int = 10, hidden_size: int = 128,
+              large_batch: int = 100, large_T: int = 200, repeats: int = 5, warmup: int = 1,
+              device: str = "cpu", memory: bool = True, max_memory_gb: float | None = None,
+              log=None) -> list[dict]:
+    """Measure every (model, T, batch): the ``Ts`` at ``batch``, plus ``large_T`` at
+    ``large_batch`` (0 skips it). Returns one dict per row: model, T, batch, time_ms
+    (median), times_ms, peak_mib and saved_mib (peak extra memory and bytes saved for
+    backward, None without ``memory``), skipped (reason or None), threads, method.
+    ``max_memory_gb`` defaults to half the available RAM (CPU) or 80 % of the free GPU
+    memory. ``log`` (e.g. ``print``) receives one line per row.
+    """
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; accepted: {', '.join(MODELS)}")
+    from rsa.train import _device
+
+    _device(device)  # fails early if CUDA was asked for and is missing
+    if max_memory_gb is None:
+        frac = 0.8 if device.startswith("cuda") else 0.5
+        limit = frac * _available_bytes(device)
+    else:
+        limit = max_memory_gb * 2**30
+    configs = [(T, batch) for T in Ts]
+    if large_batch:
+        configs.append((large_T, large_batch))
+    rows = []
+    for T, B in configs:
+        for m in models:
+            row = {"model": m, "T": T, "batch": B, "time_ms": None, "times_ms": None,
+                   "peak_mib": None, "saved_mib": None, "skipped": None,
+                   "threads": torch.get_num_threads(), "method": None}
+            est = estimate_memory(m, T, batch=B, hidden_size=hidden_size)
+            if est > limit:
+                row["skipped"] = (f"estimated {est / 2**30:.1f} GiB > budget "
+                                  f"{limit / 2**30:.1f} GiB")
+            else:
+                t = update_time(m, T, batch=B, hidden_size=hidden_size, repeats=repeats,
+                                warmup=warmup, device=device)
+                row["time_ms"] = 1e3 * t["median_s"]
+                row["times_ms"] = [1e3 * s for s in t["times_s"]]
+                if memory:
+                    p = peak_memory(m, T, batch=B, hidden_size=hidden_size, device=device)
+                    row["peak_mib"] = p["peak_bytes"] / 2**20
+                    row["method"] = p["method"]
+                    row["saved_mib"] = saved_tensor_bytes(
+                        m, T, batch=B, hidden_size=hidden_size, device=device) / 2**20
+            rows.append(row)
+            if log is not None:
+                log(_row_line(row))
+    return rows
+
+
+def _row_line(row):
+    if row["skipped"]:
+        return f"{row['model']:>8} T={row['T']:<5} B={row['batch']:<4} skipped: {row['skipped']}"
+    mem = "" if row["peak_mib"] is None else f"  {row['peak_mib']:.1f} MiB"
+    return f"{row['model']:>8} T={row['T']:<5} B={row['batch']:<4} {row['time_ms']:.1f} ms{mem}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a markdown table (time per update in ms, peak extra memory and bytes
+    saved for backward in MiB)."""
+    lines = ["| model | T | B | time / update (ms, median) | peak memory (MiB) "
+             "| saved for backward (MiB) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["skipped"]:
+            t = mem = saved = f"skipped ({r['skipped']})"
+        else:
+            t = f"{r['time_ms']:.1f}"
+            mem = "—" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}"
+            saved = "—" if r.get("saved_mib") is None else f"{r['saved_mib']:.1f}"
+        lines.append(f"| {r['model']} | {r['T']} | {r['batch']} | {t} | {mem} | {saved} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rsa bench`` (see ``--help``)."""
+    p = argparse.ArgumentParser(prog="python -m rsa bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--T", nargs="+", type=int, default=list(DEFAULT_TS), help="delays T")
+    p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--large-batch", type=int, default=100, help="extra row's batch (0: none)")
+    p.add_argument("--large-T", type=int, default=200, help="extra row's T")
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-memory", action="store_true", help="time only")
+    p.add_argument("--max-memory-gb", type=float, default=None,
+                   help="skip configurations estimated above this (default: half the free "
+                        "RAM, or 80%% of free GPU memory)")
+    p.add_argument("--out", default=None,
+                   help="folder for bench.json, bench.csv, bench.md and manifest.json")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    a = p.parse_args(argv)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    rows = run_bench(a.models, a.T, batch=a.batch, hidden_size=a.hidden_size,
+                     large_batch=a.large_batch, large_T=a.large_T, repeats=a.repeats,
+                     warmup=a.warmup, device=a.device, memory=not a.no_memory,
+                     max_memory_gb=a.max_memory_gb,
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
+    wall = time.perf_counter() - t0
+    methods = sorted({r["method"] for r in rows if r["method"]})
+    header = (f"copy task, n = {a.hidden_size}, device {a.device}, torch threads "
+              f"{torch.get_num_threads()}, median of {a.repeats} updates after "
+              f"{a.warmup} warm-up\n"
+              f"peak memory: extra memory of one update "
+              f"({'; '.join(methods) or 'not measured'}); saved for backward: bytes autograd "
+              f"keeps for the backward pass")
+    table = markdown_table(rows)
+    print(header + "\n\n" + table)
+    if a.out:
+        out = Path(a.out)
+        io.write_json(out / "bench.json", {"rows": rows, "header": header})
+        io.write_csv(out / "bench.csv", [{k: v for k, v in r.items() if k != "times_ms"}
+                                         for r in rows])
+        io.atomic_write_text(out / "bench.md", header + "\n\n" + table + "\n")
+        cmd = shlex.join(["python", "-m", "rsa", "bench", *argv])
+        io.write_json(out / "manifest.json", io.build_manifest(
+            vars(a), seed=0, device=a.device, wall_time_s=wall, command=cmd,
+            files=["bench.json", "bench.csv", "bench.md", "manifest.json"]))
+    return 0

@@ -1,0 +1,138 @@
+"""A recurrent core plus the task's read-out and loss (``paper.md`` §4).
+
+:class:`TaskModel` puts a linear read-out n -> classes on a core model of
+:mod:`rsa.models`:
+
+- copy/denoise: logits at every step, (L, B, C); the training loss is the
+  cross-entropy averaged over all L steps and the batch; the accuracy is over the last
+  10 steps (the answer steps). :meth:`TaskModel.answer_loss` is the cross-entropy on the
+  answer steps only, the loss whose gradient the chapter *Gradient propagation*
+  measures (:func:`rsa.measure.grad_norms`).
+- classification: logits from the last hidden state h_L, (B, C).
+
+:func:`build_model` makes a core by name, checking the combination of options.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rsa.tasks import N_DATA, TaskSpec, get_task
+
+__all__ = ["MODELS", "build_model", "TaskModel", "build_task_model"]
+
+MODELS = ("rnn", "lstm", "memrnn", "relrnn", "rellstm")
+_SCREENED = ("relrnn", "rellstm")
+_RNN_FAMILY = ("rnn", "memrnn", "relrnn")
+_NONLINEARITIES = ("tanh", "modrelu")
+_RNN_INITS = ("orthogonal", "orthogonal_random", "xavier")
+
+
+def _model_classes():
+    from rsa.models import LSTM, RNN, MemRNN, RelLSTM, RelRNN
+
+    return {"rnn": RNN, "lstm": LSTM, "memrnn": MemRNN, "relrnn": RelRNN, "rellstm": RelLSTM}
+
+
+def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | None = None,
+                rho: int | None = None, nonlinearity: str | None = None,
+                init: str | None = None) -> nn.Module:
+    """The core model ``model_name`` in {"rnn", "lstm", "memrnn", "relrnn", "rellstm"}.
+
+    ``None`` options take the model's default (RelRNN/RelLSTM: nu=10, rho=15; RNN
+    family: tanh, orthogonal init; LSTMs: xavier). Raises ValueError, naming the value
+    and what is accepted, for an unknown name, nu < 1, rho < 0, nu/rho on a model
+    without screening, a nonlinearity on an LSTM, or an unknown init.
+    """
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r}; accepted: {', '.join(MODELS)}")
+    kwargs: dict = {}
+    if model_name in _SCREENED:
+        for name, val, low in (("nu", nu, 1), ("rho", rho, 0)):
+            if val is None:
+                continue
+            if isinstance(val, bool) or not isinstance(val, int) or val < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
+            kwargs[name] = val
+    elif nu is not None or rho is not None:
+        raise ValueError(f"nu and rho apply to {' and '.join(_SCREENED)} only; model "
+                         f"{model_name!r} got nu={nu!r}, rho={rho!r} (leave them None)")
+    if model_name in _RNN_FAMILY:
+        if nonlinearity is not None:
+            if nonlinearity not in _NONLINEARITIES:
+                raise ValueError(f"nonlinearity must be one of {_NONLINEARITIES}, "
+                                 f"got {nonlinearity!r}")
+            kwargs["nonlinearity"] = nonlinearity
+        if init is not None:
+            if init not in _RNN_INITS:
+                raise ValueError(f"init for {model_name!r} must be one of {_RNN_INITS}, "
+                                 f"got {init!r}")
+            kwargs["init"] = init
+    else:
+        if nonlinearity is not None:
+            raise ValueError(f"model {model_name!r} has LSTM gates and takes no "
+                             f"nonlinearity (got {nonlinearity!r}); nonlinearity applies "
+                             f"to {', '.join(_RNN_FAMILY)}")
+        if init is not None:
+            if init != "xavier":
+                raise ValueError(f"init for {model_name!r} must be 'xavier', got {init!r}")
+            kwargs["init"] = init
+    return _model_classes()[model_name](input_size, hidden_size, **kwargs)
+
+
+class TaskModel(nn.Module):
+    """``core`` + linear read-out + the loss and accuracy of ``task``.
+
+    ``model(x)`` returns logits: (L, B, C) for copy/denoise, (B, C) for classification;
+    ``model(x, record=True)`` also returns the core's :class:`rsa.models.Trace`.
+    """
+
+    def __init__(self, core: nn.Module, task: str | TaskSpec):
+        super().__init__()
+        self.task = get_task(task)
+        if core.input_size != self.task.input_size:
+            raise ValueError(f"task {self.task.name!r} has input size "
+                             f"{self.task.input_size}, core has {core.input_size}")
+        self.core = core
+        self.readout = nn.Linear(core.hidden_size, self.task.n_classes)
+
+    @property
+    def sequence_output(self) -> bool:
+        return self.task.kind == "sequence"
+
+    def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
+        out = self.core(x, record=record, freeze_attention=freeze_attention)
+        H, trace = out if record else (out, None)  # H: (L, B, n)
+        logits = self.readout(H if self.sequence_output else H[-1])
+        return (logits, trace) if record else logits
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training loss: cross-entropy averaged over all steps (and the batch)."""
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def answer_steps(self, length: int) -> range:
+        """0-based steps that carry an answer: the last 10 (copy/denoise) or the last."""
+        return range(length - N_DATA, length) if self.sequence_output else \
+            range(length - 1, length)
+
+    def answer_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on the answer steps only (same as :meth:`loss` when classifying)."""
+        if not self.sequence_output:
+            return self.loss(logits, y)
+        return self.loss(logits[-N_DATA:], y[-N_DATA:])
+
+    @torch.no_grad()
+    def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Fraction of correct predictions on the answer steps (a 0-dim tensor)."""
+        if self.sequence_output:
+            logits, y = logits[-N_DATA:], y[-N_DATA:]
+        return (logits.argmax(-1) == y).float().mean()
+
+
+def build_task_model(model_name: str, task: str | TaskSpec, hidden_size: int, **options
+                     ) -> TaskModel:
+    """:func:`build_model` with the task's input size, wrapped in a :class:`TaskModel`."""
+    spec = get_task(task)
+    return TaskModel(build_model(model_name, spec.input_size, hidden_size, **options), spec)

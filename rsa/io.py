@@ -1,0 +1,267 @@
+"""Files of a run: atomic writes, the manifest, and loaders that say how to regenerate.
+
+Every result under ``data/`` or a run folder is written *atomically*: the bytes go to a
+temporary file in the same folder, which is flushed, fsync'ed and then renamed over the
+target with :func:`os.replace` (atomic on POSIX and Windows). A reader therefore sees
+either the old file or the complete new one, never a partial file, even if the writer
+is killed midway. Long results carry a ``manifest.json`` (:func:`build_manifest`):
+parameters, seed, git commit, library versions, device, wall time and the command that
+regenerates them; the loaders quote that command when a file is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "atomic_open", "atomic_write_text", "atomic_write_bytes", "write_json", "write_csv",
+    "atomic_torch_save", "build_manifest", "machine_description", "git_commit",
+    "load_json", "load_csv", "load_manifest", "load_run",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[Any]:
+    """Open ``path`` for writing so that it appears only complete, or not at all.
+
+    Yields a file object on a temporary file next to ``path``; on normal exit the file
+    is flushed, fsync'ed and renamed over ``path``. On any exception the temporary file
+    is removed, ``path`` keeps its previous content (if any), and the exception
+    propagates.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        if mode == "w":
+            kwargs.setdefault("encoding", "utf-8")
+            kwargs.setdefault("newline", "")
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types; non-finite floats become ``null`` (JSON has no NaN/inf)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _jsonable(obj.item())
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically. NaN and inf are written as ``null``."""
+    with atomic_open(path, "w") as f:
+        json.dump(_jsonable(obj), f, indent=2, allow_nan=False)
+        f.write("\n")
+    return Path(path)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+              fieldnames: Sequence[str] | None = None) -> Path:
+    """Write a list of dicts as CSV with a header, atomically.
+
+    Columns are ``fieldnames`` or the keys of the rows in order of first appearance.
+    """
+    if fieldnames is None:
+        fieldnames = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_open(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fieldnames), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return Path(path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically (serialised in memory first)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+# -- manifest ---------------------------------------------------------------------------
+
+def git_commit(root: str | os.PathLike = REPO_ROOT) -> dict[str, Any]:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the repository at ``root``.
+
+    ``dirty`` is True when tracked files differ from the commit, so a reader knows the
+    commit alone may not reproduce the result.
+    """
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": sha, "dirty": dirty}
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device: str = "cpu") -> dict[str, Any]:
+    """What the run ran on, without the host name: OS, CPU model, core and thread
+    counts, memory, and the GPU for a CUDA device."""
+    import torch
+
+    desc: dict[str, Any] = {
+        "os": f"{platform.system()} {platform.release()}",
+        "arch": platform.machine(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        desc["memory_gb"] = round(
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.device(device))
+        desc["gpu"] = props.name
+        desc["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
+        desc["cuda"] = torch.version.cuda
+    return desc
+
+
+def build_manifest(parameters: Mapping[str, Any], *, seed: int | None, device: str = "cpu",
+                   wall_time_s: float | None = None, command: str | None = None,
+                   argv: Sequence[str] | None = None, files: Sequence[str] = (),
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a result: enough to know where it came from and how to redo it.
+
+    ``command`` is the shell command that regenerates the result (quoted by the loaders
+    when a file is missing); ``argv`` the command line actually run (defaults to
+    ``sys.argv``). No host name is recorded.
+    """
+    import numpy
+    import torch
+
+    import rsa
+
+    manifest = {
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "argv": shlex.join(sys.argv if argv is None else argv),
+        "parameters": dict(parameters),
+        "seed": seed,
+        "git": git_commit(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": numpy.__version__,
+            "rsa": getattr(rsa, "__version__", None),
+        },
+        "machine": machine_description(device),
+        "wall_time_s": wall_time_s,
+        "files": list(files),
+    }
+    if extra:
+        manifest.update(extra)
+    return _jsonable(manifest)
+
+
+# -- loaders ----------------------------------------------------------------------------
+
+def _missing(path: Path, regenerate: str | None) -> FileNotFoundError:
+    if regenerate is None:
+        manifest = path.parent / "manifest.json"
+        with contextlib.suppress(OSError, ValueError):
+            regenerate = json.loads(manifest.read_text()).get("command")
+    how = (f"regenerate it with:\n    {regenerate}" if regenerate
+           else "no command to regenerate it is recorded (no manifest.json next to it)")
+    return FileNotFoundError(f"result file {str(path)!r} not found; {how}")
+
+
+def load_json(path: str | os.PathLike, regenerate: str | None = None) -> Any:
+    """Read a JSON result. If it is missing, raise FileNotFoundError naming the file and
+    the command that regenerates it (``regenerate``, else the ``command`` of a
+    ``manifest.json`` in the same folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, regenerate)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_csv(path: str | os.PathLike, regenerate: str | None = None):
+    """Read a CSV result as a pandas DataFrame; missing files fail as in :func:`load_json`."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, regenerate)
+    return pd.read_csv(path)
+
+
+def load_manifest(folder: str | os.PathLike, regenerate: str | None = None) -> dict:
+    """Read ``folder/manifest.json``; missing files fail as in :func:`load_json`."""
+    return load_json(Path(folder) / "manifest.json", regenerate)
+
+
+def load_run(folder: str | os.PathLike, regenerate: str | None = None) -> dict[str, Any]:
+    """A training run's outputs (:func:`rsa.train.train` with ``out_dir``): a dict with
+    ``config``, ``summary``, ``complete`` (False for an interrupted run), ``history`` (a
+    pandas DataFrame, one row per evaluation) and ``manifest``. Missing files fail as in
+    :func:`load_json`."""
+    import pandas as pd
+
+    folder = Path(folder)
+    results = load_json(folder / "results.json", regenerate)
+    return {"config": results["config"], "summary": results["summary"],
+            "complete": results.get("complete", True),
+            "history": pd.DataFrame(results["history"]),
+            "manifest": load_manifest(folder, regenerate)}

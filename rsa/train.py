@@ -1,0 +1,549 @@
+"""Training: one entry point, :func:`train`, for Python and ``python -m rsa train``.
+
+Defaults are the authors' per task (``paper.md`` §5; :func:`resolve_config` fills
+them); the chapters *Copy and denoise* and *Pixel classification* use this loop.
+
+A run with an output folder writes, atomically (:mod:`rsa.io`):
+
+- ``results.json``: resolved config, history (one row every ``eval_every`` updates:
+  step, mean training loss/accuracy since the last row, validation loss/accuracy, wall
+  time) and summary (the step at which validation accuracy first reached 100 %, the best
+  accuracy with its step, the final validation and, for classification, test loss and
+  accuracy); ``history.csv``: the same history as a table;
+- ``manifest.json``: parameters, seed, git commit, versions, device, machine, wall
+  time, command line and the command that regenerates the run;
+- ``checkpoint.pt``: model, optimizer, data-generator and torch RNG states, step,
+  history and the running sums of the current interval, every ``checkpoint_every``
+  updates, at the end, and when the run is interrupted (Ctrl-C / SIGTERM: the loop
+  finishes the current update, saves, then stops). Running the same command again
+  resumes from it, and the resumed run is identical, update for update, to an
+  uninterrupted one (``tests/test_train.py`` checks this exactly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import shlex
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rsa import io
+from rsa.heads import MODELS, TaskModel, build_task_model
+from rsa.tasks import (
+    DIGITS_SPLIT,
+    MNIST_VALIDATION,
+    PixelBatches,
+    get_task,
+    load_pixel_data,
+    make_generator,
+    synthetic_batch,
+)
+
+__all__ = ["TrainConfig", "TrainResult", "DeviceUnavailableError", "resolve_config", "train",
+           "train_step", "evaluate", "make_optimizer", "load_trained", "config_command",
+           "OPTIMIZERS"]
+
+OPTIMIZERS = ("rmsprop", "adam")
+CHECKPOINT = "checkpoint.pt"
+# A validation set is drawn from its own stream, so training batches never repeat it.
+VALIDATION_SEED_OFFSET = 1_000_000
+# Fields that must match to resume from a checkpoint (steps may grow; device, output
+# folder, progress bar and data folder may change).
+_IDENTITY = ("model", "task", "T", "hidden_size", "optimizer", "lr", "clip", "batch", "seed",
+             "nu", "rho", "nonlinearity", "init", "eval_every", "eval_batch")
+
+
+class DeviceUnavailableError(RuntimeError):
+    """A CUDA device was requested but is not available."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. ``None`` means "the task's default" (paper.md §5).
+
+    Defaults for copy / denoise, then for the pixel tasks (digits, pdigits, mnist,
+    pmnist):
+
+    - ``T``: 100 (the delay; sequences have T + 20 steps) / fixed by the data (64, 784)
+    - ``hidden_size``: 128 / 100
+    - ``optimizer``: "rmsprop" (alpha = 0.99) / "adam"
+    - ``lr``: 1e-3, but 2e-4 for relrnn on copy at T >= 1000 / 1e-4 for the RNN family,
+      1e-3 for the LSTMs
+    - ``clip`` (gradient norm; 0 disables): 1.0 / 1.0
+    - ``batch``: 10 / 100
+    - ``steps`` (updates): 200000 / 200 epochs
+    - ``eval_every``: 100 / one epoch
+    - ``eval_batch``: 100 validation sequences / 500 (evaluation chunk size)
+    - ``nonlinearity`` (RNN family): modrelu, but tanh for relrnn on copy / modrelu
+    - ``nu``, ``rho`` (relrnn, rellstm): 10, 15 (copy), 15, 15 (denoise) / 10, 10
+    - ``checkpoint_every``: ``eval_every``; ``seed``: 0; ``device``: "cpu".
+
+    ``out_dir=None`` writes nothing. ``data_dir`` is the MNIST folder (default
+    ``data/mnist``).
+    """
+
+    model: str = "relrnn"
+    task: str = "copy"
+    T: int | None = None
+    hidden_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    clip: float | None = None
+    batch: int | None = None
+    steps: int | None = None
+    eval_every: int | None = None
+    eval_batch: int | None = None
+    checkpoint_every: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    nu: int | None = None
+    rho: int | None = None
+    nonlinearity: str | None = None
+    init: str | None = None
+    out_dir: str | None = None
+    data_dir: str | None = None
+    progress: bool = True
+    resume: bool = True
+    stop_at_perfect: bool = False
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: resolved config, history rows, summary, the trained
+    :class:`~rsa.heads.TaskModel`, and the output folder (None if nothing was written)."""
+
+    config: dict
+    history: list[dict]
+    summary: dict
+    model: TaskModel = field(repr=False)
+    out_dir: Path | None = None
+
+
+# -- configuration ------------------------------------------------------------------------
+
+def _int(name, value, low=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def _n_train(task: str) -> int:
+    return DIGITS_SPLIT["train"] if task in ("digits", "pdigits") else 60000 - MNIST_VALIDATION
+
+
+def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> TrainConfig:
+    """A copy of ``config`` (a :class:`TrainConfig`, a dict, or None) with ``overrides``
+    applied, every ``None`` replaced by the task's default, and every value checked.
+
+    Raises ValueError naming the bad value and what is accepted.
+    """
+    if config is None:
+        config = {}
+    if isinstance(config, TrainConfig):
+        config = asdict(config)
+    config = {**config, **overrides}
+    names = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(config) - set(names))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; accepted: {', '.join(names)}")
+    c = TrainConfig(**config)
+
+    if c.model not in MODELS:
+        raise ValueError(f"unknown model {c.model!r}; accepted: {', '.join(MODELS)}")
+    spec = get_task(c.task)
+    lstm = c.model in ("lstm", "rellstm")
+    if spec.kind == "sequence":
+        c.T = 100 if c.T is None else _int("T", c.T)
+    elif c.T is not None and c.T != spec.length:
+        raise ValueError(f"task {c.task!r} has fixed length {spec.length}; T must be None "
+                         f"or {spec.length}, got {c.T!r}")
+    else:
+        c.T = spec.length
+    seq = spec.kind == "sequence"
+    c.hidden_size = _int("hidden_size", (128 if seq else 100) if c.hidden_size is None
+                         else c.hidden_size)
+    c.optimizer = c.optimizer or ("rmsprop" if seq else "adam")
+    if c.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {c.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
+    if c.lr is None:
+        if seq:
+            c.lr = 2e-4 if (c.task == "copy" and c.model == "relrnn" and c.T >= 1000) else 1e-3
+        else:
+            c.lr = 1e-3 if lstm else 1e-4
+    if isinstance(c.lr, bool) or not isinstance(c.lr, int | float) or not (
+            math.isfinite(c.lr) and c.lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {c.lr!r}")
+    c.lr = float(c.lr)
+    c.clip = 1.0 if c.clip is None else c.clip
+    if isinstance(c.clip, bool) or not isinstance(c.clip, int | float) or not (
+            math.isfinite(c.clip) and c.clip >= 0):
+        raise ValueError(f"clip must be a finite number >= 0 (0 disables clipping), "
+                         f"got {c.clip!r}")
+    c.clip = float(c.clip)
+    c.batch = _int("batch", (10 if seq else 100) if c.batch is None else c.batch)
+    per_epoch = None if seq else math.ceil(_n_train(c.task) / c.batch)
+    c.steps = _int("steps", (200_000 if seq else 200 * per_epoch) if c.steps is None
+                   else c.steps)
+    c.eval_every = _int("eval_every", (100 if seq else per_epoch) if c.eval_every is None
+                        else c.eval_every)
+    c.eval_batch = _int("eval_batch", (100 if seq else 500) if c.eval_batch is None
+                        else c.eval_batch)
+    c.checkpoint_every = _int("checkpoint_every", c.eval_every if c.checkpoint_every is None
+                              else c.checkpoint_every)
+    c.seed = _int("seed", c.seed, 0)
+    _check_device_name(c.device)
+    if c.model in ("relrnn", "rellstm"):
+        nu, rho = {"copy": (10, 15), "denoise": (15, 15)}.get(c.task, (10, 10))
+        c.nu = nu if c.nu is None else c.nu
+        c.rho = rho if c.rho is None else c.rho
+    if not lstm and c.nonlinearity is None:
+        c.nonlinearity = "tanh" if (c.task == "copy" and c.model == "relrnn") else "modrelu"
+    for name in ("progress", "resume", "stop_at_perfect"):
+        if not isinstance(getattr(c, name), bool):
+            raise ValueError(f"{name} must be a bool, got {getattr(c, name)!r}")
+    # let the model factory check nu/rho/nonlinearity/init combinations now, not later
+    with torch.random.fork_rng(devices=[]):  # without touching the caller's RNG
+        build_task_model(c.model, c.task, 1, nu=c.nu, rho=c.rho,
+                         nonlinearity=c.nonlinearity, init=c.init)
+    return c
+
+
+def _check_device_name(device: str) -> None:
+    if not isinstance(device, str) or not (device == "cpu" or device == "cuda"
+                                           or (device.startswith("cuda:")
+                                               and device[5:].isdigit())):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def _device(device: str) -> torch.device:
+    _check_device_name(device)
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"device {device!r} requested but CUDA is not available "
+                f"(torch {torch.__version__}); use device='cpu'")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA "
+                f"device(s) exist")
+    return torch.device(device)
+
+
+def config_command(config: TrainConfig) -> str:
+    """The ``python -m rsa train ...`` command equivalent to a resolved config."""
+    args = ["python", "-m", "rsa", "train"]
+    skip = {"progress", "resume", "stop_at_perfect"}
+    for f in fields(TrainConfig):
+        v = getattr(config, f.name)
+        if f.name in skip or v is None:
+            continue
+        args += [f"--{f.name.replace('_', '-')}", str(v)]
+    if not config.progress:
+        args.append("--no-progress")
+    if config.stop_at_perfect:
+        args.append("--stop-at-perfect")
+    return shlex.join(args)
+
+
+# -- one update and evaluation ----------------------------------------------------------------
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """RMSprop(alpha=0.99) or Adam with learning rate ``lr``."""
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.99)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; accepted: {', '.join(OPTIMIZERS)}")
+
+
+def train_step(model: TaskModel, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, clip: float) -> tuple[float, float]:
+    """One training update: forward, loss, backward, clip the gradient norm to ``clip``
+    (0: no clipping), optimizer step. Returns (loss, accuracy) of the batch."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = model.loss(logits, y)
+    loss.backward()
+    if clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return loss.item(), model.accuracy(logits.detach(), y).item()
+
+
+@torch.no_grad()
+def evaluate(model: TaskModel, batches) -> dict[str, float]:
+    """Loss and accuracy over an iterable of (x, y) batches, weighted by batch size."""
+    was_training = model.training
+    model.eval()
+    loss = acc = 0.0
+    count = 0
+    try:
+        for x, y in batches:
+            logits = model(x)
+            b = x.shape[1]
+            loss += model.loss(logits, y).item() * b
+            acc += model.accuracy(logits, y).item() * b
+            count += b
+    finally:
+        model.train(was_training)
+    return {"loss": loss / count, "accuracy": acc / count}
+
+
+class _SyntheticStream:
+    """Fresh copy/denoise batches from one seeded generator (state saved for resume)."""
+
+    def __init__(self, task, T, batch, seed, device):
+        self.task, self.T, self.batch, self.device = task, T, batch, device
+        self.generator = make_generator(seed)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return synthetic_batch(self.task, self.T, self.batch, self.generator, self.device)
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+
+
+def _data(c: TrainConfig, device):
+    """(training stream, validation batches (a list), test batches or None, steps/epoch)."""
+    spec = get_task(c.task)
+    if spec.kind == "sequence":
+        stream = _SyntheticStream(spec, c.T, c.batch, c.seed, device)
+        val = [synthetic_batch(spec, c.T, c.eval_batch,
+                               make_generator(c.seed + VALIDATION_SEED_OFFSET), device)]
+        return stream, val, None, None
+    data = load_pixel_data(spec, c.data_dir)
+    stream = PixelBatches(*data.train, c.batch, make_generator(c.seed), device)
+    val = list(data.batches("validation", c.eval_batch, device))
+    test = list(data.batches("test", c.eval_batch, device))
+    return stream, val, test, stream.steps_per_epoch
+
+
+# -- interruption --------------------------------------------------------------------------
+
+class _Interrupt:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between updates (main thread only),
+    so the state saved on interruption is always that of a whole number of updates."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second signal stops at once
+            old = self._old.get(signum)
+            if callable(old):
+                old(signum, frame)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def raise_(self):
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt("training interrupted; checkpoint saved")
+        raise SystemExit(128 + self.signum)
+
+
+# -- the loop ----------------------------------------------------------------------------
+
+def _summary(history, state, steps_per_epoch, n_params):
+    s = {
+        "steps_done": state["step"],
+        "first_perfect_step": state["first_perfect_step"],
+        "best_val_accuracy": state["best_val_accuracy"],
+        "best_step": state["best_step"],
+        "final_val_loss": history[-1]["val_loss"] if history else None,
+        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "wall_time_s": state["wall_time_s"],
+        "train_time_s": state["train_time_s"],
+        "stopped_early": state["stopped_early"],
+        "n_parameters": n_params,
+    }
+    if steps_per_epoch:
+        s["epochs"] = state["step"] / steps_per_epoch
+    return s
+
+
+def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = None,
+          **overrides) -> TrainResult:
+    """Train a model on a task; see :class:`TrainConfig` for the fields and defaults.
+
+    ``train(model="relrnn", task="copy", T=100, steps=2000, out_dir="runs/x")`` or
+    ``train(TrainConfig(...))``. With ``out_dir`` and ``resume=True`` an existing
+    checkpoint there is resumed (its config must match on the fields that determine the
+    result; ``steps`` may be larger). ``argv`` is the command line recorded in the
+    manifest (defaults to ``sys.argv``).
+    """
+    c = resolve_config(config, **overrides)
+    device = _device(c.device)
+    spec = get_task(c.task)
+    out = Path(c.out_dir) if c.out_dir is not None else None
+
+    torch.manual_seed(c.seed)  # model initialisation
+    model = build_task_model(c.model, spec, c.hidden_size, nu=c.nu, rho=c.rho,
+                             nonlinearity=c.nonlinearity, init=c.init).to(device)
+    optimizer = make_optimizer(c.optimizer, model.parameters(), c.lr)
+    stream, val, test, steps_per_epoch = _data(c, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    state = {"step": 0, "history": [], "wall_time_s": 0.0, "train_time_s": 0.0,
+             "interval": {"loss": 0.0, "accuracy": 0.0, "count": 0},
+             "first_perfect_step": None, "best_val_accuracy": None, "best_step": None,
+             "stopped_early": False}
+    config_dict = asdict(c)
+
+    ckpt_path = out / CHECKPOINT if out is not None else None
+    if ckpt_path is not None and c.resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        diff = {k: (ckpt["config"].get(k), config_dict[k]) for k in _IDENTITY
+                if ckpt["config"].get(k) != config_dict[k]}
+        if diff:
+            raise ValueError(
+                f"checkpoint {str(ckpt_path)!r} was made with a different config "
+                f"(field: (checkpoint, now)) {diff}; use another out_dir, or resume=False "
+                f"(--no-resume) to start over")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        stream.load_state_dict(ckpt["data"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
+        state = ckpt["state"]
+
+    manifest = None
+    command = config_command(c)
+    if out is not None:
+        manifest = io.build_manifest(
+            config_dict, seed=c.seed, device=str(device), command=command, argv=argv,
+            files=["results.json", "history.csv", "manifest.json", CHECKPOINT])
+
+    def save_checkpoint():
+        if ckpt_path is None:
+            return
+        io.atomic_torch_save({
+            "format": 1, "config": config_dict, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "data": stream.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "state": state}, ckpt_path)
+
+    def write_results(complete, summary=None):
+        if out is None:
+            return
+        if summary is None:
+            summary = _summary(state["history"], state, steps_per_epoch, n_params)
+        io.write_json(out / "results.json", {"config": config_dict, "complete": complete,
+                                             "history": state["history"],
+                                             "summary": summary})
+        io.write_csv(out / "history.csv", state["history"])
+        manifest["wall_time_s"] = state["wall_time_s"]
+        manifest["complete"] = complete
+        io.write_json(out / "manifest.json", manifest)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=c.steps, initial=state["step"], disable=not c.progress,
+               desc=f"{c.model} {c.task} T={c.T}", unit="upd", leave=False)
+    wall0, train0 = state["wall_time_s"], state["train_time_s"]
+    t_start = time.perf_counter()
+    model.train()
+    with _Interrupt() as interrupt, contextlib.closing(bar):
+        while state["step"] < c.steps and not state["stopped_early"]:
+            x, y = next(stream)
+            t0 = time.perf_counter()
+            loss, acc = train_step(model, optimizer, x, y, c.clip)
+            train0 += time.perf_counter() - t0
+            iv = state["interval"]
+            iv["loss"] += loss
+            iv["accuracy"] += acc
+            iv["count"] += 1
+            state["step"] += 1
+            step = state["step"]
+            bar.update(1)
+            state["train_time_s"] = train0
+            state["wall_time_s"] = wall0 + time.perf_counter() - t_start
+            if step % c.eval_every == 0:
+                ev = evaluate(model, val)
+                state["wall_time_s"] = wall0 + time.perf_counter() - t_start
+                row = {"step": step}
+                if steps_per_epoch:
+                    row["epoch"] = step / steps_per_epoch
+                row.update({
+                    "train_loss": iv["loss"] / iv["count"],
+                    "train_accuracy": iv["accuracy"] / iv["count"],
+                    "val_loss": ev["loss"], "val_accuracy": ev["accuracy"],
+                    "wall_time_s": state["wall_time_s"], "train_time_s": train0})
+                state["history"].append(row)
+                state["interval"] = {"loss": 0.0, "accuracy": 0.0, "count": 0}
+                best = state["best_val_accuracy"]
+                if best is None or ev["accuracy"] > best:
+                    state["best_val_accuracy"], state["best_step"] = ev["accuracy"], step
+                if ev["accuracy"] >= 1.0 and state["first_perfect_step"] is None:
+                    state["first_perfect_step"] = step
+                    state["stopped_early"] = c.stop_at_perfect and step < c.steps
+                bar.set_postfix(loss=f"{ev['loss']:.4f}", acc=f"{ev['accuracy']:.3f}")
+                write_results(complete=False)
+            if step % c.checkpoint_every == 0 or interrupt.signum is not None:
+                save_checkpoint()
+            if interrupt.signum is not None:
+                write_results(complete=False)
+                interrupt.raise_()
+        save_checkpoint()
+
+    summary = _summary(state["history"], state, steps_per_epoch, n_params)
+    if not state["history"] or state["history"][-1]["step"] != state["step"]:
+        # a final evaluation off the eval_every grid: reported in the summary only, so
+        # that extending the run later gives the same history as a longer run
+        ev = evaluate(model, val)
+        summary["final_val_loss"], summary["final_val_accuracy"] = ev["loss"], ev["accuracy"]
+    if test is not None:
+        ev = evaluate(model, test)
+        summary["test_loss"], summary["test_accuracy"] = ev["loss"], ev["accuracy"]
+    write_results(complete=True, summary=summary)
+    return TrainResult(config_dict, copy.deepcopy(state["history"]), summary, model, out)
+
+
+def load_trained(out_dir: str | Path, device: str = "cpu") -> TaskModel:
+    """The model saved in ``out_dir/checkpoint.pt`` (in eval mode), e.g. for
+    :func:`rsa.tasks.evaluate_transfer`. FileNotFoundError with the command that
+    regenerates it when the checkpoint is missing."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        regenerate = None
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            regenerate = io.load_manifest(out_dir).get("command")
+        how = f"regenerate it with:\n    {regenerate}" if regenerate else \
+            "train a model with `python -m rsa train --out DIR` first"
+        raise FileNotFoundError(f"checkpoint {str(path)!r} not found; {how}")
+    dev = _device(device)
+    ckpt = torch.load(path, map_location=dev, weights_only=True)
+    c: dict[str, Any] = ckpt["config"]
+    model = build_task_model(c["model"], c["task"], c["hidden_size"], nu=c["nu"],
+                             rho=c["rho"], nonlinearity=c["nonlinearity"], init=c["init"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(dev).eval()
