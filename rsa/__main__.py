@@ -1,4 +1,4 @@
-"""Command line: ``python -m rsa {train, transfer, bench} ...`` (``--help`` on each).
+"""Command line: ``python -m rsa {train, transfer, bench, reproduce} ...`` (``--help``).
 
 - ``train``: :func:`rsa.train.train`; options mirror :class:`rsa.train.TrainConfig`
   (unset options take the task's defaults, ``paper.md`` §5). Writes results,
@@ -7,6 +7,7 @@
 - ``transfer``: evaluate a trained copy/denoise run at other delays T, without training
   (:func:`rsa.tasks.evaluate_transfer`).
 - ``bench``: :func:`rsa.bench.main`.
+- ``reproduce``: :func:`rsa.experiments.main` (regenerates ``data/``).
 """
 
 from __future__ import annotations
@@ -96,8 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         from rsa.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "reproduce":
+        from rsa.experiments import main as reproduce_main
+
+        return reproduce_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m rsa", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,transfer,bench}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{train,transfer,bench,reproduce}")
     _train_parser(sub.add_parser("train", help="train a model on a task",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     t = sub.add_parser("transfer", help="evaluate a trained copy/denoise run at other T")
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu")
     sub.add_parser("bench", help="time and memory per training update (see bench --help)")
+    sub.add_parser("reproduce", help="regenerate data/ (see reproduce --help)")
     a = p.parse_args(argv)
     from rsa.train import DeviceUnavailableError
 

@@ -1,0 +1,235 @@
+"""``python -m rsa reproduce``: regenerate every stored result under ``data/``.
+
+The experiment chapters (copy and denoise, transfer, gradient propagation, tradeoffs,
+sequential digits) read what this writes. One plan per *scale*:
+
+- ``session``: what this repository's ``data/`` holds, sized for a 2-core CPU in about
+  an hour (few updates: models are far from trained; the chapters say so).
+- ``full``: the authors' settings where a machine allows (``paper.md`` §5: up to
+  200 000 updates; here capped at 20 000 and 3 seeds), for a GPU or a long CPU run.
+
+Stages, each resumable (training runs resume from their checkpoints under
+``runs/<scale>/``; a stage whose result file exists is skipped) and each writing its
+results atomically with a ``manifest.json``:
+
+1. ``train``: copy and denoise for every model and T; the rho ablation (RelRNN and
+   RelLSTM on denoise at rho in {3, 8, 18, 25}); sequential and permuted digits.
+2. ``transfer``: copy models trained at T evaluated at 2x, 5x, 10x T and up to 5000.
+3. ``gradients``: ||dL/dh_t|| over t (loss on the answer steps) at the start and end of
+   training for every model, and for the rho ablation.
+4. ``cost``: time per update and peak memory against T for every model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rsa import io
+from rsa.heads import MODELS
+
+__all__ = ["PLANS", "Plan", "reproduce", "main", "run_name"]
+
+DATA = io.REPO_ROOT / "data"
+RUNS = io.REPO_ROOT / "runs"
+RESULT_FILES = ("results.json", "history.csv", "manifest.json")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one scale runs."""
+
+    Ts: tuple[int, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    eval_every: int
+    rhos: tuple[int, ...] = (3, 8, 18, 25)
+    rho_T: int = 100
+    digits_steps: int = 300
+    transfer_Ts: tuple[int, ...] = (100,)
+    transfer_max: int = 5000
+    grad_T: int = 100
+    cost_Ts: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 800, 1000)
+
+
+PLANS = {
+    "session": Plan(Ts=(100, 200, 300, 500), seeds=(0,), steps=300, eval_every=50,
+                    digits_steps=300, transfer_Ts=(100,), transfer_max=2000),
+    "full": Plan(Ts=(100, 200, 300, 500, 1000), seeds=(0, 1, 2), steps=20000,
+                 eval_every=500, digits_steps=25000, transfer_Ts=(100, 200),
+                 transfer_max=5000),
+}
+STAGES = ("train", "transfer", "gradients", "cost")
+
+
+def run_name(task: str, model: str, T: int | None, seed: int, rho: int | None = None) -> str:
+    """Folder name of one training run, e.g. ``copy/relrnn_T100_s0``."""
+    t = "" if T is None else f"_T{T}"
+    r = "" if rho is None else f"_rho{rho}"
+    return f"{task}/{model}{t}{r}_s{seed}"
+
+
+def _train_runs(plan: Plan):
+    for task in ("copy", "denoise"):
+        for T in plan.Ts:
+            for model in MODELS:
+                for seed in plan.seeds:
+                    yield dict(task=task, model=model, T=T, seed=seed, steps=plan.steps,
+                               eval_every=plan.eval_every)
+    for model in ("relrnn", "rellstm"):
+        for rho in plan.rhos:
+            yield dict(task="denoise", model=model, T=plan.rho_T, seed=plan.seeds[0],
+                       rho=rho, steps=plan.steps, eval_every=plan.eval_every)
+    for task in ("digits", "pdigits"):
+        for model in MODELS:
+            for seed in plan.seeds:
+                yield dict(task=task, model=model, seed=seed, steps=plan.digits_steps,
+                           eval_every=max(1, plan.digits_steps // 10))
+
+
+def _stage_train(scale: str, plan: Plan, log) -> None:
+    from rsa.train import train
+
+    runs = list(_train_runs(plan))
+    for k, r in enumerate(runs, 1):
+        name = run_name(r["task"], r["model"], r.get("T"), r["seed"], r.get("rho"))
+        dest = DATA / scale / name
+        if (dest / "results.json").is_file() and io.load_json(dest / "results.json").get(
+                "complete", False):
+            log(f"[train {k}/{len(runs)}] {name}: done")
+            continue
+        log(f"[train {k}/{len(runs)}] {name}: training {r['steps']} updates")
+        t0 = time.perf_counter()
+        work = RUNS / scale / name
+        train(out_dir=str(work), progress=False, **r)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in RESULT_FILES:  # results, not checkpoints, go to data/
+            tmp = dest / f".{f}.tmp"
+            shutil.copyfile(work / f, tmp)
+            tmp.replace(dest / f)
+        log(f"    {time.perf_counter() - t0:.0f} s")
+
+
+def _stage_transfer(scale: str, plan: Plan, log) -> None:
+    from rsa.tasks import evaluate_transfer
+    from rsa.train import load_trained
+
+    out = DATA / scale / "transfer"
+    if (out / "transfer.csv").is_file():
+        log("[transfer] done")
+        return
+    rows, t0 = [], time.perf_counter()
+    for T_train in plan.transfer_Ts:
+        Ts = sorted({T_train, 2 * T_train, 5 * T_train, 10 * T_train, plan.transfer_max})
+        for model in MODELS:
+            for seed in plan.seeds:
+                name = run_name("copy", model, T_train, seed)
+                m = load_trained(RUNS / scale / name)
+                for T in Ts:
+                    if model == "memrnn" and T > 2000:  # O(T^2) evaluation: skip, say so
+                        continue
+                    with torch.no_grad():
+                        (r,) = evaluate_transfer(m, [T], batch=20, seed=1)
+                    rows.append({"model": model, "seed": seed, "T_train": T_train, **r})
+                    log(f"[transfer] {model} s{seed} trained T={T_train} -> T={T}: "
+                        f"acc {r['accuracy']:.3f}")
+    io.write_csv(out / "transfer.csv", rows)
+    io.write_json(out / "manifest.json", io.build_manifest(
+        {"scale": scale, "transfer_Ts": plan.transfer_Ts, "max": plan.transfer_max,
+         "batch": 20, "note": "memrnn evaluated up to T = 2000 only (O(T^2))"},
+        seed=1, wall_time_s=time.perf_counter() - t0,
+        command=f"python -m rsa reproduce --scale {scale} --stages transfer",
+        files=["transfer.csv", "manifest.json"]))
+
+
+def _grad_rows(model, task, T, seed):
+    """||dL/dh_t|| (loss on the answer steps) on a fixed batch of 20 sequences."""
+    from rsa.measure import grad_norms
+    from rsa.tasks import make_generator, synthetic_batch
+
+    x, y = synthetic_batch(task, T, 20, make_generator(10_000 + seed))
+    return [(t + 1, float(v)) for t, v in enumerate(grad_norms(model, x, y))]
+
+
+def _stage_gradients(scale: str, plan: Plan, log) -> None:
+    from rsa.heads import build_task_model
+    from rsa.train import load_trained, resolve_config
+
+    out = DATA / scale / "gradients"
+    if (out / "grad_norms.csv").is_file():
+        log("[gradients] done")
+        return
+    rows, t0 = [], time.perf_counter()
+    jobs = [("denoise", m, plan.grad_T, None) for m in MODELS] + \
+           [("copy", m, plan.grad_T, None) for m in MODELS] + \
+           [("denoise", m, plan.rho_T, rho) for m in ("relrnn", "rellstm") for rho in plan.rhos]
+    for task, model, T, rho in jobs:
+        seed = plan.seeds[0]
+        name = run_name(task, model, T, seed, rho)
+        trained = load_trained(RUNS / scale / name)
+        c = resolve_config(model=model, task=task, T=T, seed=seed, rho=rho)
+        torch.manual_seed(seed)  # the same initialisation train() starts from
+        initial = build_task_model(model, task, c.hidden_size, nu=c.nu, rho=c.rho,
+                                   nonlinearity=c.nonlinearity, init=c.init)
+        for when, m in (("start", initial), ("end", trained)):
+            rows += [{"model": model, "task": task, "T": T, "seed": seed, "rho": rho,
+                      "when": when, "t": t, "grad_norm": g}
+                     for t, g in _grad_rows(m, task, T, seed)]
+        log(f"[gradients] {name}")
+    io.write_csv(out / "grad_norms.csv", rows)
+    io.write_json(out / "manifest.json", io.build_manifest(
+        {"scale": scale, "T": plan.grad_T, "batch": 20, "loss": "answer steps only",
+         "rhos": plan.rhos}, seed=plan.seeds[0], wall_time_s=time.perf_counter() - t0,
+        command=f"python -m rsa reproduce --scale {scale} --stages gradients",
+        files=["grad_norms.csv", "manifest.json"]))
+
+
+def _stage_cost(scale: str, plan: Plan, log) -> None:
+    from rsa.bench import run_bench
+
+    out = DATA / scale / "cost"
+    if (out / "cost.csv").is_file():
+        log("[cost] done")
+        return
+    t0 = time.perf_counter()
+    rows = run_bench(MODELS, plan.cost_Ts, large_batch=0, repeats=3, log=log)
+    io.write_csv(out / "cost.csv", rows)
+    io.write_json(out / "manifest.json", io.build_manifest(
+        {"scale": scale, "Ts": plan.cost_Ts, "batch": 10, "hidden_size": 128,
+         "task": "copy", "repeats": 3, "threads": torch.get_num_threads()}, seed=0,
+        wall_time_s=time.perf_counter() - t0,
+        command=f"python -m rsa reproduce --scale {scale} --stages cost",
+        files=["cost.csv", "manifest.json"]))
+
+
+_STAGE_FUNCS = {"train": _stage_train, "transfer": _stage_transfer,
+                "gradients": _stage_gradients, "cost": _stage_cost}
+
+
+def reproduce(scale: str = "session", stages=STAGES, log=print) -> None:
+    """Run the plan of ``scale`` stage by stage (skipping what is already stored)."""
+    if scale not in PLANS:
+        raise ValueError(f"scale must be one of {sorted(PLANS)}, got {scale!r}")
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {bad}; accepted: {', '.join(STAGES)}")
+    plan = PLANS[scale]
+    for s in STAGES:
+        if s in stages:
+            _STAGE_FUNCS[s](scale, plan, log)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rsa reproduce", description=__doc__.split(
+        "\n\n")[0])
+    p.add_argument("--scale", default="session", choices=sorted(PLANS))
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    reproduce(a.scale, a.stages, log=lambda s: print(s, flush=True))
+    return 0
