@@ -1,10 +1,23 @@
 """rsa: relevancy-screened self-attentive recurrent networks.
 
-The one implementation behind the book (``book/``): models (:mod:`rsa.models`), the
-screened memory (:mod:`rsa.memory`), tasks, training, measurement and theory.
+The one implementation behind the book (``book/``). Modules:
+
+- :mod:`rsa.models`, :mod:`rsa.memory`: RNN, LSTM, MemRNN, RelRNN, RelLSTM and the
+  screened memory S ∪ R (chapter *Relevancy screening*);
+- :mod:`rsa.tasks`, :mod:`rsa.heads`, :mod:`rsa.train`: tasks, read-out + loss,
+  training with checkpoint/resume (``python -m rsa train``);
+- :mod:`rsa.measure`, :mod:`rsa.bench`: gradient norms, time and memory
+  (``python -m rsa bench``);
+- :mod:`rsa.theory`: path expansion, the mean-square-gradient DP and the bounds
+  (theory chapters);
+- :mod:`rsa.experiments`: ``python -m rsa reproduce`` (regenerates ``data/``);
+- :mod:`rsa.plotting`, :mod:`rsa.book`: the figures' style and chapter helpers.
 """
 
+from rsa.heads import MODELS, TaskModel, build_model, build_task_model
 from rsa.models import LSTM, RNN, MemRNN, RelLSTM, RelRNN, Trace
+from rsa.train import TrainConfig
 
-__all__ = ["RNN", "LSTM", "MemRNN", "RelRNN", "RelLSTM", "Trace"]
+__all__ = ["RNN", "LSTM", "MemRNN", "RelRNN", "RelLSTM", "Trace", "MODELS", "TaskModel",
+           "build_model", "build_task_model", "TrainConfig"]
 __version__ = "0.1.0"
