@@ -1,0 +1,59 @@
+# Build, test and regenerate the book. Every target first runs the shared set-up
+# (a stamp file), so `make test` and `make book` both work from a fresh clone with
+# nothing installed but python3.11 and pip.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+SETUP := $(VENV)/.rsa-setup.stamp
+# The machine is shared: long jobs run at low priority.
+NICE ?= nice -n 10
+SANITIZE := tests/nbval_sanitize.cfg
+CHAPTERS := $(wildcard book/*.ipynb)
+
+.PHONY: setup book test unit nbval figures reproduce lint bench clean
+
+setup: $(SETUP)
+
+# torch first (the CPU wheel), then the package with its book and dev extras, pinned
+# by constraints.txt, then the venv's python as the `python3` kernel the chapters use.
+$(SETUP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade-strategy only-if-needed torch==2.13.0
+	$(BIN)/python -m pip install -c constraints.txt -e ".[book,dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 \
+		--display-name "Python 3 (rsa)"
+	touch $@
+
+# The book renders the committed outputs; warnings (and nitpicks) are errors.
+book: $(SETUP)
+	$(NICE) $(BIN)/jupyter-book build book/ --all -W -n --keep-going
+
+test: unit nbval
+
+unit: $(SETUP)
+	$(NICE) $(BIN)/python -m pytest tests
+
+# Re-execute every chapter and compare with its committed outputs.
+nbval: $(SETUP)
+	$(NICE) $(BIN)/python -m pytest -p no:cacheprovider --nbval --nbval-current-env \
+		--nbval-sanitize-with $(SANITIZE) $(CHAPTERS)
+
+# Re-execute every chapter in place with its default parameters (papermill).
+figures: $(SETUP)
+	$(NICE) $(BIN)/python tools/run_chapter.py
+
+# Regenerate the long results under data/ (hours). PLACEHOLDER: the experiments'
+# entry point; adjust the command once `python -m rsa reproduce` exists.
+reproduce: $(SETUP)
+	$(NICE) $(BIN)/python -m rsa reproduce
+
+lint: $(SETUP)
+	$(BIN)/ruff check rsa tests tools
+
+bench: $(SETUP)
+	$(NICE) $(BIN)/python -m rsa bench
+
+clean:
+	rm -rf _build

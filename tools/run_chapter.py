@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Re-execute book chapters in place with their default parameters (``make figures``).
+
+For each chapter: run it with papermill into memory, strip what changes from run to
+run without the content changing (papermill's and nbclient's timing metadata), write
+a temporary file next to it and atomically replace the chapter. A chapter that fails
+is left untouched and the script exits non-zero. Re-running an unchanged chapter
+with deterministic code leaves no git diff.
+
+The wall time of each chapter goes to ``data/chapter_times.json``, shown by
+``book/reproducibility.ipynb``. Times vary from run to run, so a stored time is only
+replaced when the new one differs by more than a factor TOLERANCE: the file (and the
+page that shows it) stays unchanged by a routine re-run.
+
+Usage (from the repository root)::
+
+    python tools/run_chapter.py                    # every chapter
+    python tools/run_chapter.py book/relevancy_screening.ipynb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
+TIMES = ROOT / "data" / "chapter_times.json"
+# The page that shows the table of times runs last and is not timed itself.
+LAST = "reproducibility.ipynb"
+TOLERANCE = 1.5
+
+# Metadata that records how (and when) a run went rather than what it produced.
+NB_KEYS = ("papermill", "widgets")
+CELL_KEYS = ("papermill", "execution", "ExecuteTime", "collapsed", "scrolled")
+
+
+def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Remove run-specific metadata (timings, papermill bookkeeping) in place."""
+    for key in NB_KEYS:
+        nb.metadata.pop(key, None)
+    for cell in nb.cells:
+        for key in CELL_KEYS:
+            cell.metadata.pop(key, None)
+        if cell.metadata.get("tags") == []:
+            del cell.metadata["tags"]
+    return nb
+
+
+def chapters(args: list[str]) -> list[Path]:
+    paths = [Path(a).resolve() for a in args] or sorted(BOOK.glob("*.ipynb"))
+    for p in paths:
+        if not p.is_file() or p.suffix != ".ipynb":
+            sys.exit(f"not a notebook: {p}")
+    # the times page last, so it shows the times just measured
+    return sorted(paths, key=lambda p: p.name == LAST)
+
+
+def record_time(name: str, seconds: float) -> None:
+    times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+    old = times.get(name, {}).get("seconds")
+    if old and 1 / TOLERANCE <= seconds / old <= TOLERANCE:
+        return
+    times[name] = {"seconds": round(seconds, 1), "cpus": os.cpu_count()}
+    TIMES.parent.mkdir(parents=True, exist_ok=True)
+    TIMES.write_text(json.dumps(dict(sorted(times.items())), indent=2) + "\n")
+
+
+def run(path: Path) -> float:
+    """Execute ``path`` with its defaults and replace it; return the wall time (s)."""
+    start = time.perf_counter()
+    nb = pm.execute_notebook(str(path), None, cwd=str(path.parent), progress_bar=False,
+                             request_save_on_cell_execute=False)
+    seconds = time.perf_counter() - start
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            nbformat.write(clean(nb), f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("chapters", nargs="*", help="notebooks (default: book/*.ipynb)")
+    parser.add_argument("--no-times", action="store_true",
+                        help=f"do not update {TIMES.relative_to(ROOT)}")
+    opts = parser.parse_args(argv)
+    failed = []
+    for path in chapters(opts.chapters):
+        rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        print(f"running {rel} ...", flush=True)
+        try:
+            seconds = run(path)
+        except pm.PapermillExecutionError as e:
+            print(f"FAILED {rel}: {e.ename}: {e.evalue} (cell {e.exec_count}); "
+                  "chapter left unchanged", file=sys.stderr)
+            failed.append(str(rel))
+            continue
+        print(f"  {rel}: {seconds:.1f} s")
+        if not opts.no_times and path.name != LAST:
+            record_time(path.name, seconds)
+    if failed:
+        print("failed: " + ", ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
