@@ -3,8 +3,9 @@
 The experiment chapters (copy and denoise, transfer, gradient propagation, tradeoffs,
 sequential digits) read what this writes. One plan per *scale*:
 
-- ``session``: what this repository's ``data/`` holds, sized for a 2-core CPU in about
-  an hour (few updates: models are far from trained; the chapters say so).
+- ``session``: what this repository's ``data/`` holds, sized for a 2-core CPU in under
+  an hour: T in {100, 200}, one seed, 300 updates (models are far from trained; the
+  chapters say so).
 - ``full``: the authors' settings where a machine allows (``paper.md`` §5: up to
   200 000 updates; here capped at 20 000 and 3 seeds), for a GPU or a long CPU run.
 
@@ -57,7 +58,7 @@ class Plan:
 
 
 PLANS = {
-    "session": Plan(Ts=(100, 200, 300, 500), seeds=(0,), steps=300, eval_every=50,
+    "session": Plan(Ts=(100, 200), seeds=(0,), steps=300, eval_every=50,
                     digits_steps=300, transfer_Ts=(100,), transfer_max=2000),
     "full": Plan(Ts=(100, 200, 300, 500, 1000), seeds=(0, 1, 2), steps=20000,
                  eval_every=500, digits_steps=25000, transfer_Ts=(100, 200),
