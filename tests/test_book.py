@@ -266,7 +266,7 @@ def test_run_chapter_is_idempotent_and_strips_timings(tmp_path):
     out = json.loads(first)
     assert "papermill" not in out["metadata"]
     assert all(not {"execution", "papermill"} & set(c["metadata"]) for c in out["cells"])
-    assert out["cells"][1]["outputs"][0]["text"] == "9\n"
+    assert "".join(out["cells"][1]["outputs"][0]["text"]) == "9\n"
     assert not list(tmp_path.glob(".*.tmp")), "temporary file left behind"
 
 
