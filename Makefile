@@ -44,10 +44,12 @@ nbval: $(SETUP)
 figures: $(SETUP)
 	$(NICE) $(BIN)/python tools/run_chapter.py
 
-# Regenerate the long results under data/ (hours). PLACEHOLDER: the experiments'
-# entry point; adjust the command once `python -m rsa reproduce` exists.
+# Regenerate the long results under data/ (hours on a CPU; resumable). The experiments'
+# entry point: see `python -m rsa reproduce --help` for scales and stages; pass them
+# with e.g. `make reproduce REPRODUCE_ARGS="--scale session --stages cost"`.
+REPRODUCE_ARGS ?=
 reproduce: $(SETUP)
-	$(NICE) $(BIN)/python -m rsa reproduce
+	$(NICE) $(BIN)/python -m rsa reproduce $(REPRODUCE_ARGS)
 
 lint: $(SETUP)
 	$(BIN)/ruff check rsa tests tools
