@@ -188,8 +188,8 @@ def _fig_ax(ax):
 
 def _plain_log_ticks(ax) -> None:
     """Tick labels of log axes as plain numbers (100, 0.5) instead of 10^2, 5x10^-1;
-    minor ticks are labelled only when the axis spans less than a decade and a half,
-    where there would be too few major ones."""
+    minor ticks are labelled only when the axis spans less than a decade, where there
+    would be too few major ones."""
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     for axis, scale, lim in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()),
                              (ax.yaxis, ax.get_yscale(), ax.get_ylim())):
@@ -197,8 +197,8 @@ def _plain_log_ticks(ax) -> None:
             continue
         axis.set_major_formatter(plain)
         lo, hi = sorted(lim)
-        few_decades = lo > 0 and np.log10(hi / lo) < 1.5
-        axis.set_minor_formatter(plain if few_decades and axis is ax.yaxis else NullFormatter())
+        narrow = lo > 0 and np.log10(hi / lo) < 1
+        axis.set_minor_formatter(plain if narrow and axis is ax.yaxis else NullFormatter())
 
 
 def _require(df: pd.DataFrame, cols: Iterable[str]) -> None:
