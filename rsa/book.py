@@ -1,4 +1,5 @@
-"""Helpers for the book's chapters (``book/*.ipynb``): parameter checks and paths.
+"""Helpers for the book's chapters (``book/*.ipynb``): parameter checks, paths to the
+repository and its stored results, figures glued for captions, and shown source.
 
 Every chapter has a cell tagged ``parameters`` (papermill) followed by a cell that
 calls :func:`check_parameters`, so that a bad ``papermill -p name value`` fails at
@@ -42,6 +43,11 @@ def _is_parameter(name: str, value: Any) -> bool:
                           | types.BuiltinFunctionType | type)
 
 
+def _bounds(rule: tuple) -> tuple:
+    """(lo, hi) of a numeric rule ``(int, lo, hi)``; a missing or None end is open."""
+    return tuple((list(rule[1:3]) + [None, None])[:2])
+
+
 def _describe(rule: tuple) -> str:
     """What a spec rule accepts, in words."""
     kind = rule[0]
@@ -53,7 +59,7 @@ def _describe(rule: tuple) -> str:
         return "a string"
     if kind is list:
         return f"a list of {_describe(tuple(rule[1:]))}"
-    lo, hi = (list(rule[1:3]) + [None, None])[:2]
+    lo, hi = _bounds(rule)
     name = kind.__name__
     if lo is None and hi is None:
         return f"an {name}" if name == "int" else f"a {name}"
@@ -88,7 +94,7 @@ def _check_value(value: Any, rule: tuple) -> tuple[bool, Any]:
     value = kind(value)
     if value != value:  # NaN is never in range
         return False, value
-    lo, hi = (list(rule[1:3]) + [None, None])[:2]
+    lo, hi = _bounds(rule)
     ok = (lo is None or value >= lo) and (hi is None or value <= hi)
     return ok, value
 

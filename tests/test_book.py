@@ -336,3 +336,16 @@ def test_every_model_has_its_own_colour():
     names = ["rnn", "lstm", "memrnn", "relrnn", "rellstm"]
     assert len({PALETTE[m] for m in names}) == len(names)
     assert model_color("RelRNN") == PALETTE["relrnn"] and model_color("other") is None
+
+
+def test_show_source_and_glue_figure():
+    import matplotlib.pyplot as plt
+
+    from rsa.book import glue_figure, show_source
+
+    md = show_source(check_parameters)
+    assert md.data.startswith("`rsa.book.check_parameters`")
+    assert "def check_parameters(namespace" in md.data and "```python" in md.data
+    fig = plt.figure()
+    glue_figure("fig-test", fig)
+    assert not plt.fignum_exists(fig.number)
