@@ -55,6 +55,7 @@ class Plan:
     transfer_max: int = 5000
     grad_T: int = 100
     cost_Ts: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 800, 1000)
+    unfused_max_T: int = 800
 
 
 PLANS = {
@@ -196,11 +197,26 @@ def _stage_cost(scale: str, plan: Plan, log) -> None:
     if (out / "cost.csv").is_file():
         log("[cost] done")
         return
+    from rsa.measure import peak_memory, saved_tensor_bytes, update_time
+
     t0 = time.perf_counter()
     rows = run_bench(MODELS, plan.cost_Ts, large_batch=0, repeats=3, log=log)
+    # MemRNN with plain autograd (fused=False): the O(T^2 n B) memory of the authors'
+    # kind of implementation, next to the fused default
+    for T in (T for T in plan.cost_Ts if T <= plan.unfused_max_T):
+        t = update_time("memrnn", T, repeats=2, fused=False)
+        p = peak_memory("memrnn", T, fused=False)
+        rows.append({"model": "memrnn_unfused", "T": T, "batch": 10,
+                     "time_ms": 1e3 * t["median_s"], "times_ms": [1e3 * x for x in t["times_s"]],
+                     "peak_mib": p["peak_bytes"] / 2**20,
+                     "saved_mib": saved_tensor_bytes("memrnn", T, fused=False) / 2**20,
+                     "skipped": None, "threads": torch.get_num_threads(),
+                     "method": p["method"]})
+        log(f"memrnn_unfused T={T}: {rows[-1]['time_ms']:.0f} ms, {rows[-1]['peak_mib']:.0f} MiB")
     io.write_csv(out / "cost.csv", rows)
     io.write_json(out / "manifest.json", io.build_manifest(
-        {"scale": scale, "Ts": plan.cost_Ts, "batch": 10, "hidden_size": 128,
+        {"scale": scale, "Ts": plan.cost_Ts, "unfused_max_T": plan.unfused_max_T,
+         "batch": 10, "hidden_size": 128,
          "task": "copy", "repeats": 3, "threads": torch.get_num_threads()}, seed=0,
         wall_time_s=time.perf_counter() - t0,
         command=f"python -m rsa reproduce --scale {scale} --stages cost",

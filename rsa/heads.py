@@ -38,8 +38,12 @@ def _model_classes():
 
 def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | None = None,
                 rho: int | None = None, nonlinearity: str | None = None,
-                init: str | None = None) -> nn.Module:
+                init: str | None = None, fused: bool | None = None) -> nn.Module:
     """The core model ``model_name`` in {"rnn", "lstm", "memrnn", "relrnn", "rellstm"}.
+
+    ``fused`` (MemRNN only; default True) picks the memory-efficient fused sequence
+    function (:mod:`rsa.fused`); ``fused=False`` is plain autograd, whose memory grows
+    like T^2 n B.
 
     ``None`` options take the model's default (RelRNN/RelLSTM: nu=10, rho=15; RNN
     family: tanh, orthogonal init; LSTMs: xavier). Raises ValueError, naming the value
@@ -49,6 +53,11 @@ def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | No
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; accepted: {', '.join(MODELS)}")
     kwargs: dict = {}
+    if fused is not None:
+        if model_name != "memrnn":
+            raise ValueError(f"fused applies to 'memrnn' only; model {model_name!r} got "
+                             f"fused={fused!r} (leave it None)")
+        kwargs["fused"] = bool(fused)
     if model_name in _SCREENED:
         for name, val, low in (("nu", nu, 1), ("rho", rho, 0)):
             if val is None:
