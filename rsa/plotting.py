@@ -145,7 +145,7 @@ def plot_cost_vs_T(table, y: str = "ms_per_step", ax=None,
     _plain_log_ticks(ax)
     ax.set_xlabel("sequence length $T$ (steps)")
     ax.set_ylabel(ylabel)
-    ax.legend(title="model")
+    ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1))  # off the lines
     if title:
         ax.set_title(title)
     return fig
