@@ -126,6 +126,8 @@ class ScreenedMemory:
             # first slot holding the minimum (ties -> lowest slot)
             j = torch.where(self.R_score == low, self._slots, self.rho).min(dim=1).values
             replace = (self._slots == j[:, None]) & (score[:, None] > low)  # strict >
+            if not replace.any():  # common once R holds relevant states: nothing to move
+                return
             self.R_score = torch.where(replace, score[:, None], self.R_score)
             self.R_index = torch.where(replace, index, self.R_index)
         self.R = torch.where(replace[:, :, None], hk[:, None], self.R)
