@@ -1,5 +1,9 @@
 """Helpers for the book's chapters (``book/*.ipynb``): parameter checks, paths to the
-repository and its stored results, figures glued for captions, and shown source.
+repository and its stored results, and figures glued for their captions.
+
+Chapters show the code they run with a ``{literalinclude}`` directive in a markdown
+cell (``:pyobject: ScreenedMemory._consolidate``): Sphinx reads the source at build
+time, so the book always shows the current code.
 
 Every chapter has a cell tagged ``parameters`` (papermill) followed by a cell that
 calls :func:`check_parameters`, so that a bad ``papermill -p name value`` fails at
@@ -9,13 +13,11 @@ inside a training loop (``docs/CONVENTIONS.md``).
 
 from __future__ import annotations
 
-import inspect
-import textwrap
 import types
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_parameters", "repo_root", "data_dir", "glue_figure", "show_source"]
+__all__ = ["check_parameters", "repo_root", "data_dir", "glue_figure"]
 
 # Names an IPython kernel puts in the user namespace by itself.
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
@@ -149,13 +151,3 @@ def glue_figure(name: str, fig) -> None:
     glue(name, fig, display=False)
     plt.close(fig)
 
-
-def show_source(obj):
-    """The source of a function, method or class of ``rsa``, as a highlighted code block
-    in the book (``IPython.display.Markdown``), so a chapter shows the code it runs
-    instead of a copy of it."""
-    from IPython.display import Markdown
-
-    src = textwrap.dedent(inspect.getsource(obj)).rstrip()
-    where = f"{inspect.getmodule(obj).__name__}.{obj.__qualname__}"
-    return Markdown(f"`{where}`:\n\n```python\n{src}\n```")

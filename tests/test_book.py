@@ -338,14 +338,18 @@ def test_every_model_has_its_own_colour():
     assert model_color("RelRNN") == PALETTE["relrnn"] and model_color("other") is None
 
 
-def test_show_source_and_glue_figure():
+def test_glue_figure_closes_the_figure():
     import matplotlib.pyplot as plt
 
-    from rsa.book import glue_figure, show_source
+    from rsa.book import glue_figure
 
-    md = show_source(check_parameters)
-    assert md.data.startswith("`rsa.book.check_parameters`")
-    assert "def check_parameters(namespace" in md.data and "```python" in md.data
     fig = plt.figure()
     glue_figure("fig-test", fig)
     assert not plt.fignum_exists(fig.number)
+
+
+def test_running_a_chapter_also_refreshes_the_reproducibility_page():
+    run_chapter = load_run_chapter()
+    order = run_chapter.chapters([str(BOOK / "relevancy_screening.ipynb")])
+    assert [p.name for p in order] == ["relevancy_screening.ipynb", "reproducibility.ipynb"]
+    assert run_chapter.chapters([])[-1].name == "reproducibility.ipynb"
