@@ -248,8 +248,8 @@ def saved_tensor_bytes(model_name: str, T: int, *, batch: int = 10, hidden_size:
     return sum(storages.values())
 
 
-def estimate_memory(model_name: str, T: int, *, batch: int = 10, hidden_size: int = 128
-                    ) -> int:
+def estimate_memory(model_name: str, T: int, *, batch: int = 10, hidden_size: int = 128,
+                    fused: bool = True) -> int:
     """A rough upper estimate, in bytes, of an update's extra memory, used only to skip
     configurations that would not fit (MemRNN at large T).
 
@@ -258,8 +258,14 @@ def estimate_memory(model_name: str, T: int, *, batch: int = 10, hidden_size: in
     8 B n L^2 bytes over L = T + 20 steps (measured on CPU: 355 MiB at T = 200, B = 10,
     n = 128, against 495 MiB budgeted); the other models keep O(L (nu + rho) n B),
     budgeted as 64 B n L (nu + rho + 4) bytes with nu + rho = 25.
+
+    The fused MemRNN (``fused=True``, the default; :mod:`rsa.fused`) keeps only the
+    attention weights, B L^2 floats, and O(B n L) buffers: budgeted as
+    8 B L^2 + 64 B n L bytes.
     """
     L = T + 20
     if model_name == "memrnn":
+        if fused:
+            return 8 * batch * L * L + 64 * batch * hidden_size * L
         return 8 * batch * hidden_size * L * L
     return 64 * batch * hidden_size * L * (25 + 4)
