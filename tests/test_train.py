@@ -256,7 +256,17 @@ def test_crash_loses_only_work_after_the_last_checkpoint(tmp_path, monkeypatch):
     assert same_parameters(resumed.model, full.model)
 
 
-def test_ctrl_c_saves_the_current_step_and_resumes(tmp_path, monkeypatch):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler, whatever the test runner inherited (a job started
+    with nohup or in the background has SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_saves_the_current_step_and_resumes(tmp_path, monkeypatch,
+                                                   python_sigint_handler):
     full = train(**TINY, steps=6)
     real, calls = train_mod.train_step, []
 
