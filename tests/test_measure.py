@@ -20,14 +20,6 @@ from rsa.measure import (
 from rsa.tasks import copy_batch, denoise_batch, load_digits_data, make_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny(model_name, task="copy", n=6):
     torch.manual_seed(0)
     opts = dict(nu=2, rho=2) if model_name in ("relrnn", "rellstm") else {}

@@ -31,15 +31,6 @@ from rsa.tasks import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the machine is shared: more threads than free cores only slows tiny models down
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tokens_of(x):
     """Undo the one-hot, checking it is one."""
     assert x.dtype == torch.float32

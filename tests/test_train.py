@@ -35,13 +35,6 @@ from rsa.train import (
 train_mod = importlib.import_module("rsa.train")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 TINY = dict(model="relrnn", task="copy", T=3, hidden_size=6, batch=4, eval_batch=8, nu=2,
             rho=2, eval_every=2, checkpoint_every=2, progress=False)
