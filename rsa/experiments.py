@@ -24,7 +24,6 @@ results atomically with a ``manifest.json``:
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -108,11 +107,8 @@ def _stage_train(scale: str, plan: Plan, log) -> None:
         t0 = time.perf_counter()
         work = RUNS / scale / name
         train(out_dir=str(work), progress=False, **r)
-        dest.mkdir(parents=True, exist_ok=True)
         for f in RESULT_FILES:  # results, not checkpoints, go to data/
-            tmp = dest / f".{f}.tmp"
-            shutil.copyfile(work / f, tmp)
-            tmp.replace(dest / f)
+            io.atomic_write_bytes(dest / f, (work / f).read_bytes())
         log(f"    {time.perf_counter() - t0:.0f} s")
 
 

@@ -60,29 +60,16 @@ class ScreenedMemory:
         self._slots = torch.arange(rho, device=device).expand(batch, -1)
 
     # -- reading -------------------------------------------------------------------
-    def __len__(self) -> int:
-        return self.S.shape[1] + self.R.shape[1]
-
     def memory(self) -> torch.Tensor:
-        """All states with their keys, R slots first then S: (B, nR + nS, 2n)."""
+        """All states with their keys, R slots first then S: (B, nR + nS, 2n).
+        Values are ``[..., :n]`` (the h_j), keys ``[..., n:]`` (the W_k h_j)."""
         if self.R.shape[1] == 0:
             return self.S
         return torch.cat([self.R, self.S], dim=1)
 
-    def keys(self) -> torch.Tensor:
-        """Keys W_k h_j of all states in memory (order of :meth:`memory`): (B, m, n)."""
-        return self.memory()[..., self.n:]
-
-    def values(self) -> torch.Tensor:
-        """The states h_j themselves (order of :meth:`memory`): (B, m, n)."""
-        return self.memory()[..., :self.n]
-
-    @property
-    def S_h(self) -> torch.Tensor:
-        return self.S[..., :self.n]
-
     @property
     def R_h(self) -> torch.Tensor:
+        """The states held in R: (B, nR, n)."""
         return self.R[..., :self.n]
 
     def S_index(self) -> torch.Tensor:
