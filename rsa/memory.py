@@ -60,6 +60,10 @@ class ScreenedMemory:
         self._slots = torch.arange(rho, device=device).expand(batch, -1)
 
     # -- reading -------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Number of states in memory, |S| + |R| (shared by the batch)."""
+        return self.S.shape[1] + self.R.shape[1]
+
     def memory(self) -> torch.Tensor:
         """All states with their keys, R slots first then S: (B, nR + nS, 2n).
         Values are ``[..., :n]`` (the h_j), keys ``[..., n:]`` (the W_k h_j)."""
