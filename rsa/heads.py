@@ -28,6 +28,7 @@ _SCREENED = ("relrnn", "rellstm")
 _RNN_FAMILY = ("rnn", "memrnn", "relrnn")
 _NONLINEARITIES = ("tanh", "modrelu")
 _RNN_INITS = ("orthogonal", "orthogonal_random", "xavier")
+_FUSED = ("memrnn", "relrnn")
 
 
 def _model_classes():
@@ -41,9 +42,10 @@ def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | No
                 init: str | None = None, fused: bool | None = None) -> nn.Module:
     """The core model ``model_name`` in {"rnn", "lstm", "memrnn", "relrnn", "rellstm"}.
 
-    ``fused`` (MemRNN only; default True) picks the memory-efficient fused sequence
-    function (:mod:`rsa.fused`); ``fused=False`` is plain autograd, whose memory grows
-    like T^2 n B.
+    ``fused`` (MemRNN and RelRNN; default True) picks the fused sequence function with a
+    hand-written backward (:mod:`rsa.fused`, :mod:`rsa.fused_screened`);
+    ``fused=False`` is the plain-autograd loop (for MemRNN, memory growing like
+    T^2 n B).
 
     ``None`` options take the model's default (RelRNN/RelLSTM: nu=10, rho=15; RNN
     family: tanh, orthogonal init; LSTMs: xavier). Raises ValueError, naming the value
@@ -54,9 +56,9 @@ def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | No
         raise ValueError(f"unknown model {model_name!r}; accepted: {', '.join(MODELS)}")
     kwargs: dict = {}
     if fused is not None:
-        if model_name != "memrnn":
-            raise ValueError(f"fused applies to 'memrnn' only; model {model_name!r} got "
-                             f"fused={fused!r} (leave it None)")
+        if model_name not in _FUSED:
+            raise ValueError(f"fused applies to {' and '.join(_FUSED)} only; model "
+                             f"{model_name!r} got fused={fused!r} (leave it None)")
         kwargs["fused"] = bool(fused)
     if model_name in _SCREENED:
         for name, val, low in (("nu", nu, 1), ("rho", rho, 0)):

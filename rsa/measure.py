@@ -261,11 +261,15 @@ def estimate_memory(model_name: str, T: int, *, batch: int = 10, hidden_size: in
 
     The fused MemRNN (``fused=True``, the default; :mod:`rsa.fused`) keeps only the
     attention weights, B L^2 floats, and O(B n L) buffers: budgeted as
-    8 B L^2 + 64 B n L bytes.
+    8 B L^2 + 64 B n L bytes. The fused RelRNN (:mod:`rsa.fused_screened`) keeps
+    O(B n L) buffers and, per step, the nu + rho weights and row indices: budgeted as
+    64 B n L + 16 B L (nu + rho) bytes.
     """
     L = T + 20
     if model_name == "memrnn":
         if fused:
             return 8 * batch * L * L + 64 * batch * hidden_size * L
         return 8 * batch * hidden_size * L * L
+    if model_name == "relrnn" and fused:
+        return 64 * batch * hidden_size * L + 16 * batch * L * 25
     return 64 * batch * hidden_size * L * (25 + 4)

@@ -269,14 +269,31 @@ class MemRNN(_Recurrent):
 
 
 class RelRNN(_Recurrent):
-    """Relevancy-screened RNN: attention over S (nu recent states) ∪ R (rho relevant)."""
+    """Relevancy-screened RNN: attention over S (nu recent states) ∪ R (rho relevant).
+
+    ``fused=True`` (default): a plain forward (no ``record``, no ``freeze_attention``)
+    runs the whole sequence as one autograd node,
+    :class:`rsa.fused_screened.RelRNNFunction`: the screening is done on time indices,
+    the backward is hand-written, and memory is O(T B (n + nu + rho)). ``fused=False``
+    is the plain-autograd loop over :class:`rsa.memory.ScreenedMemory`, which the
+    chapter *Relevancy screening* walks through; ``record=True`` and
+    ``freeze_attention=True`` always take it.
+    """
 
     attention = "screened"
 
     def __init__(self, input_size: int, hidden_size: int, *, nu: int = 10, rho: int = 15,
-                 nonlinearity: str = "tanh", init: str = "orthogonal"):
+                 nonlinearity: str = "tanh", init: str = "orthogonal", fused: bool = True):
         super().__init__(input_size, hidden_size, nonlinearity=nonlinearity, init=init,
                          nu=nu, rho=rho)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
+        if record or freeze_attention or not self.fused:
+            return super().forward(x, record=record, freeze_attention=freeze_attention)
+        from rsa.fused_screened import fused_forward
+
+        return fused_forward(self, x)
 
 
 class LSTM(_Recurrent):

@@ -1,0 +1,264 @@
+"""RelRNN over a whole sequence in one autograd node, with a hand-written backward.
+
+The update is that of :class:`rsa.models.RelRNN` (``paper.md`` §2, chapter *Relevancy
+screening*), 0-based in time as in :mod:`rsa.fused`: h_0 = phi(U x_0 + b), and for
+t >= 1, with M_t the screened memory S ∪ R before step t,
+
+    e_tj    = v . tanh(W_q q_t + W_k h_j)   for h_j in M_t,   q_t = s_{t-2} (q_1 = 0)
+    alpha_t = softmax_j(e_t),   c_t = sum_j alpha_tj h_j
+    s_{t-1} = (h_{t-1} + c_t) / 2,   h_t = phi(U x_t + V s_{t-1} + b)
+
+Why a fused function: the plain-autograd loop of :mod:`rsa.models` runs some forty small
+operations per step and saves, per step, the memory (B, nu + rho, 2n) and its tanh block
+(B, nu + rho, n); at B = 10 most of an operation's cost is its fixed overhead, and the
+update took 0.9 ms per step on the 2-core CPU. Here
+
+- the *screening* (which states sit in S and R, their scores, the replacements) is
+  bookkeeping on row indices and detached scores. It never carries gradient
+  (``paper.md`` §2), so the forward records, per step t, only which states it attended
+  (``IDX``, m_t B row indices, m_t = |M_t|) and the weights alpha_t (m_t, B);
+- the states and their doubled keys live in one table HK (T, B, 2n), row
+  ``[h_t | 2 W_k h_t]``. A step reads its memory with one ``index_select`` of m B rows,
+  and the backward hands the memory's gradient back with one ``index_add_``; nothing of
+  size (m, B, n) outlives its step (the attention block is recomputed in the backward):
+  memory O(T B (n + nu + rho)).
+
+Slot layout: S is a ring of nu slots (h_t enters slot t mod nu, where the state leaving
+S sat), R the rho slots after it, filled in order and then replaced in place: the valid
+slots at every step are a prefix [0, m) shared by the batch (R only fills once S is
+full). Attention is a sum over the set M_t, so slot order changes only the rounding; R's
+slot order, which decides ties, is that of :class:`rsa.memory.ScreenedMemory`: the
+leaving state replaces the *first* slot of lowest score, and only if its score is
+*strictly* greater.
+
+Backward, for one step t (G = dL/d·), walking t from T - 1 down to 0:
+
+- G_{h_t} = dL/dH_t + G_{s_t}/2 + G^val_t + G^key_t (4 v ⊙ W_k): the accumulator
+  GHK[t] = [G^val_t | G^key_t] holds, for every later step t' whose memory held h_t,
+  alpha_{t't} G_{c_{t'}} (value path) and ge_{t't} sigma (1 - sigma) (key path, over
+  4 v); all later steps are done when t is reached.
+- G_{z_t} = G_{h_t} ⊙ phi'(z_t); G_{s_{t-1}} = G_{z_t} V + G_{q_{t+1}};
+  G_{c_t} = G_{s_{t-1}} / 2.
+- ge_t = alpha_t ⊙ (g_t - <alpha_t, g_t>) with g_tj = G_{c_t} . h_j (softmax backward);
+  with sigma = sigmoid(2 (W_q q_t + W_k h_j)) recomputed (tanh(x) = 2 sigma(2x) - 1):
+  G_{W_q q_t} = 4 v ⊙ sum_j ge_tj sigma (1 - sigma), and dL/dv collects
+  sum_j ge_tj tanh(...) = sum_j ge_tj (2 sigma - 1) = 2 sum_j ge_tj sigma, since
+  sum_j ge_tj = 0 (alpha_t sums to 1).
+
+The weight gradients (V, W_q, W_k, v, modReLU's b) are single matmuls or sums at the
+end. ``U x + b`` is computed outside, by autograd, as in :mod:`rsa.fused`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rsa.fused import _exact_tanh
+
+__all__ = ["RelRNNFunction", "relrnn_fused", "fused_forward"]
+
+
+def _phi(z: torch.Tensor, phi_b: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """phi(z) written into ``out``: tanh (``phi_b is None``) or modReLU, as in rsa.models."""
+    if phi_b is None:
+        return torch.tanh(z, out=out)
+    return torch.mul(torch.sign(z), torch.relu(z.abs() + phi_b), out=out)
+
+
+def _memory_size(t: int, nu: int, rho: int) -> int:
+    """|M_t| = |S| + |R| when step t (0-based) attends: S holds min(t, nu) of the states
+    h_0 .. h_{t-1}, and each of the max(0, t - nu) states that left S joined R until R
+    was full."""
+    return min(t, nu) + min(rho, max(0, t - nu))
+
+
+def _screen_step(slot, score, trow, t, nu, rho, nR, R_slots):
+    """Push h_t into the memory's index table after step t's attention (in place).
+
+    ``slot`` (nu + rho, B): the HK row held by each slot ([S ring | R]); ``score``
+    (nu + rho, B): relevance scores; ``trow[t]`` (B,): the rows of h_t. S is full (the
+    caller checks). The oldest state, h_{t - nu}, leaves ring slot t mod nu: it enters
+    R while R has room (slot nu + nR), else replaces R's first slot of lowest score
+    where its own score is strictly greater. Returns the new |R|.
+    """
+    p = t % nu
+    if rho > 0:
+        leaving = score[p]
+        if nR < rho:
+            slot[nu + nR] = slot[p]
+            score[nu + nR] = leaving
+            nR += 1
+        else:
+            R_slot, R_score = slot[nu:], score[nu:]
+            low, j = R_score.min(dim=0, keepdim=True)  # the first minimum on ties
+            replace = (R_slots == j) & (leaving > low)  # strictly greater
+            torch.where(replace, slot[p], R_slot, out=R_slot)
+            torch.where(replace, leaving, R_score, out=R_score)
+    slot[p] = trow[t]
+    score[p] = 0
+    return nR
+
+
+class RelRNNFunction(torch.autograd.Function):
+    """H = RelRNN(ux) for ux = U x + b (T, B, n); returns H (T, B, n), H[t] = h_t.
+
+    Inputs: ``ux`` (T, B, n), ``V``, ``W_q``, ``W_k`` (n, n) weight matrices
+    (``nn.Linear`` layout), ``v`` (n,), ``phi_b`` (n,) modReLU bias or None for tanh,
+    ``nu`` >= 1, ``rho`` >= 0. Scores are evaluated as in
+    :class:`rsa.fused.MemRNNFunction` (exact tanh in float64, the sigmoid form below).
+
+    Layout, chosen to keep the number of operations per step small (at B = 10 each
+    costs more in overhead than in arithmetic):
+
+    - ``ZQ`` (T, B, 2n), row ``[z_t | 2 W_q s_{t-1}]``: one ``addmm`` per step gives
+      the pre-activation z_t = U x_t + b + V s_{t-1} and the next step's doubled query
+      (q_{t+1} = s_{t-1}).
+    - A step's memory block is time-major, (m, B, 2n), so that the rows of one slot for
+      the whole batch (the same time step, in S) are read and written contiguously.
+    - In the backward, ``DQ`` (T, B, 2n) holds ``[dL/dz_t | dL/d(W_q q_{t+1})/(4 v)]``,
+      so that dL/ds_{t-1} = dL/dz_t V + dL/dq_{t+1} is one ``mm`` too.
+    """
+
+    @staticmethod
+    def forward(ctx, ux, V, W_q, W_k, v, phi_b, nu, rho):  # noqa: D102
+        T, B, n = ux.shape
+        K = nu + rho
+        opts = dict(dtype=ux.dtype, device=ux.device)
+        exact = _exact_tanh(ux.dtype)
+        HK = torch.empty(T, B, 2 * n, **opts)   # [h_t | 2 W_k h_t]
+        rows = HK.view(T * B, 2 * n)            # h_t of example b is row t B + b
+        trow = torch.arange(T * B, device=ux.device).view(T, B)
+        ZQ = torch.cat([ux, torch.zeros_like(ux)], dim=2)  # [z_t | 2 W_q s_{t-1}]
+        S = torch.zeros(T, B, n, **opts)        # S[t] = s_{t-1}, the input to V at step t
+        VQ = torch.cat([V, 2 * W_q]).t()        # (n, 2n): s -> [V s | 2 W_q s]
+        W_k2 = (2 * W_k).t()
+        v_e = v if exact else 2 * v             # e = 2 v . sigma(P), constant dropped
+        sizes = [B * _memory_size(t, nu, rho) for t in range(1, T)]  # B m_t, steps >= 1
+        IDX = torch.empty(sum(sizes), dtype=torch.long, device=ux.device)  # rows read
+        idxs = [None, *IDX.split(sizes)]       # step t's (m_t B,) rows, slot-major
+        alphas = [None] * T                     # step t's alpha (m_t, B)
+        slot = torch.zeros(K, B, dtype=torch.long, device=ux.device)  # row held per slot
+        score = torch.zeros(K, B, **opts)
+        R_slots = torch.arange(rho, device=ux.device)[:, None]
+        work = torch.empty(K * B * n, **opts)
+        # per-step views made once (slicing in the loop costs more than the arithmetic)
+        zq, z_t, q2_t = ZQ.unbind(0), ZQ[..., :n].unbind(0), ZQ[..., n:].unbind(0)
+        h_t, k_t, s_t = HK[..., :n].unbind(0), HK[..., n:].unbind(0), S.unbind(0)
+        P_m = [work[:m * B * n].view(m, B, n) for m in range(K + 1)]
+        h = _phi(z_t[0], phi_b, out=h_t[0])
+        torch.mm(h, W_k2, out=k_t[0])
+        slot[0] = trow[0]
+        nS, nR = 1, 0
+        for t in range(1, T):
+            m = nS + nR
+            idx = idxs[t]
+            idx.view(m, B).copy_(slot[:m])
+            M = rows.index_select(0, idx).view(m, B, 2 * n)
+            P = torch.add(q2_t[t - 1], M[..., n:], out=P_m[m])
+            e = (P.mul_(0.5).tanh_() if exact else P.sigmoid_()) @ v_e  # (m, B)
+            a = alphas[t] = torch.softmax(e, dim=0)
+            c = (a[..., None] * M[..., :n]).sum(0)  # (B, n)
+            s = torch.lerp(h, c, 0.5, out=s_t[t])  # s_{t-1} = (h_{t-1} + c_t) / 2
+            zq[t].addmm_(s, VQ)
+            h = _phi(z_t[t], phi_b, out=h_t[t])
+            torch.mm(h, W_k2, out=k_t[t])
+            score[:nS].add_(a[:nS])  # only S's states accumulate; R's scores are frozen
+            if nS == nu:
+                nR = _screen_step(slot, score, trow, t, nu, rho, nR, R_slots)
+            else:
+                slot[nS] = trow[t]
+                nS += 1
+        # one tensor each, so that autograd's saved-tensor accounting sees them
+        ctx.sizes = sizes
+        ALPHA = torch.cat([a.reshape(-1) for a in alphas[1:]]) if T > 1 else ux.new_empty(0)
+        ctx.save_for_backward(HK, ZQ, S, IDX, ALPHA, V, W_q, W_k, v, phi_b)
+        return HK[..., :n].contiguous()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gout):  # noqa: D102
+        HK, ZQ, S, IDX, ALPHA, V, W_q, W_k, v, phi_b = ctx.saved_tensors
+        T, B, n2 = HK.shape
+        idxs = [None, *IDX.split(ctx.sizes)]
+        alphas = [None, *(a.view(-1, B) for a in ALPHA.split(ctx.sizes))]
+        n = n2 // 2
+        opts = dict(dtype=HK.dtype, device=HK.device)
+        rows = HK.view(T * B, n2)
+        H = HK[..., :n]
+        if phi_b is None:
+            dphi = 1 - H * H
+        else:
+            Z = ZQ[..., :n]
+            sign = torch.sign(Z)
+            dphi = sign * sign * ((Z.abs() + phi_b) > 0)
+        # per state: [dL/dH_t + value path | key path / (4 v)], complete when t is reached
+        GHK = torch.cat([gout, torch.zeros_like(gout)], dim=2)
+        grows = GHK.view(T * B, n2)
+        DQ = torch.zeros(T, B, n2, **opts)     # [dL/dz_t | dL/d(W_q q_{t+1}) / (4 v)]
+        gv = torch.zeros(n, **opts)            # sum ge tanh = 2 sum ge sigma (sum ge = 0)
+        m_max = max((a.shape[0] for a in alphas[1:]), default=1)
+        work = torch.empty(m_max * B * n, **opts)
+        Gm = torch.empty(m_max * B * n2, **opts)  # a step's memory gradient
+        v4 = 4 * v
+        Wk4 = (v4[:, None] * W_k)
+        VQ4 = torch.cat([V, v4[:, None] * W_q]).mul_(0.5)  # [dz | gq] -> dL/ds / 2
+        gh_t, gk_t = GHK[..., :n].unbind(0), GHK[..., n:].unbind(0)
+        dq, dz_t, gq_t = DQ.unbind(0), DQ[..., :n].unbind(0), DQ[..., n:].unbind(0)
+        q2_t, dphi_t = ZQ[..., n:].unbind(0), dphi.unbind(0)
+        blocks = [None] + [(work[:m * B * n].view(m, B, n), Gm[:m * B * n2].view(m, B, n2))
+                           for m in range(1, m_max + 1)]
+        gc = None                              # dL/dc_{t+1} = dL/ds_t / 2
+        for t in range(T - 1, -1, -1):
+            g_h = gh_t[t] if gc is None else gh_t[t].add_(gc)
+            gh = torch.addmm(g_h, gk_t[t], Wk4)
+            torch.mul(gh, dphi_t[t], out=dz_t[t])
+            if t == 0:
+                break
+            gc = torch.mm(dq[t], VQ4)  # dL/ds_{t-1} / 2 = dL/dc_t
+            idx, a = idxs[t], alphas[t]
+            m = a.shape[0]
+            P, G = blocks[m]
+            M = rows.index_select(0, idx).view(m, B, n2)
+            ge = a * torch.linalg.vecdot(M[..., :n], gc)  # softmax backward:
+            ge.addcmul_(a, ge.sum(0), value=-1)           # a (g - <a, g>)
+            sig = torch.add(q2_t[t - 1], M[..., n:], out=P).sigmoid_()
+            gv.addmv_(sig.view(m * B, n).t(), ge.view(-1), alpha=2)
+            sig.addcmul_(sig, sig, value=-1)  # sigma (1 - sigma) = tanh' / 4
+            G_key = G[..., n:]
+            torch.mul(a[..., None], gc, out=G[..., :n])
+            torch.mul(sig, ge[..., None], out=G_key)
+            grows.index_add_(0, idx, G.view(m * B, n2))
+            torch.sum(G_key, 0, out=gq_t[t - 1])  # q_t = s_{t-2}
+        DZ = DQ[..., :n]
+        gV = DZ[1:].reshape(-1, n).t() @ S[1:].reshape(-1, n)
+        gW_k = (GHK[..., n:] * v4).reshape(-1, n).t() @ H.reshape(T * B, n)
+        gW_q = (DQ[1:-1, :, n:] * v4).reshape(-1, n).t() @ S[1:-1].reshape(-1, n)
+        gb = (DZ * sign).sum((0, 1)) if phi_b is not None else None
+        return DZ, gV, gW_q, gW_k, gv, gb, None, None
+
+
+def relrnn_fused(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor,
+                 v: torch.Tensor, phi_b: torch.Tensor | None = None, *, nu: int = 10,
+                 rho: int = 15) -> torch.Tensor:
+    """RelRNN states H (T, B, n) from the input drive ``ux = U x + b`` (T, B, n) through
+    :class:`RelRNNFunction` (memory O(T B (n + nu + rho)), one autograd node)."""
+    if ux.dim() != 3 or ux.shape[0] < 1:
+        raise ValueError(f"ux must have shape (T >= 1, B, n), got {tuple(ux.shape)}")
+    for name, val, lo in (("nu", nu, 1), ("rho", rho, 0)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
+    return RelRNNFunction.apply(ux, V, W_q, W_k, v, phi_b, nu, rho)
+
+
+def fused_forward(model, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` for an :class:`rsa.models.RelRNN` through the fused function; the
+    input drive U x + b is one matmul done by autograd (gradients of U, b and x)."""
+    if x.dim() != 3 or x.shape[-1] != model.input_size:
+        raise ValueError(f"x must have shape (T, B, {model.input_size}), got "
+                         f"{tuple(x.shape)}")
+    if x.shape[0] < 1:
+        raise ValueError(f"sequence length T must be >= 1, got {x.shape[0]}")
+    phi_b = model.phi.b if model.nonlinearity == "modrelu" else None
+    return relrnn_fused(model.U(x), model.V.weight, model.W_q.weight, model.W_k.weight,
+                        model.v, phi_b, nu=model.nu, rho=model.rho)
