@@ -65,6 +65,7 @@ PLANS = {
                  transfer_max=5000),
 }
 STAGES = ("train", "transfer", "gradients", "cost")
+UNFUSED = ("memrnn", "relrnn")  # models with a fused default, also costed with fused=False
 
 
 def run_name(task: str, model: str, T: int | None, seed: int, rho: int | None = None) -> str:
@@ -187,8 +188,9 @@ def _stage_gradients(scale: str, plan: Plan, log) -> None:
 
 
 def _stage_cost(scale: str, plan: Plan, log) -> None:
-    """cost.csv: every model (MemRNN fused, the default); cost_unfused.csv: MemRNN with
-    plain autograd (fused=False), the O(T^2 n B) memory of the authors' kind of code."""
+    """cost.csv: every model (MemRNN and RelRNN fused, the defaults); cost_unfused.csv:
+    MemRNN (T <= ``unfused_max_T``) and RelRNN with plain autograd (fused=False), the
+    authors' kind of code (MemRNN's memory O(T^2 n B))."""
     from rsa.bench import run_bench
     from rsa.measure import peak_memory, saved_tensor_bytes, update_time
 
@@ -196,8 +198,8 @@ def _stage_cost(scale: str, plan: Plan, log) -> None:
     command = f"python -m rsa reproduce --scale {scale} --stages cost"
     files = ["cost.csv", "cost_unfused.csv", "manifest.json"]
     params = {"scale": scale, "Ts": plan.cost_Ts, "unfused_max_T": plan.unfused_max_T,
-              "batch": 10, "hidden_size": 128, "task": "copy", "repeats": 3,
-              "threads": torch.get_num_threads()}
+              "unfused": list(UNFUSED), "batch": 10, "hidden_size": 128, "task": "copy",
+              "repeats": 3, "threads": torch.get_num_threads()}
     t0 = time.perf_counter()
     if (out / "cost.csv").is_file():
         log("[cost] cost.csv done")
@@ -208,16 +210,20 @@ def _stage_cost(scale: str, plan: Plan, log) -> None:
         log("[cost] cost_unfused.csv done")
         return
     rows = []
-    for T in (T for T in plan.cost_Ts if T <= plan.unfused_max_T):
-        t = update_time("memrnn", T, repeats=2, fused=False)
-        p = peak_memory("memrnn", T, fused=False)
-        rows.append({"model": "memrnn_unfused", "T": T, "batch": 10,
-                     "time_ms": 1e3 * t["median_s"], "times_ms": [1e3 * x for x in t["times_s"]],
-                     "peak_mib": p["peak_bytes"] / 2**20,
-                     "saved_mib": saved_tensor_bytes("memrnn", T, fused=False) / 2**20,
-                     "skipped": None, "threads": torch.get_num_threads(),
-                     "method": p["method"]})
-        log(f"memrnn_unfused T={T}: {rows[-1]['time_ms']:.0f} ms, {rows[-1]['peak_mib']:.0f} MiB")
+    for model in UNFUSED:
+        max_T = plan.unfused_max_T if model == "memrnn" else max(plan.cost_Ts)
+        for T in (T for T in plan.cost_Ts if T <= max_T):
+            t = update_time(model, T, repeats=2, fused=False)
+            p = peak_memory(model, T, fused=False)
+            rows.append({"model": f"{model}_unfused", "T": T, "batch": 10,
+                         "time_ms": 1e3 * t["median_s"],
+                         "times_ms": [1e3 * x for x in t["times_s"]],
+                         "peak_mib": p["peak_bytes"] / 2**20,
+                         "saved_mib": saved_tensor_bytes(model, T, fused=False) / 2**20,
+                         "skipped": None, "threads": torch.get_num_threads(),
+                         "method": p["method"]})
+            log(f"{model}_unfused T={T}: {rows[-1]['time_ms']:.0f} ms, "
+                f"{rows[-1]['peak_mib']:.0f} MiB")
     io.write_csv(out / "cost_unfused.csv", rows)
     io.write_json(out / "manifest.json", io.build_manifest(
         params, seed=0, wall_time_s=time.perf_counter() - t0, command=command, files=files))

@@ -91,7 +91,8 @@ def _screen_step(slot, score, trow, t, nu, rho, nR, R_slots):
             nR += 1
         else:
             R_slot, R_score = slot[nu:], score[nu:]
-            low, j = R_score.min(dim=0, keepdim=True)  # the first minimum on ties
+            j = R_score.argmin(dim=0, keepdim=True)  # documented: the first minimum on ties
+            low = R_score.gather(0, j)
             replace = (R_slots == j) & (leaving > low)  # strictly greater
             torch.where(replace, slot[p], R_slot, out=R_slot)
             torch.where(replace, leaving, R_score, out=R_score)
@@ -146,6 +147,7 @@ class RelRNNFunction(torch.autograd.Function):
         zq, z_t, q2_t = ZQ.unbind(0), ZQ[..., :n].unbind(0), ZQ[..., n:].unbind(0)
         h_t, k_t, s_t = HK[..., :n].unbind(0), HK[..., n:].unbind(0), S.unbind(0)
         P_m = [work[:m * B * n].view(m, B, n) for m in range(K + 1)]
+        M_m = [None] + [torch.empty(m * B, 2 * n, **opts) for m in range(1, K + 1)]
         h = _phi(z_t[0], phi_b, out=h_t[0])
         torch.mm(h, W_k2, out=k_t[0])
         slot[0] = trow[0]
@@ -154,11 +156,11 @@ class RelRNNFunction(torch.autograd.Function):
             m = nS + nR
             idx = idxs[t]
             idx.view(m, B).copy_(slot[:m])
-            M = rows.index_select(0, idx).view(m, B, 2 * n)
+            M = torch.index_select(rows, 0, idx, out=M_m[m]).view(m, B, 2 * n)
             P = torch.add(q2_t[t - 1], M[..., n:], out=P_m[m])
             e = (P.mul_(0.5).tanh_() if exact else P.sigmoid_()) @ v_e  # (m, B)
             a = alphas[t] = torch.softmax(e, dim=0)
-            c = (a[..., None] * M[..., :n]).sum(0)  # (B, n)
+            c = torch.mul(a[..., None], M[..., :n], out=P).sum(0)  # (B, n)
             s = torch.lerp(h, c, 0.5, out=s_t[t])  # s_{t-1} = (h_{t-1} + c_t) / 2
             zq[t].addmm_(s, VQ)
             h = _phi(z_t[t], phi_b, out=h_t[t])
@@ -206,8 +208,8 @@ class RelRNNFunction(torch.autograd.Function):
         gh_t, gk_t = GHK[..., :n].unbind(0), GHK[..., n:].unbind(0)
         dq, dz_t, gq_t = DQ.unbind(0), DQ[..., :n].unbind(0), DQ[..., n:].unbind(0)
         q2_t, dphi_t = ZQ[..., n:].unbind(0), dphi.unbind(0)
-        blocks = [None] + [(work[:m * B * n].view(m, B, n), Gm[:m * B * n2].view(m, B, n2))
-                           for m in range(1, m_max + 1)]
+        blocks = [None] + [(work[:m * B * n].view(m, B, n), Gm[:m * B * n2].view(m, B, n2),
+                            torch.empty(m * B, n2, **opts)) for m in range(1, m_max + 1)]
         gc = None                              # dL/dc_{t+1} = dL/ds_t / 2
         for t in range(T - 1, -1, -1):
             g_h = gh_t[t] if gc is None else gh_t[t].add_(gc)
@@ -218,8 +220,8 @@ class RelRNNFunction(torch.autograd.Function):
             gc = torch.mm(dq[t], VQ4)  # dL/ds_{t-1} / 2 = dL/dc_t
             idx, a = idxs[t], alphas[t]
             m = a.shape[0]
-            P, G = blocks[m]
-            M = rows.index_select(0, idx).view(m, B, n2)
+            P, G, M = blocks[m]
+            M = torch.index_select(rows, 0, idx, out=M).view(m, B, n2)
             ge = a * torch.linalg.vecdot(M[..., :n], gc)  # softmax backward:
             ge.addcmul_(a, ge.sum(0), value=-1)           # a (g - <a, g>)
             sig = torch.add(q2_t[t - 1], M[..., n:], out=P).sigmoid_()

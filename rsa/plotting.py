@@ -132,13 +132,17 @@ def plot_cost_vs_T(table, y: str = "ms_per_step", ax=None,
 
     ``table``: a DataFrame (or anything ``pd.DataFrame`` accepts) with columns
     ``model``, ``T`` and ``y``; several rows per (model, T) are shown as their median.
+    A variant of a model, named ``"<model>, <variant>"`` (``"MemRNN, plain autograd"``),
+    takes the model's colour, dotted with square markers.
     """
     df = pd.DataFrame(table)
     _require(df, ["model", "T", y])
     fig, ax = _fig_ax(ax)
     for name, g in df.groupby("model", sort=False):
         m = g.groupby("T")[y].median()
-        ax.plot(m.index, m.values, marker="o", label=name, color=model_color(name))
+        base, _, variant = str(name).partition(",")  # "MemRNN, plain autograd": a variant
+        style = {"ls": ":", "marker": "s"} if variant else {"ls": "-", "marker": "o"}
+        ax.plot(m.index, m.values, label=name, color=model_color(base), **style)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(sorted(df["T"].unique()))
@@ -476,7 +480,8 @@ __all__ += ["MODEL_LABELS", "model_label", "plot_learning_curves", "plot_transfe
 # How models are written in legends, and their order (the order of rsa.heads.MODELS).
 MODEL_LABELS = {"rnn": "RNN", "lstm": "LSTM", "memrnn": "MemRNN", "relrnn": "RelRNN",
                 "rellstm": "RelLSTM", "sab": "SAB",
-                "memrnn_unfused": "MemRNN (plain autograd)"}
+                "memrnn_unfused": "MemRNN (plain autograd)",
+                "relrnn_unfused": "RelRNN (plain autograd)"}
 _CHANCE = {"color": "0.35", "ls": ":", "lw": 1.4}
 
 
