@@ -192,28 +192,36 @@ def _stage_cost(scale: str, plan: Plan, log) -> None:
     MemRNN (T <= ``unfused_max_T``) and RelRNN with plain autograd (fused=False), the
     authors' kind of code (MemRNN's memory O(T^2 n B))."""
     from rsa.bench import run_bench
-    from rsa.measure import peak_memory, saved_tensor_bytes, update_time
 
     out = DATA / scale / "cost"
     command = f"python -m rsa reproduce --scale {scale} --stages cost"
     files = ["cost.csv", "cost_unfused.csv", "manifest.json"]
     params = {"scale": scale, "Ts": plan.cost_Ts, "unfused_max_T": plan.unfused_max_T,
               "unfused": list(UNFUSED), "batch": 10, "hidden_size": 128, "task": "copy",
-              "repeats": 3, "threads": torch.get_num_threads()}
+              "repeats": 5, "unfused_repeats": 2, "threads": torch.get_num_threads()}
     t0 = time.perf_counter()
-    if (out / "cost.csv").is_file():
-        log("[cost] cost.csv done")
-    else:
-        io.write_csv(out / "cost.csv",
-                     run_bench(MODELS, plan.cost_Ts, large_batch=0, repeats=3, log=log))
-    if (out / "cost_unfused.csv").is_file():
-        log("[cost] cost_unfused.csv done")
+    done = [f for f in ("cost.csv", "cost_unfused.csv") if (out / f).is_file()]
+    for f in done:
+        log(f"[cost] {f} done")
+    if len(done) == 2:
         return
+    if "cost.csv" not in done:
+        io.write_csv(out / "cost.csv", run_bench(MODELS, plan.cost_Ts, large_batch=0,
+                                                 repeats=params["repeats"], log=log))
+    if "cost_unfused.csv" not in done:
+        _cost_unfused(out, plan, params, log)
+    io.write_json(out / "manifest.json", io.build_manifest(
+        params, seed=0, wall_time_s=time.perf_counter() - t0, command=command, files=files))
+
+
+def _cost_unfused(out, plan: Plan, params: dict, log) -> None:
+    from rsa.measure import peak_memory, saved_tensor_bytes, update_time
+
     rows = []
     for model in UNFUSED:
         max_T = plan.unfused_max_T if model == "memrnn" else max(plan.cost_Ts)
         for T in (T for T in plan.cost_Ts if T <= max_T):
-            t = update_time(model, T, repeats=2, fused=False)
+            t = update_time(model, T, repeats=params["unfused_repeats"], fused=False)
             p = peak_memory(model, T, fused=False)
             rows.append({"model": f"{model}_unfused", "T": T, "batch": 10,
                          "time_ms": 1e3 * t["median_s"],
@@ -225,8 +233,6 @@ def _stage_cost(scale: str, plan: Plan, log) -> None:
             log(f"{model}_unfused T={T}: {rows[-1]['time_ms']:.0f} ms, "
                 f"{rows[-1]['peak_mib']:.0f} MiB")
     io.write_csv(out / "cost_unfused.csv", rows)
-    io.write_json(out / "manifest.json", io.build_manifest(
-        params, seed=0, wall_time_s=time.perf_counter() - t0, command=command, files=files))
 
 
 _STAGE_FUNCS = {"train": _stage_train, "transfer": _stage_transfer,
