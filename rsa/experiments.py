@@ -3,8 +3,9 @@
 The experiment chapters (copy and denoise, transfer, gradient propagation, tradeoffs,
 sequential digits) read what this writes. One plan per *scale*:
 
-- ``session``: what this repository's ``data/`` holds, sized for a 2-core CPU in under
-  an hour: T in {100, 200}, one seed, 300 updates (models are far from trained; the
+- ``session``: what this repository's ``data/`` holds, sized for a 2-core CPU in a few
+  hours (about 45 minutes of it with ``--shard`` over two processes): T in
+  {100, 200, 300, 500}, three seeds, 300 updates (models are far from trained; the
   chapters say so).
 - ``full``: the authors' settings where a machine allows (``paper.md`` §5: up to
   200 000 updates; here capped at 20 000 and 3 seeds), for a GPU or a long CPU run.
@@ -58,7 +59,7 @@ class Plan:
 
 
 PLANS = {
-    "session": Plan(Ts=(100, 200), seeds=(0,), steps=300, eval_every=50,
+    "session": Plan(Ts=(100, 200, 300, 500), seeds=(0, 1, 2), steps=300, eval_every=50,
                     digits_steps=300, transfer_Ts=(100,), transfer_max=2000),
     "full": Plan(Ts=(100, 200, 300, 500, 1000), seeds=(0, 1, 2), steps=20000,
                  eval_every=500, digits_steps=25000, transfer_Ts=(100, 200),
@@ -93,11 +94,14 @@ def _train_runs(plan: Plan):
                            eval_every=max(1, plan.digits_steps // 10))
 
 
-def _stage_train(scale: str, plan: Plan, log) -> None:
+def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1)) -> None:
     from rsa.train import train
 
     runs = list(_train_runs(plan))
+    i, n = shard
     for k, r in enumerate(runs, 1):
+        if (k - 1) % n != i:  # another shard's run
+            continue
         name = run_name(r["task"], r["model"], r.get("T"), r["seed"], r.get("rho"))
         dest = DATA / scale / name
         if (dest / "results.json").is_file() and io.load_json(dest / "results.json").get(
@@ -239,17 +243,41 @@ _STAGE_FUNCS = {"train": _stage_train, "transfer": _stage_transfer,
                 "gradients": _stage_gradients, "cost": _stage_cost}
 
 
-def reproduce(scale: str = "session", stages=STAGES, log=print) -> None:
-    """Run the plan of ``scale`` stage by stage (skipping what is already stored)."""
+def reproduce(scale: str = "session", stages=STAGES, log=print,
+              shard: tuple[int, int] | None = None) -> None:
+    """Run the plan of ``scale`` stage by stage (skipping what is already stored).
+
+    ``shard=(i, n)`` trains only every n-th run of the train stage, starting at run i
+    (0 <= i < n), so that n processes (cores, GPUs) share the stage; it applies to
+    ``stages=["train"]`` only, since the later stages read every trained run.
+    """
     if scale not in PLANS:
         raise ValueError(f"scale must be one of {sorted(PLANS)}, got {scale!r}")
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise ValueError(f"unknown stage(s) {bad}; accepted: {', '.join(STAGES)}")
+    if shard is not None:
+        i, n = shard
+        if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
+            raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+        if list(stages) != ["train"]:
+            raise ValueError(f"shard applies to stages ['train'] only, got {list(stages)}")
     plan = PLANS[scale]
     for s in STAGES:
         if s in stages:
-            _STAGE_FUNCS[s](scale, plan, log)
+            if s == "train" and shard is not None:
+                _stage_train(scale, plan, log, shard)
+            else:
+                _STAGE_FUNCS[s](scale, plan, log)
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"shard must look like i/n (e.g. 0/2), got {text!r}") from None
+    return i, n
 
 
 def main(argv=None) -> int:
@@ -258,7 +286,13 @@ def main(argv=None) -> int:
     p.add_argument("--scale", default="session", choices=sorted(PLANS))
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--shard", type=_parse_shard, metavar="i/n",
+                   help="with --stages train: train every n-th run from run i (0-based), "
+                        "to share the stage between n processes")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    reproduce(a.scale, a.stages, log=lambda s: print(s, flush=True))
+    try:
+        reproduce(a.scale, a.stages, log=lambda s: print(s, flush=True), shard=a.shard)
+    except ValueError as e:
+        p.error(str(e))
     return 0
