@@ -54,3 +54,34 @@ def test_reproduce_writes_every_stage_and_resumes(tiny):
 def test_reproduce_rejects_bad_arguments(args, match):
     with pytest.raises(ValueError, match=match):
         experiments.reproduce(*args)
+
+
+def test_shards_split_the_train_stage(tiny):
+    """Two shards train disjoint halves of the runs; together, all of them."""
+    logs = {0: [], 1: []}
+    for i in (0, 1):
+        experiments.reproduce("tiny", ["train"], log=logs[i].append, shard=(i, 2))
+    names = {i: {line.split("] ")[1].split(":")[0] for line in log if "training" in line}
+             for i, log in logs.items()}
+    assert names[0] and names[1] and not names[0] & names[1]
+    everything = {line.split("] ")[1].split(":")[0] for line in logs[0] + logs[1]
+                  if line.startswith("[train")}
+    assert names[0] | names[1] == everything
+    log = []
+    experiments.reproduce("tiny", ["train"], log=log.append)
+    assert all("done" in line for line in log if line.startswith("[train")), log
+
+
+@pytest.mark.parametrize("shard,stages,match", [
+    ((2, 2), ["train"], r"shard must be \(i, n\) with 0 <= i < n, got \(2, 2\)"),
+    ((0, 2), ["train", "transfer"], r"shard applies to stages \['train'\] only"),
+])
+def test_shard_errors(shard, stages, match):
+    with pytest.raises(ValueError, match=match):
+        experiments.reproduce("session", stages, shard=shard)
+
+
+def test_shard_command_line(capsys):
+    with pytest.raises(SystemExit):
+        experiments.main(["--stages", "train", "--shard", "one/two"])
+    assert "shard must look like i/n (e.g. 0/2), got 'one/two'" in capsys.readouterr().err
