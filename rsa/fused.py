@@ -47,7 +47,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-__all__ = ["MemRNNFunction", "memrnn_fused", "fused_forward"]
+__all__ = ["MemRNNFunction", "memrnn_fused", "fused_forward", "fused_inputs"]
 
 
 def _phi(z: torch.Tensor, phi_b: torch.Tensor | None) -> torch.Tensor:
@@ -179,14 +179,19 @@ def memrnn_fused(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: torc
     return MemRNNFunction.apply(ux, V, W_q, W_k, v, phi_b)
 
 
-def fused_forward(model, x: torch.Tensor) -> torch.Tensor:
-    """``model(x)`` for an :class:`rsa.models.MemRNN` through the fused function; the
-    input drive U x + b is one matmul done by autograd (gradients of U, b and x)."""
+def fused_inputs(model, x: torch.Tensor) -> tuple:
+    """The arguments of a fused sequence function for ``model(x)`` (MemRNN or RelRNN):
+    ``(U x + b, V, W_q, W_k, v, phi_b)``. The input drive U x + b is one matmul done by
+    autograd, so U, b and x get their gradients from it."""
     if x.dim() != 3 or x.shape[-1] != model.input_size:
         raise ValueError(f"x must have shape (T, B, {model.input_size}), got "
                          f"{tuple(x.shape)}")
     if x.shape[0] < 1:
         raise ValueError(f"sequence length T must be >= 1, got {x.shape[0]}")
     phi_b = model.phi.b if model.nonlinearity == "modrelu" else None
-    return memrnn_fused(model.U(x), model.V.weight, model.W_q.weight, model.W_k.weight,
-                        model.v, phi_b)
+    return model.U(x), model.V.weight, model.W_q.weight, model.W_k.weight, model.v, phi_b
+
+
+def fused_forward(model, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` for an :class:`rsa.models.MemRNN` through the fused function."""
+    return memrnn_fused(*fused_inputs(model, x))

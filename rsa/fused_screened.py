@@ -54,7 +54,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from rsa.fused import _exact_tanh
+from rsa.fused import _exact_tanh, fused_inputs
 
 __all__ = ["RelRNNFunction", "relrnn_fused", "fused_forward"]
 
@@ -254,13 +254,5 @@ def relrnn_fused(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: torc
 
 
 def fused_forward(model, x: torch.Tensor) -> torch.Tensor:
-    """``model(x)`` for an :class:`rsa.models.RelRNN` through the fused function; the
-    input drive U x + b is one matmul done by autograd (gradients of U, b and x)."""
-    if x.dim() != 3 or x.shape[-1] != model.input_size:
-        raise ValueError(f"x must have shape (T, B, {model.input_size}), got "
-                         f"{tuple(x.shape)}")
-    if x.shape[0] < 1:
-        raise ValueError(f"sequence length T must be >= 1, got {x.shape[0]}")
-    phi_b = model.phi.b if model.nonlinearity == "modrelu" else None
-    return relrnn_fused(model.U(x), model.V.weight, model.W_q.weight, model.W_k.weight,
-                        model.v, phi_b, nu=model.nu, rho=model.rho)
+    """``model(x)`` for an :class:`rsa.models.RelRNN` through the fused function."""
+    return relrnn_fused(*fused_inputs(model, x), nu=model.nu, rho=model.rho)

@@ -21,27 +21,14 @@ import torch
 
 from rsa import MemRNN
 from rsa.fused import MemRNNFunction, memrnn_fused
+from tests.helpers import fused_and_plain, grads, saved_bytes
 
 N_IN, N = 3, 5
 
 
 def pair(nonlinearity, seed=0):
     """A fused and an unfused MemRNN (float64) with the same parameters."""
-    torch.manual_seed(seed)
-    fused = MemRNN(N_IN, N, nonlinearity=nonlinearity).double()
-    if nonlinearity == "modrelu":  # a bias large enough that some units are cut off
-        with torch.no_grad():
-            fused.phi.b.uniform_(-0.5, 0.5)
-    plain = MemRNN(N_IN, N, nonlinearity=nonlinearity, fused=False).double()
-    plain.load_state_dict(fused.state_dict())
-    return fused, plain
-
-
-def grads(model, x, w):
-    """Gradients of sum(w * H) w.r.t. x and every parameter (zeros where unused)."""
-    inputs = [x, *model.parameters()]
-    g = torch.autograd.grad((model(x) * w).sum(), inputs, allow_unused=True)
-    return [torch.zeros_like(i) if gi is None else gi for gi, i in zip(g, inputs, strict=True)]
+    return fused_and_plain(MemRNN, N_IN, N, nonlinearity, seed)
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "modrelu"])
@@ -116,23 +103,12 @@ def test_fused_input_errors():
 
 def test_fused_keeps_no_quadratic_n_memory():
     """Saved for backward: O(T n B + T^2 B), far below the plain loop's O(T^2 n B)."""
-    def saved(model, T, B=2, n=16):
-        sizes: dict[int, int] = {}
-
-        def pack(t):
-            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(torch.randn(T, B, 1))
-        return sum(sizes.values())
-
     torch.manual_seed(0)
     fused, plain = MemRNN(1, 16), MemRNN(1, 16, fused=False)
     T = 120
     bound = 4 * (6 * T * 2 * 16 + T * T * 2) + 2 * 16 * 16 * 4 * 4  # buffers, alpha, weights
-    assert saved(fused, T) <= bound
-    assert saved(plain, T) > 5 * saved(fused, T)
+    assert saved_bytes(fused, T) <= bound
+    assert saved_bytes(plain, T) > 5 * saved_bytes(fused, T)
 
 
 # -- cost measurement (script only) ----------------------------------------------------------

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from rsa import RelRNN
 from rsa.fused_screened import RelRNNFunction, _memory_size, relrnn_fused
+from tests.helpers import fused_and_plain, grads, saved_bytes
 from tests.reference import reference_forward
 
 N_IN, N = 3, 5
@@ -27,21 +28,7 @@ CONFIGS = [(1, 2, 3, 2), (2, 3, 1, 0), (6, 2, 1, 1), (30, 3, 4, 3), (40, 2, 10, 
 
 def pair(nu, rho, nonlinearity="tanh", seed=0):
     """A fused and an unfused RelRNN (float64) with the same parameters."""
-    torch.manual_seed(seed)
-    fused = RelRNN(N_IN, N, nu=nu, rho=rho, nonlinearity=nonlinearity).double()
-    if nonlinearity == "modrelu":  # a bias large enough that some units are cut off
-        with torch.no_grad():
-            fused.phi.b.uniform_(-0.5, 0.5)
-    plain = RelRNN(N_IN, N, nu=nu, rho=rho, nonlinearity=nonlinearity, fused=False).double()
-    plain.load_state_dict(fused.state_dict())
-    return fused, plain
-
-
-def grads(model, x, w):
-    """Gradients of sum(w * H) w.r.t. x and every parameter (zeros where unused)."""
-    inputs = [x, *model.parameters()]
-    g = torch.autograd.grad((model(x) * w).sum(), inputs, allow_unused=True)
-    return [torch.zeros_like(i) if gi is None else gi for gi, i in zip(g, inputs, strict=True)]
+    return fused_and_plain(RelRNN, N_IN, N, nonlinearity, seed, nu=nu, rho=rho)
 
 
 def assert_same(fused, plain, T, B, seed=0):
@@ -182,18 +169,6 @@ def test_fused_input_errors():
         relrnn_fused(torch.zeros(3, 2, N), W, W, W, torch.zeros(N), nu=0, rho=2)
     with pytest.raises(ValueError, match="rho must be an int >= 0, got -1"):
         relrnn_fused(torch.zeros(3, 2, N), W, W, W, torch.zeros(N), nu=2, rho=-1)
-
-
-def saved_bytes(model, T, B=2):
-    sizes: dict[int, int] = {}
-
-    def pack(t):
-        sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(torch.randn(T, B, 1))
-    return sum(sizes.values())
 
 
 def test_fused_memory_is_linear_and_small():

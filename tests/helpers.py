@@ -1,0 +1,40 @@
+"""Helpers shared by the tests of the fused models (tests/test_fused*.py)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def fused_and_plain(cls, n_in: int, n: int, nonlinearity: str = "tanh", seed: int = 0,
+                    **kwargs):
+    """A fused and a plain-autograd model of ``cls`` (float64) with the same parameters;
+    for modReLU, a bias large enough that some units are cut off."""
+    torch.manual_seed(seed)
+    fused = cls(n_in, n, nonlinearity=nonlinearity, **kwargs).double()
+    if nonlinearity == "modrelu":
+        with torch.no_grad():
+            fused.phi.b.uniform_(-0.5, 0.5)
+    plain = cls(n_in, n, nonlinearity=nonlinearity, fused=False, **kwargs).double()
+    plain.load_state_dict(fused.state_dict())
+    return fused, plain
+
+
+def grads(model, x, w):
+    """Gradients of sum(w * model(x)) w.r.t. x and every parameter (zeros where unused)."""
+    inputs = [x, *model.parameters()]
+    g = torch.autograd.grad((model(x) * w).sum(), inputs, allow_unused=True)
+    return [torch.zeros_like(i) if gi is None else gi for gi, i in zip(g, inputs, strict=True)]
+
+
+def saved_bytes(model, T: int, B: int = 2) -> int:
+    """Bytes of the distinct storages autograd saves for backward in ``model`` on a
+    random (T, B, 1) input."""
+    sizes: dict[int, int] = {}
+
+    def pack(t):
+        sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randn(T, B, 1))
+    return sum(sizes.values())
