@@ -60,7 +60,7 @@ class Plan:
 
 PLANS = {
     "session": Plan(Ts=(100, 200, 300, 500), seeds=(0, 1, 2), steps=300, eval_every=50,
-                    digits_steps=300, transfer_Ts=(100,), transfer_max=2000),
+                    digits_steps=300, transfer_Ts=(100,), transfer_max=5000),
     "full": Plan(Ts=(100, 200, 300, 500, 1000), seeds=(0, 1, 2), steps=20000,
                  eval_every=500, digits_steps=25000, transfer_Ts=(100, 200),
                  transfer_max=5000),
