@@ -50,11 +50,23 @@ from torch.nn import functional as F
 __all__ = ["MemRNNFunction", "memrnn_fused", "fused_forward", "fused_inputs"]
 
 
-def _phi(z: torch.Tensor, phi_b: torch.Tensor | None) -> torch.Tensor:
-    """tanh (``phi_b is None``) or modReLU(z) = sign(z) relu(|z| + b), as in rsa.models."""
+def _phi(z: torch.Tensor, phi_b: torch.Tensor | None,
+         out: torch.Tensor | None = None) -> torch.Tensor:
+    """tanh (``phi_b is None``) or modReLU(z) = sign(z) relu(|z| + b), as in rsa.models;
+    written into ``out`` if given."""
     if phi_b is None:
-        return torch.tanh(z)
-    return torch.sign(z) * torch.relu(z.abs() + phi_b)
+        return torch.tanh(z, out=out)
+    return torch.mul(torch.sign(z), torch.relu(z.abs() + phi_b), out=out)
+
+
+def _phi_derivative(H: torch.Tensor, Z: torch.Tensor | None, phi_b: torch.Tensor | None):
+    """phi'(z) for every step, from the states H = phi(Z): tanh' = 1 - h^2, or modReLU'
+    = sign(z)^2 [|z| + b > 0] (0 at z = 0, as autograd). Returns (phi', sign(Z) or None);
+    sign(Z) also gives modReLU's dL/db = sum dL/dz sign(z)^3 = sum dL/dz sign(z)."""
+    if phi_b is None:
+        return 1 - H * H, None
+    sign = torch.sign(Z)
+    return sign * sign * ((Z.abs() + phi_b) > 0), sign
 
 
 def _exact_tanh(dtype: torch.dtype) -> bool:
@@ -121,11 +133,7 @@ class MemRNNFunction(torch.autograd.Function):
         H, K2, S, Q2, Z, alpha, V, W_q, W_k, v, phi_b = ctx.saved_tensors
         B, T, n = H.shape
         opts = dict(dtype=H.dtype, device=H.device)
-        if phi_b is None:
-            dphi = 1 - H * H  # tanh'
-        else:
-            sign = torch.sign(Z)
-            dphi = sign * sign * ((Z.abs() + phi_b) > 0)  # modReLU' (0 at z = 0, as autograd)
+        dphi, sign = _phi_derivative(H, Z, phi_b)
         DZ = torch.empty(B, T, n, **opts)       # dL/dz_t = dL/d(U x_t + b)
         GC = torch.zeros(B, T, n, **opts)       # dL/dc_t
         GQ = torch.zeros(B, T, n, **opts)       # dL/d(W_q q_t) / (4 v)

@@ -54,16 +54,9 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from rsa.fused import _exact_tanh, fused_inputs
+from rsa.fused import _exact_tanh, _phi, _phi_derivative, fused_inputs
 
 __all__ = ["RelRNNFunction", "relrnn_fused", "fused_forward"]
-
-
-def _phi(z: torch.Tensor, phi_b: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
-    """phi(z) written into ``out``: tanh (``phi_b is None``) or modReLU, as in rsa.models."""
-    if phi_b is None:
-        return torch.tanh(z, out=out)
-    return torch.mul(torch.sign(z), torch.relu(z.abs() + phi_b), out=out)
 
 
 def _memory_size(t: int, nu: int, rho: int) -> int:
@@ -188,12 +181,7 @@ class RelRNNFunction(torch.autograd.Function):
         opts = dict(dtype=HK.dtype, device=HK.device)
         rows = HK.view(T * B, n2)
         H = HK[..., :n]
-        if phi_b is None:
-            dphi = 1 - H * H
-        else:
-            Z = ZQ[..., :n]
-            sign = torch.sign(Z)
-            dphi = sign * sign * ((Z.abs() + phi_b) > 0)
+        dphi, sign = _phi_derivative(H, ZQ[..., :n], phi_b)
         # per state: [dL/dH_t + value path | key path / (4 v)], complete when t is reached
         GHK = torch.cat([gout, torch.zeros_like(gout)], dim=2)
         grows = GHK.view(T * B, n2)
@@ -203,7 +191,7 @@ class RelRNNFunction(torch.autograd.Function):
         work = torch.empty(m_max * B * n, **opts)
         Gm = torch.empty(m_max * B * n2, **opts)  # a step's memory gradient
         v4 = 4 * v
-        Wk4 = (v4[:, None] * W_k)
+        Wk4 = v4[:, None] * W_k
         VQ4 = torch.cat([V, v4[:, None] * W_q]).mul_(0.5)  # [dz | gq] -> dL/ds / 2
         gh_t, gk_t = GHK[..., :n].unbind(0), GHK[..., n:].unbind(0)
         dq, dz_t, gq_t = DQ.unbind(0), DQ[..., :n].unbind(0), DQ[..., n:].unbind(0)

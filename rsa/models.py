@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rsa.fused import fused_forward as memrnn_fused_forward
+from rsa.fused_screened import fused_forward as relrnn_fused_forward
 from rsa.memory import ScreenedMemory
 
 __all__ = ["RNN", "LSTM", "MemRNN", "RelRNN", "RelLSTM", "ModReLU", "Trace",
@@ -238,7 +240,28 @@ class RNN(_Recurrent):
         super().__init__(input_size, hidden_size, nonlinearity=nonlinearity, init=init)
 
 
-class MemRNN(_Recurrent):
+class _Fusable(_Recurrent):
+    """A model whose plain forward can run as one fused autograd node (MemRNN, RelRNN).
+
+    With ``fused`` (the default) a forward without ``record`` or ``freeze_attention``
+    calls the class's ``_fused_forward(model, x)`` (:mod:`rsa.fused`,
+    :mod:`rsa.fused_screened`); otherwise, and always for ``record=True`` or
+    ``freeze_attention=True``, it runs the plain-autograd loop of :class:`_Recurrent`.
+    """
+
+    _fused_forward = None  # set by each subclass
+
+    def __init__(self, *args, fused: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
+        if record or freeze_attention or not self.fused:
+            return super().forward(x, record=record, freeze_attention=freeze_attention)
+        return self._fused_forward(x)
+
+
+class MemRNN(_Fusable):
     """Self-attentive RNN with full attention over every past state: O(T^2) per sequence.
 
     ``fused=True`` (default): a plain forward (no ``record``, no ``freeze_attention``)
@@ -252,23 +275,15 @@ class MemRNN(_Recurrent):
     """
 
     attention = "full"
+    _fused_forward = memrnn_fused_forward
 
     def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh",
                  init: str = "orthogonal", fused: bool = True):
-        super().__init__(input_size, hidden_size, nonlinearity=nonlinearity, init=init)
-        self.fused = fused
-
-    # -- fused path (rsa/fused.py): hook begins -------------------------------------------
-    def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
-        if record or freeze_attention or not self.fused:
-            return super().forward(x, record=record, freeze_attention=freeze_attention)
-        from rsa.fused import fused_forward
-
-        return fused_forward(self, x)
-    # -- fused path: hook ends -----------------------------------------------------------
+        super().__init__(input_size, hidden_size, nonlinearity=nonlinearity, init=init,
+                         fused=fused)
 
 
-class RelRNN(_Recurrent):
+class RelRNN(_Fusable):
     """Relevancy-screened RNN: attention over S (nu recent states) ∪ R (rho relevant).
 
     ``fused=True`` (default): a plain forward (no ``record``, no ``freeze_attention``)
@@ -281,19 +296,12 @@ class RelRNN(_Recurrent):
     """
 
     attention = "screened"
+    _fused_forward = relrnn_fused_forward
 
     def __init__(self, input_size: int, hidden_size: int, *, nu: int = 10, rho: int = 15,
                  nonlinearity: str = "tanh", init: str = "orthogonal", fused: bool = True):
         super().__init__(input_size, hidden_size, nonlinearity=nonlinearity, init=init,
-                         nu=nu, rho=rho)
-        self.fused = fused
-
-    def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
-        if record or freeze_attention or not self.fused:
-            return super().forward(x, record=record, freeze_attention=freeze_attention)
-        from rsa.fused_screened import fused_forward
-
-        return fused_forward(self, x)
+                         nu=nu, rho=rho, fused=fused)
 
 
 class LSTM(_Recurrent):

@@ -38,3 +38,20 @@ def saved_bytes(model, T: int, B: int = 2) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(torch.randn(T, B, 1))
     return sum(sizes.values())
+
+
+def fused_function_args(T: int, B: int, n: int, nonlinearity: str, seed: int = 1) -> tuple:
+    """Random float64 leaves (ux, V, W_q, W_k, v[, phi_b]) for gradcheck of a fused
+    sequence function; modReLU's bias is 0.3, so that |z| + b stays away from 0 where
+    finite differences would cross the kink."""
+    torch.manual_seed(seed)
+    dt = dict(dtype=torch.float64)
+
+    def leaf(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, **dt)).requires_grad_(True)
+
+    args = (leaf(T, B, n), leaf(n, n, scale=0.5), leaf(n, n, scale=0.5),
+            leaf(n, n, scale=0.5), leaf(n))
+    if nonlinearity == "modrelu":
+        args = (*args, torch.full((n,), 0.3, **dt).requires_grad_(True))
+    return args

@@ -1,4 +1,5 @@
-"""The fused MemRNN (rsa/fused.py) against the plain-autograd loop of rsa/models.py.
+"""The fused MemRNN (rsa/fused.py) against the plain-autograd loop of rsa/models.py,
+and what both fused models (MemRNN, RelRNN) share: the default, the fallbacks, float32.
 
 Run as a script for the cost measurement (time and peak memory of one training update,
 fused against unfused, each configuration in a fresh subprocess):
@@ -19,9 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsa import MemRNN
+from rsa import MemRNN, RelRNN
 from rsa.fused import MemRNNFunction, memrnn_fused
-from tests.helpers import fused_and_plain, grads, saved_bytes
+from rsa.fused_screened import RelRNNFunction
+from tests.helpers import fused_and_plain, fused_function_args, grads, saved_bytes
 
 N_IN, N = 3, 5
 
@@ -49,13 +51,20 @@ def test_fused_equals_plain_autograd(T, B, nonlinearity):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=f"gradient of {name}")
 
 
-def test_fused_float32_close_to_float64():
+# Both fused models: MemRNN (rsa.fused) and RelRNN (rsa.fused_screened)
+FUSED = [pytest.param(MemRNN, {}, MemRNNFunction, id="memrnn"),
+         pytest.param(RelRNN, {"nu": 4, "rho": 3}, RelRNNFunction, id="relrnn")]
+
+
+@pytest.mark.parametrize("cls,kw,function", FUSED)
+def test_fused_float32_close_to_float64(cls, kw, function):
     """float32 scores use the sigmoid form of tanh: still float32-accurate."""
-    fused, plain = pair("tanh", seed=3)
+    fused, plain = fused_and_plain(cls, N_IN, N, "tanh", 3, **kw)
     x = torch.randn(40, 2, N_IN, dtype=torch.float64)
-    f32 = MemRNN(N_IN, N).float()
+    f32 = cls(N_IN, N, **kw).float()
     f32.load_state_dict(fused.state_dict())
     H32, H64 = f32(x.float()), plain(x)
+    assert type(H32.grad_fn) is function._backward_cls
     torch.testing.assert_close(H32.double(), H64, rtol=0, atol=1e-5)
     g32 = torch.autograd.grad(H32.pow(2).sum(), list(f32.parameters()))
     g64 = torch.autograd.grad(H64.pow(2).sum(), list(plain.parameters()))
@@ -65,36 +74,27 @@ def test_fused_float32_close_to_float64():
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "modrelu"])
 def test_gradcheck_fused_function(nonlinearity):
-    torch.manual_seed(1)
-    T, B, n = 6, 2, 4
-    dt = dict(dtype=torch.float64)
-
-    def leaf(*shape, scale=1.0):
-        return (scale * torch.randn(*shape, **dt)).requires_grad_(True)
-
-    ux, V, W_q, W_k, v = (leaf(T, B, n), leaf(n, n, scale=0.5), leaf(n, n, scale=0.5),
-                          leaf(n, n, scale=0.5), leaf(n))
-    args = (ux, V, W_q, W_k, v)
-    if nonlinearity == "modrelu":  # finite differences need |z| + b away from 0
-        args = (*args, torch.full((n,), 0.3, **dt).requires_grad_(True))
+    args = fused_function_args(6, 2, 4, nonlinearity)
     assert torch.autograd.gradcheck(memrnn_fused, args, eps=1e-6, atol=1e-7)
 
 
-def test_fused_is_the_default_and_the_fallbacks():
-    model = MemRNN(N_IN, N)
+@pytest.mark.parametrize("cls,kw,function", FUSED)
+def test_fused_is_the_default_and_the_fallbacks(cls, kw, function):
+    model = cls(N_IN, N, **kw)
     assert model.fused is True
     x = torch.randn(4, 2, N_IN)
     H = model(x)
-    assert type(H.grad_fn).__name__ == "MemRNNFunctionBackward"
-    assert type(H.grad_fn) is MemRNNFunction._backward_cls
+    assert type(H.grad_fn).__name__ == f"{function.__name__}Backward"
+    assert type(H.grad_fn) is function._backward_cls
     # record, freeze_attention and fused=False take the plain loop
-    assert "MemRNNFunction" not in type(model(x, record=True)[0].grad_fn).__name__
-    assert "MemRNNFunction" not in type(model(x, freeze_attention=True).grad_fn).__name__
-    assert "MemRNNFunction" not in type(MemRNN(N_IN, N, fused=False)(x).grad_fn).__name__
+    assert function.__name__ not in type(model(x, record=True)[0].grad_fn).__name__
+    assert function.__name__ not in type(model(x, freeze_attention=True).grad_fn).__name__
+    assert function.__name__ not in type(cls(N_IN, N, fused=False, **kw)(x).grad_fn).__name__
 
 
-def test_fused_input_errors():
-    model = MemRNN(N_IN, N)
+@pytest.mark.parametrize("cls,kw,function", FUSED)
+def test_fused_input_errors(cls, kw, function):
+    model = cls(N_IN, N, **kw)
     with pytest.raises(ValueError, match=r"x must have shape \(T, B, 3\), got \(4, 2\)"):
         model(torch.zeros(4, 2))
     with pytest.raises(ValueError, match="sequence length T must be >= 1, got 0"):
@@ -118,7 +118,7 @@ import json, resource, sys, time
 from pathlib import Path
 import torch
 from torch import nn
-from rsa import MemRNN
+from rsa import MemRNN, RelRNN
 
 a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])

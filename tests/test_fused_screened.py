@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from rsa import RelRNN
 from rsa.fused_screened import RelRNNFunction, _memory_size, relrnn_fused
-from tests.helpers import fused_and_plain, grads, saved_bytes
+from tests.helpers import fused_and_plain, fused_function_args, grads, saved_bytes
 from tests.reference import reference_forward
 
 N_IN, N = 3, 5
@@ -106,36 +106,11 @@ def test_fused_equals_reference(nonlinearity):
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "modrelu"])
 def test_gradcheck_fused_function(nonlinearity):
-    torch.manual_seed(1)
-    T, B, n = 9, 2, 4
-    dt = dict(dtype=torch.float64)
-
-    def leaf(*shape, scale=1.0):
-        return (scale * torch.randn(*shape, **dt)).requires_grad_(True)
-
-    args = [leaf(T, B, n), leaf(n, n, scale=0.5), leaf(n, n, scale=0.5),
-            leaf(n, n, scale=0.5), leaf(n)]
-    if nonlinearity == "modrelu":  # finite differences need |z| + b away from 0
-        args.append(torch.full((n,), 0.3, **dt).requires_grad_(True))
-
     def f(*a):
         return relrnn_fused(*a, nu=2, rho=2)
 
-    assert torch.autograd.gradcheck(f, tuple(args), eps=1e-6, atol=1e-7)
-
-
-def test_fused_float32_close_to_float64():
-    """float32 scores use the sigmoid form of tanh: still float32-accurate."""
-    fused, plain = pair(4, 3, seed=3)
-    x = torch.randn(40, 2, N_IN, dtype=torch.float64)
-    f32 = RelRNN(N_IN, N, nu=4, rho=3).float()
-    f32.load_state_dict(fused.state_dict())
-    H32, H64 = f32(x.float()), plain(x)
-    torch.testing.assert_close(H32.double(), H64, rtol=0, atol=1e-5)
-    g32 = torch.autograd.grad(H32.pow(2).sum(), list(f32.parameters()))
-    g64 = torch.autograd.grad(H64.pow(2).sum(), list(plain.parameters()))
-    for a, b in zip(g32, g64, strict=True):
-        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+    args = fused_function_args(9, 2, 4, nonlinearity)
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7)
 
 
 def test_memory_size():
@@ -147,23 +122,8 @@ def test_memory_size():
             assert _memory_size(t, nu, rho) == len(range(max(0, t - nu), t)) + min(rho, left)
 
 
-def test_fused_is_the_default_and_the_fallbacks():
-    model = RelRNN(N_IN, N)
-    assert model.fused is True
-    x = torch.randn(4, 2, N_IN)
-    assert type(model(x).grad_fn) is RelRNNFunction._backward_cls
-    # record, freeze_attention and fused=False take the plain loop
-    assert type(model(x, record=True)[0].grad_fn) is not RelRNNFunction._backward_cls
-    assert type(model(x, freeze_attention=True).grad_fn) is not RelRNNFunction._backward_cls
-    assert type(RelRNN(N_IN, N, fused=False)(x).grad_fn) is not RelRNNFunction._backward_cls
-
-
-def test_fused_input_errors():
-    model = RelRNN(N_IN, N)
-    with pytest.raises(ValueError, match=r"x must have shape \(T, B, 3\), got \(4, 2\)"):
-        model(torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="sequence length T must be >= 1, got 0"):
-        model(torch.zeros(0, 2, N_IN))
+def test_fused_function_argument_errors():
+    """The model-level input errors are shared with MemRNN (tests/test_fused.py)."""
     W = torch.zeros(N, N)
     with pytest.raises(ValueError, match="nu must be an int >= 1, got 0"):
         relrnn_fused(torch.zeros(3, 2, N), W, W, W, torch.zeros(N), nu=0, rho=2)
