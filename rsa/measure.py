@@ -54,7 +54,7 @@ import torch
 from rsa.heads import TaskModel, build_task_model
 from rsa.tasks import get_task, load_pixel_data, make_generator, synthetic_batch
 
-__all__ = ["grad_norms", "update_time", "peak_memory", "saved_tensor_bytes",
+__all__ = ["grad_norms", "update_time", "update_times", "peak_memory", "saved_tensor_bytes",
            "estimate_memory"]
 
 
@@ -123,24 +123,43 @@ def update_time(model_name: str, T: int, *, batch: int = 10, hidden_size: int = 
 
     Returns ``{"median_s", "times_s" (each repeat), "repeats", "warmup", "threads"}``.
     """
+    return update_times([(model_name, T, batch)], hidden_size=hidden_size, task=task,
+                        repeats=repeats, warmup=warmup, device=device, seed=seed,
+                        **model_options)[0]
+
+
+def update_times(configs, *, hidden_size: int = 128, task: str = "copy", repeats: int = 5,
+                 warmup: int = 1, device: str = "cpu", seed: int = 0,
+                 **model_options) -> list[dict]:
+    """:func:`update_time` for each ``(model_name, T, batch)`` in ``configs``, timed in
+    interleaved rounds: after ``warmup`` updates of each configuration, each of the
+    ``repeats`` rounds times one update of every configuration in turn.
+
+    Why: on a shared virtual machine the same update can run twice as slowly for seconds
+    to minutes at a time (README, *Speed*). Timed one configuration after the other, a
+    slow period lands on a few configurations only and bends the curve of time against
+    T; interleaved, every configuration sees the same mix of fast and slow periods.
+    """
     from rsa.train import train_step
 
     for name, val in (("repeats", repeats), ("warmup", warmup)):
         if isinstance(val, bool) or not isinstance(val, int) or val < (name == "repeats"):
             raise ValueError(f"{name} must be an int >= {int(name == 'repeats')}, got {val!r}")
-    model, opt, x, y, dev = _setup(model_name, T, batch, hidden_size, task, device, seed,
-                                   model_options)
-    for _ in range(warmup):
-        train_step(model, opt, x, y, 1.0)
-    times = []
+    setups = [_setup(m, T, B, hidden_size, task, device, seed, model_options)
+              for m, T, B in configs]
+    for model, opt, x, y, _ in setups:
+        for _ in range(warmup):
+            train_step(model, opt, x, y, 1.0)
+    times = [[] for _ in setups]
     for _ in range(repeats):
-        _sync(dev)
-        t0 = time.perf_counter()
-        train_step(model, opt, x, y, 1.0)
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "times_s": times, "repeats": repeats,
-            "warmup": warmup, "threads": torch.get_num_threads()}
+        for (model, opt, x, y, dev), ts in zip(setups, times, strict=True):
+            _sync(dev)
+            t0 = time.perf_counter()
+            train_step(model, opt, x, y, 1.0)
+            _sync(dev)
+            ts.append(time.perf_counter() - t0)
+    return [{"median_s": statistics.median(ts), "times_s": ts, "repeats": repeats,
+             "warmup": warmup, "threads": torch.get_num_threads()} for ts in times]
 
 
 def _status_kb(field: str) -> int | None:

@@ -16,6 +16,7 @@ from rsa.measure import (
     peak_memory,
     saved_tensor_bytes,
     update_time,
+    update_times,
 )
 from rsa.tasks import copy_batch, denoise_batch, load_digits_data, make_generator
 
@@ -101,6 +102,22 @@ def test_update_time_and_errors():
         update_time("rnn", 3, repeats=0)
 
 
+def test_update_times_warms_up_then_interleaves_rounds(monkeypatch):
+    import rsa.train
+
+    calls = []  # the sequence length L = T + 20 of each update, in order
+    real = rsa.train.train_step
+    monkeypatch.setattr(rsa.train, "train_step",
+                        lambda model, opt, x, y, clip: calls.append(x.shape[0])
+                        or real(model, opt, x, y, clip))
+    res = update_times([("rnn", 3, 2), ("relrnn", 5, 2)], hidden_size=4, repeats=3, warmup=2)
+    assert calls == [23, 23, 25, 25] + [23, 25] * 3
+    assert [len(r["times_s"]) for r in res] == [3, 3]
+    assert all(r["median_s"] == sorted(r["times_s"])[1] for r in res)
+    with pytest.raises(ValueError, match="warmup must be an int >= 0, got -1"):
+        update_times([("rnn", 3, 2)], warmup=-1)
+
+
 def test_peak_memory_grows_with_T_and_in_a_subprocess():
     small = peak_memory("memrnn", 10, batch=4, hidden_size=32, isolate=False)
     assert small["peak_bytes"] >= 0 and small["method"].startswith("cpu")
@@ -140,11 +157,14 @@ def test_bench_smoke(capsys):
     assert [(r["model"], r["T"], r["batch"]) for r in rows] == [
         ("rnn", 3, 2), ("memrnn", 3, 2), ("rnn", 4, 3), ("memrnn", 4, 3)]
     assert all(r["time_ms"] > 0 and r["skipped"] is None for r in rows)
+    assert all(0 < r["time_min_ms"] == min(r["times_ms"]) <= r["time_ms"] for r in rows)
     skipped = run_bench(("memrnn",), (3,), batch=2, hidden_size=4, large_batch=0,
                         repeats=1, warmup=0, memory=False, max_memory_gb=1e-9)
     assert skipped[0]["skipped"].startswith("estimated") and skipped[0]["time_ms"] is None
     table = markdown_table(rows + skipped)
-    assert table.splitlines()[0].startswith("| model | T | B |")
+    assert table.splitlines()[0].startswith("| model | T | B | time / update (ms, median) "
+                                            "| fastest (ms) |")
+    assert all(line.count("|") == 8 for line in table.splitlines())
     assert "| memrnn | 3 | 2 | skipped (estimated" in table
     assert bench_main(["--models", "rnn", "--T", "2", "--batch", "2", "--large-batch", "0",
                        "--hidden-size", "4", "--repeats", "1", "--no-memory"]) == 0
