@@ -85,3 +85,34 @@ def test_shard_command_line(capsys):
     with pytest.raises(SystemExit):
         experiments.main(["--stages", "train", "--shard", "one/two"])
     assert "shard must look like i/n (e.g. 0/2), got 'one/two'" in capsys.readouterr().err
+
+
+def test_cost_stage_writes_both_tables_and_resumes(tiny, monkeypatch):
+    """The cost stage times every model (fused defaults) and the unfused MemRNN (up to
+    ``unfused_max_T``) and RelRNN; memory is measured elsewhere (test_measure), faked here."""
+    import dataclasses
+
+    import rsa.bench
+    import rsa.measure
+
+    def fake_peak(*args, **kwargs):
+        return {"peak_bytes": 2**20, "method": "fake"}
+
+    monkeypatch.setattr(rsa.bench, "peak_memory", fake_peak)
+    monkeypatch.setattr(rsa.measure, "peak_memory", fake_peak)
+    monkeypatch.setitem(experiments.PLANS, "tiny",
+                        dataclasses.replace(TINY, cost_Ts=(3, 4), unfused_max_T=3))
+    experiments.reproduce("tiny", ("cost",), log=lambda s: None)
+    cost = io.load_csv(tiny / "cost" / "cost.csv")
+    assert sorted(zip(cost["model"], cost["T"], strict=True)) == sorted(
+        (m, T) for m in MODELS for T in (3, 4))
+    unfused = io.load_csv(tiny / "cost" / "cost_unfused.csv")
+    assert list(zip(unfused["model"], unfused["T"], strict=True)) == [
+        ("memrnn_unfused", 3), ("relrnn_unfused", 3), ("relrnn_unfused", 4)]
+    for table in (cost, unfused):
+        assert ((table["time_min_ms"] > 0) & (table["time_min_ms"] <= table["time_ms"])).all()
+        assert (table["peak_mib"] == 1).all() and (table["batch"] == 10).all()
+    assert io.load_manifest(tiny / "cost")["command"].endswith("--stages cost")
+    log = []
+    experiments.reproduce("tiny", ("cost",), log=log.append)
+    assert log and all("done" in line for line in log), log
