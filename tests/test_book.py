@@ -180,6 +180,20 @@ def test_toc_symlink_and_every_page_in_the_toc():
     assert set(files) == on_disk, f"toc {sorted(files)} vs book/ {sorted(on_disk)}"
 
 
+def test_the_book_ships_mathjax_for_offline_reading():
+    """The math renders without a network: MathJax is copied into the build (sphinx-
+    mathjax-offline) and the pages load it from there, not from a CDN."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    name = "sphinx-mathjax-offline"
+    assert name in config["sphinx"]["extra_extensions"]
+    ext = importlib.import_module(name)
+    app = types.SimpleNamespace(config=types.SimpleNamespace(), connect=lambda *args: None)
+    ext.setup(app)
+    path = app.config.mathjax_path
+    assert not path.startswith(("http:", "https:", "//")), path
+    assert (Path(ext.__file__).parent / "static" / path).is_file(), path
+
+
 def test_every_citation_is_in_the_bibliography():
     bib = (BOOK / "references.bib").read_text()
     keys = set(re.findall(r"@\w+\{([^,\s]+),", bib))
