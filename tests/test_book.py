@@ -180,6 +180,26 @@ def test_toc_symlink_and_every_page_in_the_toc():
     assert set(files) == on_disk, f"toc {sorted(files)} vs book/ {sorted(on_disk)}"
 
 
+def test_environment_yml_mirrors_the_constraints():
+    """Conda users get the tested stack: every package pinned in environment.yml has the
+    same version in constraints.txt (pip's pins, which CI installs)."""
+    def norm(name):
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, version = line.split("==")
+            pins[norm(name.strip())] = version.strip()
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    mirrored = [p for p in pip if "==" in p]
+    assert len(mirrored) >= 10
+    for pin in mirrored:
+        name, version = pin.split("==")
+        assert pins.get(norm(name)) == version, (pin, pins.get(norm(name)))
+
+
 def test_the_book_ships_mathjax_for_offline_reading():
     """The math renders without a network: MathJax is copied into the build (sphinx-
     mathjax-offline) and the pages load it from there, not from a CDN."""
