@@ -56,6 +56,27 @@ def model_color(name: str):
     return PALETTE.get(str(name).lower().replace("-", "").replace("_", ""))
 
 
+def _split_variant(name) -> tuple[str, str]:
+    """(model, variant) of a curve's name: ``"memrnn_unfused"`` and ``"MemRNN, plain
+    autograd"`` are variants of MemRNN; a name without "," or "_" has variant ``""``."""
+    text = str(name)
+    for sep in (",", "_"):
+        base, found, variant = text.partition(sep)
+        if found:
+            return base.strip(), variant.strip()
+    return text, ""
+
+
+def _color(name):
+    """The model colour of a curve; a variant takes its model's colour."""
+    return model_color(_split_variant(name)[0])
+
+
+def _variant_style(name) -> dict:
+    """A model's curve is solid with round markers, a variant's dotted with squares."""
+    return {"ls": ":", "marker": "s"} if _split_variant(name)[1] else {"ls": "-", "marker": "o"}
+
+
 def _as_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
@@ -140,9 +161,7 @@ def plot_cost_vs_T(table, y: str = "ms_per_step", ax=None,
     fig, ax = _fig_ax(ax)
     for name, g in df.groupby("model", sort=False):
         m = g.groupby("T")[y].median()
-        base, _, variant = str(name).partition(",")  # "MemRNN, plain autograd": a variant
-        style = {"ls": ":", "marker": "s"} if variant else {"ls": "-", "marker": "o"}
-        ax.plot(m.index, m.values, label=name, color=model_color(base), **style)
+        ax.plot(m.index, m.values, label=name, color=_color(name), **_variant_style(name))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(sorted(df["T"].unique()))
@@ -485,16 +504,6 @@ MODEL_LABELS = {"rnn": "RNN", "lstm": "LSTM", "memrnn": "MemRNN", "relrnn": "Rel
 _CHANCE = {"color": "0.35", "ls": ":", "lw": 1.4}
 
 
-def _color(name):
-    """The model colour; a variant "<model>_<what>" takes its model's colour."""
-    return model_color(name) or model_color(str(name).split("_")[0])
-
-
-def _variant_style(name) -> dict:
-    """Variants of a model ("memrnn_unfused") are drawn dotted with square markers."""
-    return {"ls": ":", "marker": "s"} if "_" in str(name) else {"ls": "-", "marker": "o"}
-
-
 def model_label(name) -> str:
     """The printed name of a model (``"relrnn"`` -> ``"RelRNN"``); other names unchanged."""
     return MODEL_LABELS.get(str(name).lower(), str(name))
@@ -627,7 +636,7 @@ def plot_grad_profiles(table, hue: str = "model", col: str = "task",
         g = df[df[col] == v]
         hues = (_by_model_order(g[hue].unique()) if hue == "model"
                 else sorted(g[hue].unique()))
-        base = model_color(str(v).split(",")[0].strip()) or _CB[0]
+        base = _color(v) or _CB[0]
         shades = sns.blend_palette([sns.light_palette(base, 5)[1], base,
                                     sns.dark_palette(base, 5)[1]], max(len(hues), 2))
         for k, h in enumerate(hues):
@@ -806,7 +815,7 @@ def plot_panels(tables: Mapping, x: str, y: str, ylabels, xlabel: str,
         _require(df, ["model", x, y])
         for m in _by_model_order(df["model"].unique()):
             h = df[df["model"] == m].sort_values(x)
-            style = _variant_style(m) if "_" in str(m) else {"marker": marker}
+            style = _variant_style(m) if _split_variant(m)[1] else {"marker": marker}
             ax.plot(h[x], h[y], label=model_label(m), color=_color(m), **style)
         ax.set_xticks(sorted(df[x].unique()))
         ax.set_xlabel(xlabel)

@@ -372,6 +372,18 @@ def test_every_model_has_its_own_colour():
     assert model_color("RelRNN") == PALETTE["relrnn"] and model_color("other") is None
 
 
+def test_a_variant_takes_its_models_colour_and_a_dotted_style():
+    from rsa.plotting import PALETTE, _color, _split_variant, _variant_style
+
+    for name in ("memrnn_unfused", "MemRNN, plain autograd"):
+        assert _split_variant(name)[0].lower() == "memrnn"
+        assert _color(name) == PALETTE["memrnn"]
+        assert _variant_style(name) == {"ls": ":", "marker": "s"}
+    assert _split_variant("RelRNN") == ("RelRNN", "")
+    assert _variant_style("RelRNN") == {"ls": "-", "marker": "o"}
+    assert _color("copy") is None
+
+
 def test_glue_figure_closes_the_figure():
     import matplotlib.pyplot as plt
 

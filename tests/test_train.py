@@ -35,7 +35,6 @@ from rsa.train import (
 train_mod = importlib.import_module("rsa.train")
 
 
-
 TINY = dict(model="relrnn", task="copy", T=3, hidden_size=6, batch=4, eval_batch=8, nu=2,
             rho=2, eval_every=2, checkpoint_every=2, progress=False)
 TIME_FIELDS = ("wall_time_s", "train_time_s")
