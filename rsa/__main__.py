@@ -53,6 +53,15 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
                    help="start over even if the output folder has a checkpoint")
     p.add_argument("--stop-at-perfect", action="store_true",
                    help="stop once validation accuracy reaches 100%%")
+    p.add_argument("--stop-when-solved", action="store_true",
+                   help="stop once solved: validation accuracy >= 99%% at two "
+                        "consecutive evaluations")
+    p.add_argument("--stall-updates", type=int, default=0,
+                   help="copy/denoise: stop as stalled when no validation loss of the last "
+                        "N updates was below 0.9 x the memoryless loss (0: never)")
+    p.add_argument("--patience-updates", type=int, default=0,
+                   help="stop when the best validation accuracy has not improved for N "
+                        "updates (0: never)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
 
 

@@ -25,6 +25,7 @@ results atomically with a ``manifest.json``:
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import time
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ import torch
 
 from rsa import io
 from rsa.heads import MODELS
+from rsa.train import MODEL_FILE
 
 __all__ = ["PLANS", "Plan", "reproduce", "main", "run_name"]
 
@@ -56,6 +58,11 @@ class Plan:
     grad_T: int = 100
     cost_Ts: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 800, 1000)
     unfused_max_T: int = 800
+    # stopping rules (rsa.train.TrainConfig): off for the fixed-budget scales
+    stop_when_solved: bool = False
+    stall_updates: int = 0
+    digits_patience: int = 0
+    converged: bool = False  # the grid of _converged_runs, in order of priority
 
 
 PLANS = {
@@ -65,6 +72,10 @@ PLANS = {
                  eval_every=500, digits_steps=25000, transfer_Ts=(100, 200),
                  transfer_max=5000),
 }
+PLANS["converged"] = Plan(
+    Ts=(100, 200), seeds=(0, 1, 2), steps=20000, eval_every=250, digits_steps=2600,
+    transfer_Ts=(100, 200, 500, 1000), transfer_max=5000, stop_when_solved=True,
+    stall_updates=5000, digits_patience=650, converged=True)
 STAGES = ("train", "transfer", "gradients", "cost")
 UNFUSED = ("memrnn", "relrnn")  # models with a fused default, also costed with fused=False
 
@@ -76,7 +87,48 @@ def run_name(task: str, model: str, T: int | None, seed: int, rho: int | None = 
     return f"{task}/{model}{t}{r}_s{seed}"
 
 
+def _converged_runs(plan: Plan):
+    """The converged grid, in the order of priority of what a 2-core machine reaches:
+
+    1. copy and denoise, every model, T in {100, 200}: seed 0 first, then seeds 1, 2;
+    2. T = 500: every model with seed 0, then seeds 1, 2 of the RNN and RelRNN;
+    3. T = 1000: the RNN and RelRNN (linear cost), seed 0;
+    4. the rho ablation (RelRNN and RelLSTM on denoise, T = 100, seed 0);
+    5. sequential and permuted 8x8 digits, every model, three seeds.
+
+    Every copy/denoise run trains until solved, stalled or ``plan.steps`` updates; the
+    digits until their validation accuracy stops improving (``plan.digits_patience``
+    updates) or ``plan.digits_steps`` updates (200 epochs of 13 updates).
+    """
+    rules = dict(steps=plan.steps, eval_every=plan.eval_every,
+                 stop_when_solved=plan.stop_when_solved, stall_updates=plan.stall_updates)
+    seq = [dict(task=task, model=model, T=T, seed=seed, **rules)
+           for seed in plan.seeds for task in ("copy", "denoise") for T in plan.Ts
+           for model in MODELS]
+    yield from seq
+    for seeds, models in (((0,), MODELS), ((1, 2), ("rnn", "relrnn"))):
+        for seed in seeds:
+            for task in ("copy", "denoise"):
+                for model in models:
+                    yield dict(task=task, model=model, T=500, seed=seed, **rules)
+    for task in ("copy", "denoise"):
+        for model in ("rnn", "relrnn"):
+            yield dict(task=task, model=model, T=1000, seed=0, **rules)
+    for model in ("relrnn", "rellstm"):
+        for rho in plan.rhos:
+            yield dict(task="denoise", model=model, T=plan.rho_T, seed=plan.seeds[0],
+                       rho=rho, **rules)
+    for seed in plan.seeds:
+        for task in ("digits", "pdigits"):
+            for model in MODELS:
+                yield dict(task=task, model=model, seed=seed, steps=plan.digits_steps,
+                           patience_updates=plan.digits_patience)
+
+
 def _train_runs(plan: Plan):
+    if plan.converged:
+        yield from _converged_runs(plan)
+        return
     for task in ("copy", "denoise"):
         for T in plan.Ts:
             for model in MODELS:
@@ -94,10 +146,21 @@ def _train_runs(plan: Plan):
                            eval_every=max(1, plan.digits_steps // 10))
 
 
-def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1)) -> None:
+def _selected(runs: list[dict], select) -> list[dict]:
+    """The runs whose name (:func:`run_name`) matches one of the glob patterns in
+    ``select`` (all runs when ``select`` is None)."""
+    if select is None:
+        return runs
+    return [r for r in runs if any(
+        fnmatch.fnmatchcase(run_name(r["task"], r["model"], r.get("T"), r["seed"],
+                                     r.get("rho")), pattern) for pattern in select)]
+
+
+def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
+                 select=None) -> None:
     from rsa.train import train
 
-    runs = list(_train_runs(plan))
+    runs = _selected(list(_train_runs(plan)), select)
     i, n = shard
     for k, r in enumerate(runs, 1):
         if (k - 1) % n != i:  # another shard's run
@@ -112,7 +175,8 @@ def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1)) -
         t0 = time.perf_counter()
         work = RUNS / scale / name
         train(out_dir=str(work), progress=False, **r)
-        for f in RESULT_FILES:  # results, not checkpoints, go to data/
+        files = RESULT_FILES + ((MODEL_FILE,) if plan.converged else ())
+        for f in files:  # results (and small weights), not checkpoints, go to data/
             io.atomic_write_bytes(dest / f, (work / f).read_bytes())
         log(f"    {time.perf_counter() - t0:.0f} s")
 
@@ -246,12 +310,14 @@ _STAGE_FUNCS = {"train": _stage_train, "transfer": _stage_transfer,
 
 
 def reproduce(scale: str = "session", stages=STAGES, log=print,
-              shard: tuple[int, int] | None = None) -> None:
+              shard: tuple[int, int] | None = None, select=None) -> None:
     """Run the plan of ``scale`` stage by stage (skipping what is already stored).
 
     ``shard=(i, n)`` trains only every n-th run of the train stage, starting at run i
     (0 <= i < n), so that n processes (cores, GPUs) share the stage; it applies to
     ``stages=["train"]`` only, since the later stages read every trained run.
+    ``select`` (glob patterns on run names such as ``"copy/*_T100_s0"``) trains only the
+    matching runs (shards then split those); it applies to ``stages=["train"]`` only.
     """
     if scale not in PLANS:
         raise ValueError(f"scale must be one of {sorted(PLANS)}, got {scale!r}")
@@ -265,10 +331,16 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
         if list(stages) != ["train"]:
             raise ValueError(f"shard applies to stages ['train'] only, got {list(stages)}")
     plan = PLANS[scale]
+    if select is not None:
+        if list(stages) != ["train"]:
+            raise ValueError(f"select applies to stages ['train'] only, got {list(stages)}")
+        if not _selected(list(_train_runs(plan)), select):
+            raise ValueError(f"select {list(select)!r} matches no run of the {scale!r} plan; "
+                             f"run names look like {run_name('copy', 'relrnn', 100, 0)!r}")
     for s in STAGES:
         if s in stages:
-            if s == "train" and shard is not None:
-                _stage_train(scale, plan, log, shard)
+            if s == "train" and (shard is not None or select is not None):
+                _stage_train(scale, plan, log, shard or (0, 1), select)
             else:
                 _STAGE_FUNCS[s](scale, plan, log)
 
@@ -291,10 +363,14 @@ def main(argv=None) -> int:
     p.add_argument("--shard", type=_parse_shard, metavar="i/n",
                    help="with --stages train: train every n-th run from run i (0-based), "
                         "to share the stage between n processes")
+    p.add_argument("--select", nargs="+", metavar="GLOB",
+                   help="with --stages train: train only the runs whose name matches one "
+                        "of these patterns, e.g. 'copy/*_T100_s0' 'digits/*'")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     try:
-        reproduce(a.scale, a.stages, log=lambda s: print(s, flush=True), shard=a.shard)
+        reproduce(a.scale, a.stages, log=lambda s: print(s, flush=True), shard=a.shard,
+                  select=a.select)
     except ValueError as e:
         p.error(str(e))
     return 0

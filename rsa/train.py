@@ -50,16 +50,22 @@ from rsa.tasks import (
 
 __all__ = ["TrainConfig", "TrainResult", "DeviceUnavailableError", "resolve_config", "train",
            "train_step", "evaluate", "make_optimizer", "load_trained", "config_command",
-           "OPTIMIZERS"]
+           "OPTIMIZERS", "SOLVED_ACCURACY", "SOLVED_CONSECUTIVE", "STALL_FRACTION",
+           "solved_at", "stalled_at", "patience_exhausted_at", "memoryless_loss",
+           "MODEL_FILE"]
 
 OPTIMIZERS = ("rmsprop", "adam")
 CHECKPOINT = "checkpoint.pt"
+MODEL_FILE = "model.pt"  # the trained weights alone (small; stored with results in data/)
 # A validation set is drawn from its own stream, so training batches never repeat it.
 VALIDATION_SEED_OFFSET = 1_000_000
 # Fields that must match to resume from a checkpoint (steps may grow; device, output
 # folder, progress bar and data folder may change).
 _IDENTITY = ("model", "task", "T", "hidden_size", "optimizer", "lr", "clip", "batch", "seed",
-             "nu", "rho", "nonlinearity", "init", "eval_every", "eval_batch")
+             "nu", "rho", "nonlinearity", "init", "eval_every", "eval_batch",
+             "stop_when_solved", "stall_updates", "patience_updates")
+# identity fields added later, with the value a checkpoint without them was made with
+_IDENTITY_DEFAULTS = {"stop_when_solved": False, "stall_updates": 0, "patience_updates": 0}
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -86,6 +92,18 @@ class TrainConfig:
     - ``nonlinearity`` (RNN family): modrelu, but tanh for relrnn on copy / modrelu
     - ``nu``, ``rho`` (relrnn, rellstm): 10, 15 (copy), 15, 15 (denoise) / 10, 10
     - ``checkpoint_every``: ``eval_every``; ``seed``: 0; ``device``: "cpu".
+
+    Stopping before ``steps`` (all off by default; see :func:`solved_at`,
+    :func:`stalled_at`, :func:`patience_exhausted_at`):
+
+    - ``stop_when_solved``: stop once the run is *solved* (validation accuracy on the
+      answer steps >= 99 % at two consecutive evaluations);
+    - ``stall_updates`` (copy/denoise; 0 disables): stop as *stalled* when no
+      validation loss of the last ``stall_updates`` updates was below 0.9 x the
+      memoryless loss (:func:`memoryless_loss`);
+    - ``patience_updates`` (0 disables): stop when the best validation accuracy has not
+      improved for ``patience_updates`` updates (early stopping, for the pixel tasks);
+    - ``stop_at_perfect``: stop at the first evaluation with 100 % accuracy.
 
     ``out_dir=None`` writes nothing. ``data_dir`` is the MNIST folder (default
     ``data/mnist``).
@@ -114,6 +132,9 @@ class TrainConfig:
     progress: bool = True
     resume: bool = True
     stop_at_perfect: bool = False
+    stop_when_solved: bool = False
+    stall_updates: int = 0
+    patience_updates: int = 0
 
 
 @dataclass
@@ -207,7 +228,15 @@ def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> Tra
         c.rho = rho if c.rho is None else c.rho
     if not lstm and c.nonlinearity is None:
         c.nonlinearity = "tanh" if (c.task == "copy" and c.model == "relrnn") else "modrelu"
-    for name in ("progress", "resume", "stop_at_perfect"):
+    for name in ("stall_updates", "patience_updates"):
+        value = getattr(c, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0 (0 disables), got {value!r}")
+    if c.stall_updates and spec.kind != "sequence":
+        raise ValueError(f"stall_updates applies to copy and denoise only (it compares "
+                         f"with the memoryless loss); task {c.task!r} got "
+                         f"stall_updates={c.stall_updates!r}; use patience_updates")
+    for name in ("progress", "resume", "stop_at_perfect", "stop_when_solved"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name} must be a bool, got {getattr(c, name)!r}")
     # let the model factory check nu/rho/nonlinearity/init combinations now, not later
@@ -242,16 +271,19 @@ def _device(device: str) -> torch.device:
 def config_command(config: TrainConfig) -> str:
     """The ``python -m rsa train ...`` command equivalent to a resolved config."""
     args = ["python", "-m", "rsa", "train"]
-    skip = {"progress", "resume", "stop_at_perfect"}
+    skip = {"progress", "resume", "stop_at_perfect", "stop_when_solved"}
     for f in fields(TrainConfig):
         v = getattr(config, f.name)
-        if f.name in skip or v is None:
+        if f.name in skip or v is None or (f.name in _IDENTITY_DEFAULTS
+                                          and v == _IDENTITY_DEFAULTS[f.name]):
             continue
         args += [f"--{f.name.replace('_', '-')}", str(v)]
     if not config.progress:
         args.append("--no-progress")
     if config.stop_at_perfect:
         args.append("--stop-at-perfect")
+    if config.stop_when_solved:
+        args.append("--stop-when-solved")
     return shlex.join(args)
 
 
@@ -370,9 +402,116 @@ class _Interrupt:
         raise SystemExit(128 + self.signum)
 
 
+# -- stopping rules ---------------------------------------------------------------------
+# Defined once here; the chapter *Copy and denoise* states them and the experiment plan
+# (rsa.experiments, scale "converged") trains by them.
+
+SOLVED_ACCURACY = 0.99   # validation accuracy on the answer steps ...
+SOLVED_CONSECUTIVE = 2   # ... at this many consecutive evaluations
+STALL_FRACTION = 0.9     # "better than memoryless": loss below 0.9 x the memoryless loss
+
+
+def memoryless_loss(task: str, T: int) -> float:
+    """Validation loss (mean cross-entropy over all T + 20 steps) of the best predictor
+    that remembers nothing: exact on the blank steps, uniform over the 8 data symbols on
+    the 10 answer steps, so 10 ln 8 / (T + 20), for copy and denoise alike."""
+    from rsa.tasks import N_DATA, N_SYMBOLS, sequence_length
+
+    return N_DATA * math.log(N_SYMBOLS) / sequence_length(task, T)
+
+
+def solved_at(history: list[dict]) -> int | None:
+    """The update at which a run is *solved*: the first evaluation with validation
+    accuracy >= :data:`SOLVED_ACCURACY` that the next :data:`SOLVED_CONSECUTIVE` - 1
+    evaluations confirm (also >= it). None if no such evaluation is in ``history``."""
+    acc = [row["val_accuracy"] for row in history]
+    k = SOLVED_CONSECUTIVE
+    for i in range(len(acc) - k + 1):
+        if all(a is not None and a >= SOLVED_ACCURACY for a in acc[i:i + k]):
+            return history[i]["step"]
+    return None
+
+
+def stalled_at(history: list[dict], window: int, baseline: float) -> int | None:
+    """The first evaluation step s >= ``window`` at which no validation loss of the
+    evaluations in (s - window, s] was below ``STALL_FRACTION * baseline``: the run has
+    learned nothing a memoryless predictor does not know for ``window`` updates. None
+    if that never happened (or ``window`` is 0)."""
+    if window <= 0:
+        return None
+    bar = STALL_FRACTION * baseline
+    for row in history:
+        s = row["step"]
+        if s < window:
+            continue
+        recent = [r["val_loss"] for r in history if s - window < r["step"] <= s]
+        if not any(v is not None and math.isfinite(v) and v < bar for v in recent):
+            return s
+    return None
+
+
+def patience_exhausted_at(history: list[dict], patience: int) -> int | None:
+    """The first evaluation step at which the best validation accuracy so far was last
+    improved ``patience`` or more updates earlier. None if never (or ``patience`` is 0)."""
+    if patience <= 0:
+        return None
+    best, best_step = None, 0
+    for row in history:
+        a = row["val_accuracy"]
+        if a is not None and (best is None or a > best):
+            best, best_step = a, row["step"]
+        elif row["step"] - best_step >= patience:
+            return row["step"]
+    return None
+
+
+def _stop_reason(c: TrainConfig, history: list[dict]) -> str | None:
+    """Why training stops after the last row of ``history`` (None: it goes on)."""
+    if not history:
+        return None
+    last = history[-1]["step"]
+    solved = solved_at(history)
+    if c.stop_when_solved and solved is not None:
+        return "solved"
+    if c.stop_at_perfect and history[-1]["val_accuracy"] >= 1.0 and all(
+            r["val_accuracy"] < 1.0 for r in history[:-1]):
+        return "perfect"
+    if c.stall_updates and stalled_at(history, c.stall_updates,
+                                      memoryless_loss(c.task, c.T)) == last:
+        return "stalled"
+    if c.patience_updates and patience_exhausted_at(history, c.patience_updates) == last:
+        return "patience"
+    return None
+
+
 # -- the loop ----------------------------------------------------------------------------
 
-def _summary(history, state, steps_per_epoch, n_params):
+def _summary(history, state, steps_per_epoch, n_params, config: TrainConfig):
+    solved = solved_at(history)
+    solved_row = next((r for r in history if r["step"] == solved), None)
+    s = {
+        "steps_done": state["step"],
+        "first_perfect_step": state["first_perfect_step"],
+        "best_val_accuracy": state["best_val_accuracy"],
+        "best_step": state["best_step"],
+        "final_val_loss": history[-1]["val_loss"] if history else None,
+        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "wall_time_s": state["wall_time_s"],
+        "train_time_s": state["train_time_s"],
+        "stopped_early": state["stopped_early"],
+        "stop_reason": state.get("stop_reason"),
+        "solved": solved is not None,
+        "solved_step": solved,
+        "solved_wall_time_s": solved_row["wall_time_s"] if solved_row else None,
+        "solved_train_time_s": solved_row["train_time_s"] if solved_row else None,
+        "n_parameters": n_params,
+        "segments": state.get("segments", []),
+    }
+    if get_task(config.task).kind == "sequence":
+        s["memoryless_loss"] = memoryless_loss(config.task, config.T)
+    if steps_per_epoch:
+        s["epochs"] = state["step"] / steps_per_epoch
+    return s
     s = {
         "steps_done": state["step"],
         "first_perfect_step": state["first_perfect_step"],
@@ -420,8 +559,8 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
     ckpt_path = out / CHECKPOINT if out is not None else None
     if ckpt_path is not None and c.resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        diff = {k: (ckpt["config"].get(k), config_dict[k]) for k in _IDENTITY
-                if ckpt["config"].get(k) != config_dict[k]}
+        made = {k: ckpt["config"].get(k, _IDENTITY_DEFAULTS.get(k)) for k in _IDENTITY}
+        diff = {k: (made[k], config_dict[k]) for k in _IDENTITY if made[k] != config_dict[k]}
         if diff:
             raise ValueError(
                 f"checkpoint {str(ckpt_path)!r} was made with a different config "
@@ -440,7 +579,8 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
     if out is not None:
         manifest = io.build_manifest(
             config_dict, seed=c.seed, device=str(device), command=command, argv=argv,
-            files=["results.json", "history.csv", "manifest.json", CHECKPOINT])
+            files=["results.json", "history.csv", "manifest.json", CHECKPOINT,
+                   MODEL_FILE])
 
     def save_checkpoint():
         if ckpt_path is None:
@@ -456,7 +596,7 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
         if out is None:
             return
         if summary is None:
-            summary = _summary(state["history"], state, steps_per_epoch, n_params)
+            summary = _summary(state["history"], state, steps_per_epoch, n_params, c)
         io.write_json(out / "results.json", {"config": config_dict, "complete": complete,
                                              "history": state["history"],
                                              "summary": summary})
@@ -470,6 +610,13 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
     bar = tqdm(total=c.steps, initial=state["step"], disable=not c.progress,
                desc=f"{c.model} {c.task} T={c.T}", unit="upd", leave=False)
     wall0, train0 = state["wall_time_s"], state["train_time_s"]
+    # one segment per call that trains: where each part of a resumed run ran
+    segment = {"start_step": state["step"], "end_step": state["step"],
+               "wall_time_s": 0.0, "device": str(device), "cpu": io._cpu_model(),
+               "torch_threads": torch.get_num_threads()}
+    state.setdefault("segments", [])
+    if state["step"] < c.steps and not state["stopped_early"]:
+        state["segments"].append(segment)
     t_start = time.perf_counter()
     model.train()
     with _Interrupt() as interrupt, contextlib.closing(bar):
@@ -487,6 +634,8 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
             bar.update(1)
             state["train_time_s"] = train0
             state["wall_time_s"] = wall0 + time.perf_counter() - t_start
+            segment["end_step"] = step
+            segment["wall_time_s"] = time.perf_counter() - t_start
             if step % c.eval_every == 0:
                 ev = evaluate(model, val)
                 state["wall_time_s"] = wall0 + time.perf_counter() - t_start
@@ -505,7 +654,10 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
                     state["best_val_accuracy"], state["best_step"] = ev["accuracy"], step
                 if ev["accuracy"] >= 1.0 and state["first_perfect_step"] is None:
                     state["first_perfect_step"] = step
-                    state["stopped_early"] = c.stop_at_perfect and step < c.steps
+                reason = _stop_reason(c, state["history"])
+                if reason is not None:
+                    state["stop_reason"] = reason
+                    state["stopped_early"] = step < c.steps
                 bar.set_postfix(loss=f"{ev['loss']:.4f}", acc=f"{ev['accuracy']:.3f}")
                 write_results(complete=False)
             if step % c.checkpoint_every == 0 or interrupt.signum is not None:
@@ -515,7 +667,9 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
                 interrupt.raise_()
         save_checkpoint()
 
-    summary = _summary(state["history"], state, steps_per_epoch, n_params)
+    if state.get("stop_reason") is None and state["step"] >= c.steps:
+        state["stop_reason"] = "budget"
+    summary = _summary(state["history"], state, steps_per_epoch, n_params, c)
     if not state["history"] or state["history"][-1]["step"] != state["step"]:
         # a final evaluation off the eval_every grid: reported in the summary only, so
         # that extending the run later gives the same history as a longer run
@@ -525,14 +679,20 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
         ev = evaluate(model, test)
         summary["test_loss"], summary["test_accuracy"] = ev["loss"], ev["accuracy"]
     write_results(complete=True, summary=summary)
+    if out is not None:
+        io.atomic_torch_save({"format": 1, "config": config_dict,
+                              "model": model.state_dict()}, out / MODEL_FILE)
     return TrainResult(config_dict, copy.deepcopy(state["history"]), summary, model, out)
 
 
 def load_trained(out_dir: str | Path, device: str = "cpu") -> TaskModel:
-    """The model saved in ``out_dir/checkpoint.pt`` (in eval mode), e.g. for
-    :func:`rsa.tasks.evaluate_transfer`. FileNotFoundError with the command that
-    regenerates it when the checkpoint is missing."""
+    """The model saved in ``out_dir/checkpoint.pt``, or in ``out_dir/model.pt`` (the
+    trained weights a finished run writes, and what ``data/`` stores), in eval mode,
+    e.g. for :func:`rsa.tasks.evaluate_transfer`. FileNotFoundError with the command
+    that regenerates it when neither file exists."""
     path = Path(out_dir) / CHECKPOINT
+    if not path.is_file() and (Path(out_dir) / MODEL_FILE).is_file():
+        path = Path(out_dir) / MODEL_FILE
     if not path.is_file():
         regenerate = None
         with contextlib.suppress(FileNotFoundError, ValueError):

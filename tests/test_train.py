@@ -174,7 +174,7 @@ def test_tiny_run_writes_results_csv_and_manifest(tmp_path):
     assert table["val_loss"].tolist() == pytest.approx([h["val_loss"] for h in r.history])
     assert all(row["wall_time_s"] >= row["train_time_s"] > 0 for row in r.history)
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "history.csv", "manifest.json",
-                                       "results.json"]  # and no temporary files left
+                                       "model.pt", "results.json"]  # no temporary files
     run = io.load_run(out)
     assert run["complete"] and run["summary"] == r.summary and run["config"] == r.config
     assert run["history"]["val_accuracy"].tolist() == [h["val_accuracy"] for h in r.history]
@@ -323,8 +323,10 @@ def test_load_trained_and_transfer(tmp_path):
     assert same_parameters(model, r.model) and not model.training
     rows = evaluate_transfer(model, [3, 9], batch=4)
     assert [row["T"] for row in rows] == [3, 9]
+    os.remove(tmp_path / "checkpoint.pt")  # the weights alone (model.pt) are enough
+    assert same_parameters(load_trained(tmp_path), r.model)
     with pytest.raises(FileNotFoundError, match=r"checkpoint.*not found; regenerate it with"):
-        os.remove(tmp_path / "checkpoint.pt")
+        os.remove(tmp_path / "model.pt")
         load_trained(tmp_path)
 
 
