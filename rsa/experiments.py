@@ -157,7 +157,7 @@ def _selected(runs: list[dict], select) -> list[dict]:
 
 
 def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
-                 select=None) -> None:
+                 select=None, device: str = "cpu") -> None:
     from rsa.train import train
 
     runs = _selected(list(_train_runs(plan)), select)
@@ -174,7 +174,7 @@ def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
         log(f"[train {k}/{len(runs)}] {name}: training {r['steps']} updates")
         t0 = time.perf_counter()
         work = RUNS / scale / name
-        train(out_dir=str(work), progress=False, **r)
+        train(out_dir=str(work), progress=False, device=device, **r)
         files = RESULT_FILES + ((MODEL_FILE,) if plan.converged else ())
         for f in files:  # results (and small weights), not checkpoints, go to data/
             io.atomic_write_bytes(dest / f, (work / f).read_bytes())
@@ -309,8 +309,17 @@ _STAGE_FUNCS = {"train": _stage_train, "transfer": _stage_transfer,
                 "gradients": _stage_gradients, "cost": _stage_cost}
 
 
+def resolve_device(device: str) -> str:
+    """``"auto"``: ``"cuda"`` when a GPU is available, else ``"cpu"``; other names are
+    returned as given (``rsa.train`` checks them)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def reproduce(scale: str = "session", stages=STAGES, log=print,
-              shard: tuple[int, int] | None = None, select=None) -> None:
+              shard: tuple[int, int] | None = None, select=None,
+              device: str = "cpu") -> None:
     """Run the plan of ``scale`` stage by stage (skipping what is already stored).
 
     ``shard=(i, n)`` trains only every n-th run of the train stage, starting at run i
@@ -318,7 +327,10 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
     ``stages=["train"]`` only, since the later stages read every trained run.
     ``select`` (glob patterns on run names such as ``"copy/*_T100_s0"``) trains only the
     matching runs (shards then split those); it applies to ``stages=["train"]`` only.
+    ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``) is where the train stage
+    trains; each run's summary records where each part of it ran (``segments``).
     """
+    device = resolve_device(device)
     if scale not in PLANS:
         raise ValueError(f"scale must be one of {sorted(PLANS)}, got {scale!r}")
     bad = [s for s in stages if s not in STAGES]
@@ -339,8 +351,8 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
                              f"run names look like {run_name('copy', 'relrnn', 100, 0)!r}")
     for s in STAGES:
         if s in stages:
-            if s == "train" and (shard is not None or select is not None):
-                _stage_train(scale, plan, log, shard or (0, 1), select)
+            if s == "train":
+                _stage_train(scale, plan, log, shard or (0, 1), select, device)
             else:
                 _STAGE_FUNCS[s](scale, plan, log)
 
@@ -366,11 +378,14 @@ def main(argv=None) -> int:
     p.add_argument("--select", nargs="+", metavar="GLOB",
                    help="with --stages train: train only the runs whose name matches one "
                         "of these patterns, e.g. 'copy/*_T100_s0' 'digits/*'")
+    p.add_argument("--device", default="cpu",
+                   help="where the train stage trains: cpu, cuda, cuda:N or auto (cuda "
+                        "when available)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     try:
         reproduce(a.scale, a.stages, log=lambda s: print(s, flush=True), shard=a.shard,
-                  select=a.select)
+                  select=a.select, device=a.device)
     except ValueError as e:
         p.error(str(e))
     return 0

@@ -142,6 +142,12 @@ def git_commit(root: str | os.PathLike = REPO_ROOT) -> dict[str, Any]:
         sha = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
+        # a copy of the tree without .git (e.g. sent to a GPU machine): the sender may
+        # name its commit in RSA_GIT_COMMIT ("<sha>" or "<sha>+dirty")
+        given = os.environ.get("RSA_GIT_COMMIT")
+        if given:
+            sha, _, flag = given.partition("+")
+            return {"commit": sha, "dirty": flag == "dirty", "from": "RSA_GIT_COMMIT"}
         return {"commit": None, "dirty": None}
     return {"commit": sha, "dirty": dirty}
 

@@ -385,3 +385,115 @@ def test_missing_files_name_the_regenerating_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="make data"):
         io.load_json(tmp_path / "other.json", regenerate="make data")
     assert sys.modules["rsa.io"] is io
+
+
+# -- stopping rules: solved, stalled, patience --------------------------------------------
+
+def _history(accuracies=None, losses=None, every=250):
+    n = len(accuracies if accuracies is not None else losses)
+    return [{"step": every * (i + 1),
+             "val_accuracy": None if accuracies is None else accuracies[i],
+             "val_loss": None if losses is None else losses[i],
+             "wall_time_s": 10.0 * (i + 1), "train_time_s": 9.0 * (i + 1)}
+            for i in range(n)]
+
+
+def test_solved_needs_two_consecutive_evaluations_at_99_percent():
+    assert train_mod.solved_at(_history([0.5, 0.995, 0.98, 0.99, 1.0])) == 1000
+    assert train_mod.solved_at(_history([0.5, 0.995, 0.98, 0.99])) is None  # unconfirmed
+    assert train_mod.solved_at(_history([0.989, 0.9899, 0.5])) is None  # below 99 %
+    assert train_mod.solved_at(_history([1.0, 1.0])) == 250
+    assert train_mod.solved_at([]) is None
+
+
+def test_memoryless_loss_is_that_of_the_uniform_guess_on_the_answer_steps():
+    T = 30
+    assert train_mod.memoryless_loss("copy", T) == pytest.approx(10 * math.log(8) / (T + 20))
+    # a predictor exact on the blanks and uniform over the 8 data symbols on the answers
+    x, y = copy_batch(T, 64, make_generator(0))
+    logits = torch.full((T + 20, 64, 9), -1e9)
+    logits.scatter_(2, y.unsqueeze(-1), 0.0)  # exact everywhere ...
+    logits[-10:] = -1e9
+    logits[-10:, :, 1:9] = 0.0  # ... but uniform over the symbols where they are asked
+    loss = F.cross_entropy(logits.reshape(-1, 9), y.reshape(-1)).item()
+    assert loss == pytest.approx(train_mod.memoryless_loss("copy", T), rel=1e-6)
+
+
+def test_stalled_when_no_loss_of_the_window_beats_the_memoryless_bar():
+    base = 1.0  # the bar is 0.9
+    flat = _history(losses=[1.0] * 30)
+    assert train_mod.stalled_at(flat, 5000, base) == 5000  # 20 evaluations of 250
+    assert train_mod.stalled_at(flat, 0, base) is None  # disabled
+    learning = _history(losses=[1.0] * 10 + [0.85] + [1.0] * 29)  # good at step 2750
+    assert train_mod.stalled_at(learning, 5000, base) == 7750  # 5000 updates after it
+    assert train_mod.stalled_at(_history(losses=[0.95] * 30), 5000, base) == 5000
+    assert train_mod.stalled_at(_history(losses=[0.89] * 30), 5000, base) is None
+    assert train_mod.stalled_at(_history(losses=[float("nan")] * 30), 5000, base) == 5000
+
+
+def test_patience_counts_updates_since_the_best_accuracy():
+    h = _history([0.1, 0.5, 0.4, 0.5, 0.45, 0.6, 0.3, 0.3, 0.3, 0.3], every=100)
+    assert train_mod.patience_exhausted_at(h, 400) == 1000  # best 0.6 at 600
+    assert train_mod.patience_exhausted_at(h, 300) == 500  # 0.5 at 200; equal is no gain
+    assert train_mod.patience_exhausted_at(h, 0) is None
+    assert train_mod.patience_exhausted_at(h, 500) is None
+
+
+def _fake_evaluations(monkeypatch, accuracies, losses=None):
+    values = iter(zip(accuracies, losses or [0.1] * len(accuracies), strict=True))
+
+    def fake_evaluate(model, batches):
+        a, l_ = next(values)
+        return {"loss": l_, "accuracy": a}
+
+    monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
+
+
+def test_run_stops_when_solved_and_records_update_and_time(monkeypatch, tmp_path):
+    _fake_evaluations(monkeypatch, [0.5, 0.995, 0.999, 0.2, 0.2, 0.2])
+    r = train(**TINY, steps=12, stop_when_solved=True, out_dir=str(tmp_path))
+    s = r.summary
+    assert (s["steps_done"], s["solved"], s["solved_step"], s["stop_reason"],
+            s["stopped_early"]) == (6, True, 4, "solved", True)
+    assert s["solved_wall_time_s"] == r.history[1]["wall_time_s"] > 0
+    assert s["segments"][0]["start_step"] == 0 and s["segments"][0]["end_step"] == 6
+    # without the rule the same evaluations run to the budget, still marked solved at 4
+    _fake_evaluations(monkeypatch, [0.5, 0.995, 0.999, 0.2, 0.2, 0.2])
+    s = train(**TINY, steps=12).summary
+    assert (s["steps_done"], s["solved"], s["solved_step"], s["stop_reason"]) == \
+        (12, True, 4, "budget")
+
+
+def test_run_stops_when_stalled_but_not_while_it_learns(monkeypatch):
+    bar = 0.9 * train_mod.memoryless_loss("copy", 3)
+    _fake_evaluations(monkeypatch, [0.1] * 6, [bar * 1.01] * 6)
+    s = train(**TINY, steps=12, stall_updates=4).summary
+    assert (s["steps_done"], s["stop_reason"], s["solved"]) == (4, "stalled", False)
+    _fake_evaluations(monkeypatch, [0.1] * 6, [bar * 1.01, bar * 0.99] * 3)
+    s = train(**TINY, steps=12, stall_updates=4).summary
+    assert (s["steps_done"], s["stop_reason"]) == (12, "budget")
+
+
+def test_patience_stops_a_pixel_run(monkeypatch):
+    _fake_evaluations(monkeypatch, [0.3, 0.5, 0.4, 0.45, 0.5, 0.6])
+    s = train(model="rnn", task="digits", hidden_size=4, batch=50, steps=12, eval_every=2,
+              patience_updates=6, progress=False).summary
+    assert (s["steps_done"], s["stop_reason"], s["best_step"]) == (10, "patience", 4)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(stall_updates=-1), "stall_updates must be an int >= 0"),
+    (dict(patience_updates=1.5), "patience_updates must be an int >= 0"),
+    (dict(stop_when_solved="yes"), "stop_when_solved must be a bool"),
+    (dict(task="digits", T=None, stall_updates=10), "stall_updates applies to copy and "
+                                                    "denoise only"),
+])
+def test_stopping_rules_reject_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_config(**{**TINY, **bad})
+
+
+def test_a_stopped_run_resumed_with_a_rule_changed_is_refused(tmp_path):
+    train(**TINY, steps=2, out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"'stall_updates': \(0, 4\)"):
+        train(**TINY, steps=4, stall_updates=4, out_dir=str(tmp_path))
