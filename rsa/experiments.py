@@ -28,6 +28,7 @@ import argparse
 import fnmatch
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -35,7 +36,8 @@ from rsa import io
 from rsa.heads import MODELS
 from rsa.train import MODEL_FILE
 
-__all__ = ["PLANS", "Plan", "reproduce", "main", "run_name"]
+__all__ = ["PLANS", "Plan", "reproduce", "main", "run_name", "plan_runs", "load_stored_runs",
+           "runs_table"]
 
 DATA = io.REPO_ROOT / "data"
 RUNS = io.REPO_ROOT / "runs"
@@ -154,6 +156,66 @@ def _selected(runs: list[dict], select) -> list[dict]:
     return [r for r in runs if any(
         fnmatch.fnmatchcase(run_name(r["task"], r["model"], r.get("T"), r["seed"],
                                      r.get("rho")), pattern) for pattern in select)]
+
+
+def plan_runs(scale: str) -> list[dict]:
+    """The training runs of a scale's plan, in order, each a dict of :func:`rsa.train.train`
+    arguments plus its ``name`` (:func:`run_name`)."""
+    if scale not in PLANS:
+        raise ValueError(f"scale must be one of {sorted(PLANS)}, got {scale!r}")
+    return [{**r, "name": run_name(r["task"], r["model"], r.get("T"), r["seed"], r.get("rho"))}
+            for r in _train_runs(PLANS[scale])]
+
+
+def load_stored_runs(scale: str, tasks=None, data=None) -> tuple[dict, list[dict]]:
+    """The plan's runs that ``data/<scale>/`` holds, complete: ``(stored, missing)``, with
+    ``stored`` {name: :func:`rsa.io.load_run` dict + ``"spec"``} and ``missing`` the
+    specs (:func:`plan_runs`) of the runs not stored yet (or stored unfinished). Only
+    ``tasks`` (default all) are read. A plan that is still being run is read as far as
+    it goes; the chapters say what is missing."""
+    data = DATA if data is None else Path(data)
+    stored, missing = {}, []
+    for spec in plan_runs(scale):
+        if tasks is not None and spec["task"] not in tasks:
+            continue
+        folder = data / scale / spec["name"]
+        if (folder / "results.json").is_file():
+            run = io.load_run(folder)
+            if run["complete"]:
+                stored[spec["name"]] = {**run, "spec": spec}
+                continue
+        missing.append(spec)
+    return stored, missing
+
+
+def runs_table(stored: dict):
+    """One row per stored run (a pandas DataFrame): task, model, T, rho, seed, how it
+    ended (``stop_reason``: solved, stalled, patience, budget), whether and when it was
+    solved (update, wall and training time), the updates done, best and final
+    validation accuracy and loss, test accuracy (pixel tasks), the training time per
+    update, and where it ran (device and CPU of its first part)."""
+    import pandas as pd
+
+    rows = []
+    for name, r in stored.items():
+        c, s = r["config"], r["summary"]
+        seg = (s.get("segments") or [{}])[0]
+        rows.append({
+            "name": name, "task": c["task"], "model": c["model"], "T": c["T"],
+            "rho": r["spec"].get("rho"), "seed": c["seed"], "budget": c["steps"],
+            "stop_reason": s.get("stop_reason"), "solved": bool(s.get("solved")),
+            "solved_step": s.get("solved_step"),
+            "solved_wall_time_s": s.get("solved_wall_time_s"),
+            "solved_train_time_s": s.get("solved_train_time_s"),
+            "steps_done": s["steps_done"], "best_val_accuracy": s["best_val_accuracy"],
+            "best_step": s["best_step"], "final_val_accuracy": s["final_val_accuracy"],
+            "final_val_loss": s["final_val_loss"], "test_accuracy": s.get("test_accuracy"),
+            "wall_time_s": s["wall_time_s"],
+            "ms_per_update": 1e3 * s["train_time_s"] / max(1, s["steps_done"]),
+            "device": seg.get("device"), "cpu": seg.get("cpu"),
+            "parts": len(s.get("segments") or []),
+        })
+    return pd.DataFrame(rows)
 
 
 def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
