@@ -494,13 +494,15 @@ def plot_cost_floor(table, ax=None, references: Mapping | None = None,
 
 __all__ += ["MODEL_LABELS", "model_label", "plot_learning_curves", "plot_transfer",
             "plot_grad_profiles", "plot_scaling", "plot_memory_vs_gradient",
-            "plot_accuracy_vs_cost", "plot_test_accuracy", "plot_panels"]
+            "plot_accuracy_vs_cost", "plot_test_accuracy", "plot_panels",
+            "plot_run_curves", "plot_updates_to_solve"]
 
 # How models are written in legends, and their order (the order of rsa.heads.MODELS).
 MODEL_LABELS = {"rnn": "RNN", "lstm": "LSTM", "memrnn": "MemRNN", "relrnn": "RelRNN",
                 "rellstm": "RelLSTM", "sab": "SAB",
                 "memrnn_unfused": "MemRNN (plain autograd)",
-                "relrnn_unfused": "RelRNN (plain autograd)"}
+                "relrnn_unfused": "RelRNN (plain autograd)",
+                "rellstm_unfused": "RelLSTM (plain autograd)"}
 _CHANCE = {"color": "0.35", "ls": ":", "lw": 1.4}
 
 
@@ -823,4 +825,107 @@ def plot_panels(tables: Mapping, x: str, y: str, ylabels, xlabel: str,
         ax.set_title(name)
         ax.legend(fontsize="small")
     fig.tight_layout()
+    return fig
+
+
+def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = "T",
+                    unit: str = "seed", ylabel: str = "validation accuracy",
+                    xlabel: str = "updates", col_title: str = "$T$ = {}",
+                    chance=None, chance_label: str = "no memory", solved=None,
+                    solved_label: str = "solved", col_order=None, logy: bool = False):
+    """Learning curves of runs of different lengths: one panel per ``col`` value, one
+    thin line per run (a ``unit``, e.g. the seed) coloured by model, each ending where
+    its run stopped. ``solved``: a level (e.g. 0.99) drawn as a dashed line. A column
+    ``solved_step`` in ``table`` (per run, NaN when it was not solved) puts a star at
+    the evaluation where each run was solved. ``chance``: a dotted level, or {``col``
+    value: level}."""
+    df = pd.DataFrame(table)
+    _require(df, ["model", col, x, y, unit])
+    values = list(col_order) if col_order is not None else sorted(df[col].unique())
+    if not values:
+        return _empty_figure(xlabel, ylabel)
+    fig, axes = _panels(len(values))
+    for ax, v in zip(axes, values, strict=True):
+        g = df[df[col] == v]
+        for m in _by_model_order(g["model"].unique()):
+            for k, (_, h) in enumerate(g[g["model"] == m].groupby(unit)):
+                h = h.sort_values(x)
+                ax.plot(h[x], h[y], lw=1.4, alpha=0.85, color=model_color(m),
+                        label=model_label(m) if k == 0 else None)
+                if "solved_step" in h and h["solved_step"].notna().any():
+                    at = h[h[x] == h["solved_step"].iloc[0]]
+                    ax.plot(at[x], at[y], ls="", marker="*", ms=11, color=model_color(m),
+                            mec="black", zorder=4)
+        level = chance.get(v) if isinstance(chance, Mapping) else chance
+        if level is not None:
+            ax.axhline(level, label=chance_label, **_CHANCE)
+        if solved is not None:
+            ax.axhline(solved, color="0.3", ls="--", lw=1.0, label=solved_label)
+        if logy:
+            ax.set_yscale("log")
+        _plain_log_ticks(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_title(col_title.format(v))
+    axes[0].set_ylabel(ylabel)
+    if "solved_step" in df and df["solved_step"].notna().any():
+        axes[-1].plot([], [], ls="", marker="*", ms=11, color="0.6", mec="black",
+                      label="solved here")
+    _legend_outside(fig, axes[-1], "model")
+    return fig
+
+
+def plot_updates_to_solve(table, x: str = "T", y: str = "solved_step", col: str = "task",
+                          ylabel: str = "updates to solve (log scale)",
+                          xlabel: str = "delay $T$", budget_y: str = "steps_done"):
+    """Updates each run needed to be solved, against the delay: one panel per ``col``,
+    one point per run coloured by model (models side by side at each ``x``), a line
+    through each model's median over its solved runs; a run that was not solved is an
+    open marker at the updates it trained (column ``budget_y``) with an upward arrow."""
+    df = pd.DataFrame(table)
+    _require(df, ["model", x, y, col, budget_y])
+    values = sorted(df[col].unique())
+    if not values:
+        return _empty_figure(xlabel, ylabel)
+    xs = sorted(df[x].unique())
+    models = _by_model_order(df["model"].unique())
+    fig, axes = _panels(len(values))
+    for ax, v in zip(axes, values, strict=True):
+        g = df[df[col] == v]
+        for k, m in enumerate(models):
+            h = g[g["model"] == m]
+            off = (k - (len(models) - 1) / 2) * 0.12
+            pos = {t: i + off for i, t in enumerate(xs)}
+            ok = h[h[y].notna()]
+            ax.scatter([pos[t] for t in ok[x]], ok[y], color=model_color(m), s=40,
+                       edgecolor="black", zorder=3)
+            med = ok.groupby(x)[y].median()
+            ax.plot([pos[t] for t in med.index], med.values, color=model_color(m), lw=1.2)
+            no = h[h[y].isna()]
+            ax.scatter([pos[t] for t in no[x]], no[budget_y], facecolor="white",
+                       edgecolor=model_color(m), marker="^", s=55, lw=1.6, zorder=3)
+        ax.set_yscale("log")
+        _plain_log_ticks(ax)
+        ax.set_xticks(range(len(xs)), [str(t) for t in xs])
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_xlabel(xlabel)
+        ax.set_title(str(v))
+    axes[0].set_ylabel(ylabel)
+    handles = [plt.Line2D([], [], ls="-", marker="o", color=model_color(m), mec="black",
+                          label=model_label(m)) for m in models]
+    handles.append(plt.Line2D([], [], ls="", marker="^", mfc="white", mec="0.3",
+                              label="not solved (updates trained)"))
+    axes[-1].legend(handles=handles, fontsize="small", loc="center left",
+                    bbox_to_anchor=(1.02, 0.5))
+    return fig
+
+
+def _empty_figure(xlabel: str, ylabel: str):
+    """A figure that says there is nothing to show yet (a plan not run this far)."""
+    fig, ax = plt.subplots(figsize=(5, 2.5))
+    ax.text(0.5, 0.5, "no runs stored yet", ha="center", va="center",
+            transform=ax.transAxes, fontsize="large", color="0.3")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     return fig
