@@ -25,10 +25,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 echo "== 1. CUDA tests"
-timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -25
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -25
 
 echo "== 2. bench on CUDA"
-timeout 200 $PY -m rsa bench --device cuda --repeats 5 --T 100 200 500 1000 --out gpu/bench
+timeout 150 $PY -m rsa bench --device cuda --repeats 5 --T 100 200 500 1000 --out gpu/bench
 
 echo "== 3. converged plan slice on CUDA: $N_PROC processes, $TRAIN_S s"
 for i in $(seq 0 $((N_PROC - 1))); do
