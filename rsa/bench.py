@@ -5,6 +5,9 @@ reviewers' request for wall-clock numbers (§7), measured with :mod:`rsa.measure
 copy task: for each model and T in {100, 200, 500, 1000} at B = 10, n = 128, and at
 B = 100 for T = 200, the median and the fastest of ``repeats`` updates after ``warmup``
 updates, the peak extra memory of one update, and the bytes autograd saves for backward.
+The models with a fused default (MemRNN, RelRNN, RelLSTM) can also be timed with plain
+autograd, their specification, next to it: ``--models rellstm rellstm_unfused`` times
+``RelLSTM(fused=False)`` in the same rounds as the fused RelLSTM.
 
 The updates are timed in interleaved rounds (:func:`rsa.measure.update_times`). On a
 shared virtual machine the same update can take twice as long for seconds to minutes
@@ -27,12 +30,21 @@ from pathlib import Path
 import torch
 
 from rsa import io
-from rsa.heads import MODELS
+from rsa.heads import _FUSED, MODELS
 from rsa.measure import estimate_memory, peak_memory, saved_tensor_bytes, update_times
 
-__all__ = ["run_bench", "markdown_table", "main", "DEFAULT_TS"]
+__all__ = ["run_bench", "markdown_table", "main", "DEFAULT_TS", "UNFUSED_VARIANTS"]
 
 DEFAULT_TS = (100, 200, 500, 1000)
+# the plain-autograd loop of each model with a fused default, as a bench "model"
+UNFUSED_VARIANTS = tuple(f"{m}_unfused" for m in _FUSED)
+
+
+def _model_and_options(name: str) -> tuple[str, dict]:
+    """``"rellstm_unfused"`` -> ``("rellstm", {"fused": False})``; a model -> (it, {})."""
+    if name in UNFUSED_VARIANTS:
+        return name.removesuffix("_unfused"), {"fused": False}
+    return name, {}
 
 
 def _available_bytes(device: str) -> int:
@@ -56,13 +68,15 @@ def run_bench(models=MODELS, Ts=DEFAULT_TS, *, batch: int = 10, hidden_size: int
     ``large_batch`` (0 skips it). Returns one dict per row: model, T, batch, time_ms
     (median), time_min_ms (fastest), times_ms, peak_mib and saved_mib (peak extra memory
     and bytes saved for backward, None without ``memory``), skipped (reason or None),
-    threads, method.
+    threads, method. ``models`` are names of :data:`rsa.heads.MODELS` or of
+    :data:`UNFUSED_VARIANTS` (``"memrnn_unfused"``...: the model with ``fused=False``).
     ``max_memory_gb`` defaults to half the available RAM (CPU) or 80 % of the free GPU
     memory. ``log`` (e.g. ``print``) receives one line per row.
     """
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in MODELS + UNFUSED_VARIANTS]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; accepted: {', '.join(MODELS)}")
+        raise ValueError(f"unknown model(s) {unknown}; accepted: "
+                         f"{', '.join(MODELS + UNFUSED_VARIANTS)}")
     from rsa.train import _device
 
     _device(device)  # fails early if CUDA was asked for and is missing
@@ -80,7 +94,8 @@ def run_bench(models=MODELS, Ts=DEFAULT_TS, *, batch: int = 10, hidden_size: int
             row = {"model": m, "T": T, "batch": B, "time_ms": None, "time_min_ms": None,
                    "times_ms": None, "peak_mib": None, "saved_mib": None, "skipped": None,
                    "threads": torch.get_num_threads(), "method": None}
-            est = estimate_memory(m, T, batch=B, hidden_size=hidden_size)
+            name, opts = _model_and_options(m)
+            est = estimate_memory(name, T, batch=B, hidden_size=hidden_size, **opts)
             if est > limit:
                 row["skipped"] = (f"estimated {est / 2**30:.1f} GiB > budget "
                                   f"{limit / 2**30:.1f} GiB")
@@ -89,7 +104,9 @@ def run_bench(models=MODELS, Ts=DEFAULT_TS, *, batch: int = 10, hidden_size: int
     if log is not None:
         log(f"timing {len(timed)} configurations in {repeats} interleaved rounds "
             f"after {warmup} warm-up update(s) each")
-    results = update_times([(r["model"], r["T"], r["batch"]) for r in timed],
+    variants = [_model_and_options(r["model"]) for r in timed]
+    results = update_times([(name, r["T"], r["batch"], opts)
+                            for r, (name, opts) in zip(timed, variants, strict=True)],
                            hidden_size=hidden_size, repeats=repeats, warmup=warmup,
                            device=device)
     for row, t in zip(timed, results, strict=True):
@@ -98,12 +115,12 @@ def run_bench(models=MODELS, Ts=DEFAULT_TS, *, batch: int = 10, hidden_size: int
         row["time_min_ms"] = min(row["times_ms"])
     for row in rows:
         if memory and not row["skipped"]:
-            m, T, B = row["model"], row["T"], row["batch"]
-            p = peak_memory(m, T, batch=B, hidden_size=hidden_size, device=device)
+            (m, opts), T, B = _model_and_options(row["model"]), row["T"], row["batch"]
+            p = peak_memory(m, T, batch=B, hidden_size=hidden_size, device=device, **opts)
             row["peak_mib"] = p["peak_bytes"] / 2**20
             row["method"] = p["method"]
             row["saved_mib"] = saved_tensor_bytes(
-                m, T, batch=B, hidden_size=hidden_size, device=device) / 2**20
+                m, T, batch=B, hidden_size=hidden_size, device=device, **opts) / 2**20
         if log is not None:
             log(_row_line(row))
     return rows
@@ -139,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m rsa bench`` (see ``--help``)."""
     p = argparse.ArgumentParser(prog="python -m rsa bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--models", nargs="+", default=list(MODELS),
+                   choices=MODELS + UNFUSED_VARIANTS,
+                   help="models; NAME_unfused is the model with plain autograd (fused=False)")
     p.add_argument("--T", nargs="+", type=int, default=list(DEFAULT_TS), help="delays T")
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--large-batch", type=int, default=100, help="extra row's batch (0: none)")

@@ -79,7 +79,7 @@ PLANS["converged"] = Plan(
     transfer_Ts=(100, 200, 500, 1000), transfer_max=5000, stop_when_solved=True,
     stall_updates=5000, digits_patience=650, converged=True)
 STAGES = ("train", "transfer", "gradients", "cost")
-UNFUSED = ("memrnn", "relrnn")  # models with a fused default, also costed with fused=False
+UNFUSED = ("memrnn", "relrnn", "rellstm")  # fused by default; also costed with fused=False
 
 
 def run_name(task: str, model: str, T: int | None, seed: int, rho: int | None = None) -> str:

@@ -188,15 +188,16 @@ def memrnn_fused(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: torc
 
 
 def fused_inputs(model, x: torch.Tensor) -> tuple:
-    """The arguments of a fused sequence function for ``model(x)`` (MemRNN or RelRNN):
-    ``(U x + b, V, W_q, W_k, v, phi_b)``. The input drive U x + b is one matmul done by
-    autograd, so U, b and x get their gradients from it."""
+    """The arguments of a fused sequence function for ``model(x)`` (MemRNN, RelRNN or
+    RelLSTM): ``(U x + b, V, W_q, W_k, v, phi_b)``, phi_b None for tanh and for the
+    LSTM. The input drive U x + b is one matmul done by autograd, so U, b and x get
+    their gradients from it."""
     if x.dim() != 3 or x.shape[-1] != model.input_size:
         raise ValueError(f"x must have shape (T, B, {model.input_size}), got "
                          f"{tuple(x.shape)}")
     if x.shape[0] < 1:
         raise ValueError(f"sequence length T must be >= 1, got {x.shape[0]}")
-    phi_b = model.phi.b if model.nonlinearity == "modrelu" else None
+    phi_b = model.phi.b if getattr(model, "nonlinearity", None) == "modrelu" else None
     return model.U(x), model.V.weight, model.W_q.weight, model.W_k.weight, model.v, phi_b
 
 

@@ -1,4 +1,5 @@
-"""RelRNN over a whole sequence in one autograd node, with a hand-written backward.
+"""RelRNN over a whole sequence in one autograd node, with a hand-written backward; and
+the screened attention it shares with the fused RelLSTM (:mod:`rsa.fused_rellstm`).
 
 The update is that of :class:`rsa.models.RelRNN` (``paper.md`` §2, chapter *Relevancy
 screening*), 0-based in time as in :mod:`rsa.fused`: h_0 = phi(U x_0 + b), and for
@@ -33,20 +34,31 @@ leaving state replaces the *first* slot of lowest score, and only if its score i
 
 Backward, for one step t (G = dL/d·), walking t from T - 1 down to 0:
 
-- G_{h_t} = dL/dH_t + G_{s_t}/2 + G^val_t + G^key_t (4 v ⊙ W_k): the accumulator
-  GHK[t] = [G^val_t | G^key_t] holds, for every later step t' whose memory held h_t,
-  alpha_{t't} G_{c_{t'}} (value path) and ge_{t't} sigma (1 - sigma) (key path, over
-  4 v); all later steps are done when t is reached.
-- G_{z_t} = G_{h_t} ⊙ phi'(z_t); G_{s_{t-1}} = G_{z_t} V + G_{q_{t+1}};
-  G_{c_t} = G_{s_{t-1}} / 2.
-- ge_t = alpha_t ⊙ (g_t - <alpha_t, g_t>) with g_tj = G_{c_t} . h_j (softmax backward);
-  with sigma = sigmoid(2 (W_q q_t + W_k h_j)) recomputed (tanh(x) = 2 sigma(2x) - 1):
-  G_{W_q q_t} = 4 v ⊙ sum_j ge_tj sigma (1 - sigma), and dL/dv collects
-  sum_j ge_tj tanh(...) = sum_j ge_tj (2 sigma - 1) = 2 sum_j ge_tj sigma, since
-  sum_j ge_tj = 0 (alpha_t sums to 1).
+1. G_{h_t} = dL/dH_t + G_{s_t}/2 + G^val_t + G^key_t (4 v ⊙ W_k): the accumulator
+   GHK[t] = [G^val_t | G^key_t] holds, for every later step t' whose memory held h_t,
+   alpha_{t't} G_{c_{t'}} (value path) and ge_{t't} sigma (1 - sigma) (key path, over
+   4 v); all later steps are done when t is reached.
+2. G_{z_t} = G_{h_t} ⊙ phi'(z_t) (the cell's backward: the only part that differs in
+   the fused RelLSTM).
+3. G_{s_{t-1}} = G_{z_t} V + G_{q_{t+1}}; G_{c_t} = G_{s_{t-1}} / 2 (and G_{s_{t-1}}/2
+   is also h_{t-1}'s share, step 1 at t - 1).
+4. ge_t = alpha_t ⊙ (g_t - <alpha_t, g_t>) with g_tj = G_{c_t} . h_j (softmax
+   backward).
+5. With sigma = sigmoid(2 (W_q q_t + W_k h_j)) recomputed (tanh(x) = 2 sigma(2x) - 1):
+   G_{W_q q_t} = 4 v ⊙ sum_j ge_tj sigma (1 - sigma); dL/dv collects
+   sum_j ge_tj tanh(...) = sum_j ge_tj (2 sigma - 1) = 2 sum_j ge_tj sigma, since
+   sum_j ge_tj = 0 (alpha_t sums to 1); and GHK[j] += [alpha_tj G_{c_t} |
+   ge_tj sigma (1 - sigma)] for each attended h_j (one ``index_add_``).
 
 The weight gradients (V, W_q, W_k, v, modReLU's b) are single matmuls or sums at the
 end. ``U x + b`` is computed outside, by autograd, as in :mod:`rsa.fused`.
+
+Shared with the fused RelLSTM: the attention forward of a step and the screening after
+it (:class:`_Attention`: steps t >= 1 above, up to s_{t-1}), the attention backward of
+a step (:class:`_AttentionGrad`: steps 4 and 5) and the attention's weight gradients
+(:func:`_attention_weight_grads`). Both models store their states in memory the same
+way (the RelLSTM stores its outputs h_t, not its cells), so only the cell, step 2, and
+the shape of V differ.
 """
 
 from __future__ import annotations
@@ -94,6 +106,129 @@ def _screen_step(slot, score, trow, t, nu, rho, nR, R_slots):
     return nR
 
 
+class _Attention:
+    """The forward half of the screened attention, shared by the fused RelRNN and
+    RelLSTM: for each step t >= 1, :meth:`attend` (the memory M_t read from the table
+    HK, the scores, alpha_t, c_t and s_{t-1}), then, once h_t is in HK, :meth:`screen`
+    (scores credited to S, h_t pushed, the screening on time indices).
+
+    ``HK`` (T, B, 2n): the table of ``[h_t | 2 W_k h_t]`` rows the model fills; row
+    h_0 must be written before step 1 attends (h_0 already sits in S's slot 0). What
+    the backward needs is :attr:`sizes` (B m_t per step), :attr:`IDX` (the rows each
+    step read, slot-major) and :meth:`alpha` (every step's alpha, one tensor).
+    """
+
+    def __init__(self, HK: torch.Tensor, v: torch.Tensor, nu: int, rho: int, exact: bool):
+        T, B, n2 = HK.shape
+        n, K = n2 // 2, nu + rho
+        opts = dict(dtype=HK.dtype, device=HK.device)
+        self.n, self.B, self.nu, self.rho, self.exact = n, B, nu, rho, exact
+        self.rows = HK.view(T * B, n2)          # h_t of example b is row t B + b
+        self.trow = torch.arange(T * B, device=HK.device).view(T, B)
+        self.v_e = v if exact else 2 * v        # e = 2 v . sigma(P), constant dropped
+        self.sizes = [B * _memory_size(t, nu, rho) for t in range(1, T)]  # B m_t, t >= 1
+        self.IDX = torch.empty(sum(self.sizes), dtype=torch.long, device=HK.device)
+        self.idxs = [None, *self.IDX.split(self.sizes)]  # step t's (m_t B,) rows
+        self.alphas = [None] * T                # step t's alpha (m_t, B)
+        self.slot = torch.zeros(K, B, dtype=torch.long, device=HK.device)  # row per slot
+        self.score = torch.zeros(K, B, **opts)
+        self.R_slots = torch.arange(rho, device=HK.device)[:, None]
+        # per-size views made once (slicing in the loop costs more than the arithmetic)
+        work = torch.empty(K * B * n, **opts)
+        self.P_m = [work[:m * B * n].view(m, B, n) for m in range(K + 1)]
+        self.M_m = [None] + [torch.empty(m * B, n2, **opts) for m in range(1, K + 1)]
+        self.slot[0] = self.trow[0]
+        self.nS, self.nR = 1, 0
+
+    def attend(self, t: int, q2: torch.Tensor, h: torch.Tensor,
+               out: torch.Tensor) -> torch.Tensor:
+        """s_{t-1} = (h_{t-1} + c_t) / 2 into ``out`` (B, n), from the doubled query
+        ``q2`` = 2 W_q q_t (B, n) and ``h`` = h_{t-1}; alpha_t is kept."""
+        n, B = self.n, self.B
+        m = self.nS + self.nR
+        idx = self.idxs[t]
+        idx.view(m, B).copy_(self.slot[:m])
+        M = torch.index_select(self.rows, 0, idx, out=self.M_m[m]).view(m, B, 2 * n)
+        P = torch.add(q2, M[..., n:], out=self.P_m[m])
+        e = (P.mul_(0.5).tanh_() if self.exact else P.sigmoid_()) @ self.v_e  # (m, B)
+        a = self.alphas[t] = torch.softmax(e, dim=0)
+        c = torch.mul(a[..., None], M[..., :n], out=P).sum(0)  # (B, n)
+        return torch.lerp(h, c, 0.5, out=out)  # s_{t-1} = (h_{t-1} + c_t) / 2
+
+    def screen(self, t: int) -> None:
+        """After h_t is in HK: credit alpha_t to S's states (R's scores are frozen) and
+        push h_t into the memory."""
+        nS = self.nS
+        self.score[:nS].add_(self.alphas[t][:nS])
+        if nS == self.nu:
+            self.nR = _screen_step(self.slot, self.score, self.trow, t, self.nu, self.rho,
+                                   self.nR, self.R_slots)
+        else:
+            self.slot[nS] = self.trow[t]
+            self.nS = nS + 1
+
+    def alpha(self) -> torch.Tensor:
+        """Every step's alpha in one flat tensor (so that autograd's saved-tensor
+        accounting sees it), split again by :class:`_AttentionGrad`."""
+        if len(self.alphas) < 2:
+            return self.rows.new_empty(0)
+        return torch.cat([a.reshape(-1) for a in self.alphas[1:]])
+
+
+class _AttentionGrad:
+    """The backward half of the screened attention, shared by the fused RelRNN and
+    RelLSTM (steps 4 and 5 of the module docstring): :meth:`step` takes G_{c_t} and adds
+    the memory's gradient into ``GHK`` (T, B, 2n) and G_{W_q q_t} / (4 v) into its
+    output; :attr:`gv` accumulates dL/dv."""
+
+    def __init__(self, HK: torch.Tensor, GHK: torch.Tensor, IDX: torch.Tensor,
+                 ALPHA: torch.Tensor, sizes: list[int]):
+        T, B, n2 = HK.shape
+        n = n2 // 2
+        opts = dict(dtype=HK.dtype, device=HK.device)
+        self.n, self.B = n, B
+        self.rows, self.grows = HK.view(T * B, n2), GHK.view(T * B, n2)
+        self.idxs = [None, *IDX.split(sizes)]
+        self.alphas = [None, *(a.view(-1, B) for a in ALPHA.split(sizes))]
+        self.gv = torch.zeros(n, **opts)        # sum ge tanh = 2 sum ge sigma (sum ge = 0)
+        m_max = max((a.shape[0] for a in self.alphas[1:]), default=1)
+        work = torch.empty(m_max * B * n, **opts)
+        Gm = torch.empty(m_max * B * n2, **opts)  # a step's memory gradient
+        self.blocks = [None] + [(work[:m * B * n].view(m, B, n),
+                                 Gm[:m * B * n2].view(m, B, n2),
+                                 torch.empty(m * B, n2, **opts)) for m in range(1, m_max + 1)]
+
+    def step(self, t: int, gc: torch.Tensor, q2: torch.Tensor, gq: torch.Tensor) -> None:
+        """Step t's attention backward from ``gc`` = G_{c_t} (B, n) and the doubled query
+        ``q2`` (B, n); G_{W_q q_t} / (4 v) is written into ``gq`` (B, n)."""
+        n, B = self.n, self.B
+        idx, a = self.idxs[t], self.alphas[t]
+        m = a.shape[0]
+        P, G, M = self.blocks[m]
+        M = torch.index_select(self.rows, 0, idx, out=M).view(m, B, 2 * n)
+        ge = a * torch.linalg.vecdot(M[..., :n], gc)  # softmax backward:
+        ge.addcmul_(a, ge.sum(0), value=-1)           # a (g - <a, g>)
+        sig = torch.add(q2, M[..., n:], out=P).sigmoid_()
+        self.gv.addmv_(sig.view(m * B, n).t(), ge.view(-1), alpha=2)
+        sig.addcmul_(sig, sig, value=-1)  # sigma (1 - sigma) = tanh' / 4
+        G_key = G[..., n:]
+        torch.mul(a[..., None], gc, out=G[..., :n])
+        torch.mul(sig, ge[..., None], out=G_key)
+        self.grows.index_add_(0, idx, G.view(m * B, 2 * n))
+        torch.sum(G_key, 0, out=gq)
+
+
+def _attention_weight_grads(GHK: torch.Tensor, H: torch.Tensor, GQ: torch.Tensor,
+                            S: torch.Tensor, v4: torch.Tensor):
+    """(dL/dW_q, dL/dW_k) from the key-path accumulator ``GHK[..., n:]`` (over 4 v) and
+    the states ``H`` (T, B, n), and from ``GQ[t]`` = G_{W_q q_{t+1}} / (4 v) with the
+    queries' states ``S[t]`` = s_{t-1} = q_{t+1} (T, B, n), t = 1 .. T - 2."""
+    T, B, n = H.shape
+    gW_k = (GHK[..., n:] * v4).reshape(-1, n).t() @ H.reshape(T * B, n)
+    gW_q = (GQ[1:-1] * v4).reshape(-1, n).t() @ S[1:-1].reshape(-1, n)
+    return gW_q, gW_k
+
+
 class RelRNNFunction(torch.autograd.Function):
     """H = RelRNN(ux) for ux = U x + b (T, B, n); returns H (T, B, n), H[t] = h_t.
 
@@ -117,57 +252,26 @@ class RelRNNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ux, V, W_q, W_k, v, phi_b, nu, rho):  # noqa: D102
         T, B, n = ux.shape
-        K = nu + rho
         opts = dict(dtype=ux.dtype, device=ux.device)
-        exact = _exact_tanh(ux.dtype)
         HK = torch.empty(T, B, 2 * n, **opts)   # [h_t | 2 W_k h_t]
-        rows = HK.view(T * B, 2 * n)            # h_t of example b is row t B + b
-        trow = torch.arange(T * B, device=ux.device).view(T, B)
         ZQ = torch.cat([ux, torch.zeros_like(ux)], dim=2)  # [z_t | 2 W_q s_{t-1}]
         S = torch.zeros(T, B, n, **opts)        # S[t] = s_{t-1}, the input to V at step t
         VQ = torch.cat([V, 2 * W_q]).t()        # (n, 2n): s -> [V s | 2 W_q s]
         W_k2 = (2 * W_k).t()
-        v_e = v if exact else 2 * v             # e = 2 v . sigma(P), constant dropped
-        sizes = [B * _memory_size(t, nu, rho) for t in range(1, T)]  # B m_t, steps >= 1
-        IDX = torch.empty(sum(sizes), dtype=torch.long, device=ux.device)  # rows read
-        idxs = [None, *IDX.split(sizes)]       # step t's (m_t B,) rows, slot-major
-        alphas = [None] * T                     # step t's alpha (m_t, B)
-        slot = torch.zeros(K, B, dtype=torch.long, device=ux.device)  # row held per slot
-        score = torch.zeros(K, B, **opts)
-        R_slots = torch.arange(rho, device=ux.device)[:, None]
-        work = torch.empty(K * B * n, **opts)
+        att = _Attention(HK, v, nu, rho, _exact_tanh(ux.dtype))
         # per-step views made once (slicing in the loop costs more than the arithmetic)
         zq, z_t, q2_t = ZQ.unbind(0), ZQ[..., :n].unbind(0), ZQ[..., n:].unbind(0)
         h_t, k_t, s_t = HK[..., :n].unbind(0), HK[..., n:].unbind(0), S.unbind(0)
-        P_m = [work[:m * B * n].view(m, B, n) for m in range(K + 1)]
-        M_m = [None] + [torch.empty(m * B, 2 * n, **opts) for m in range(1, K + 1)]
         h = _phi(z_t[0], phi_b, out=h_t[0])
         torch.mm(h, W_k2, out=k_t[0])
-        slot[0] = trow[0]
-        nS, nR = 1, 0
         for t in range(1, T):
-            m = nS + nR
-            idx = idxs[t]
-            idx.view(m, B).copy_(slot[:m])
-            M = torch.index_select(rows, 0, idx, out=M_m[m]).view(m, B, 2 * n)
-            P = torch.add(q2_t[t - 1], M[..., n:], out=P_m[m])
-            e = (P.mul_(0.5).tanh_() if exact else P.sigmoid_()) @ v_e  # (m, B)
-            a = alphas[t] = torch.softmax(e, dim=0)
-            c = torch.mul(a[..., None], M[..., :n], out=P).sum(0)  # (B, n)
-            s = torch.lerp(h, c, 0.5, out=s_t[t])  # s_{t-1} = (h_{t-1} + c_t) / 2
+            s = att.attend(t, q2_t[t - 1], h, out=s_t[t])  # s_{t-1}
             zq[t].addmm_(s, VQ)
             h = _phi(z_t[t], phi_b, out=h_t[t])
             torch.mm(h, W_k2, out=k_t[t])
-            score[:nS].add_(a[:nS])  # only S's states accumulate; R's scores are frozen
-            if nS == nu:
-                nR = _screen_step(slot, score, trow, t, nu, rho, nR, R_slots)
-            else:
-                slot[nS] = trow[t]
-                nS += 1
-        # one tensor each, so that autograd's saved-tensor accounting sees them
-        ctx.sizes = sizes
-        ALPHA = torch.cat([a.reshape(-1) for a in alphas[1:]]) if T > 1 else ux.new_empty(0)
-        ctx.save_for_backward(HK, ZQ, S, IDX, ALPHA, V, W_q, W_k, v, phi_b)
+            att.screen(t)
+        ctx.sizes = att.sizes
+        ctx.save_for_backward(HK, ZQ, S, att.IDX, att.alpha(), V, W_q, W_k, v, phi_b)
         return HK[..., :n].contiguous()
 
     @staticmethod
@@ -175,57 +279,40 @@ class RelRNNFunction(torch.autograd.Function):
     def backward(ctx, gout):  # noqa: D102
         HK, ZQ, S, IDX, ALPHA, V, W_q, W_k, v, phi_b = ctx.saved_tensors
         T, B, n2 = HK.shape
-        idxs = [None, *IDX.split(ctx.sizes)]
-        alphas = [None, *(a.view(-1, B) for a in ALPHA.split(ctx.sizes))]
         n = n2 // 2
-        opts = dict(dtype=HK.dtype, device=HK.device)
-        rows = HK.view(T * B, n2)
         H = HK[..., :n]
         dphi, sign = _phi_derivative(H, ZQ[..., :n], phi_b)
         # per state: [dL/dH_t + value path | key path / (4 v)], complete when t is reached
         GHK = torch.cat([gout, torch.zeros_like(gout)], dim=2)
-        grows = GHK.view(T * B, n2)
-        DQ = torch.zeros(T, B, n2, **opts)     # [dL/dz_t | dL/d(W_q q_{t+1}) / (4 v)]
-        gv = torch.zeros(n, **opts)            # sum ge tanh = 2 sum ge sigma (sum ge = 0)
-        m_max = max((a.shape[0] for a in alphas[1:]), default=1)
-        work = torch.empty(m_max * B * n, **opts)
-        Gm = torch.empty(m_max * B * n2, **opts)  # a step's memory gradient
+        DQ = torch.zeros(T, B, n2, dtype=HK.dtype, device=HK.device)
+        # DQ[t] = [dL/dz_t | dL/d(W_q q_{t+1}) / (4 v)]
+        att = _AttentionGrad(HK, GHK, IDX, ALPHA, ctx.sizes)
         v4 = 4 * v
         Wk4 = v4[:, None] * W_k
         VQ4 = torch.cat([V, v4[:, None] * W_q]).mul_(0.5)  # [dz | gq] -> dL/ds / 2
         gh_t, gk_t = GHK[..., :n].unbind(0), GHK[..., n:].unbind(0)
         dq, dz_t, gq_t = DQ.unbind(0), DQ[..., :n].unbind(0), DQ[..., n:].unbind(0)
         q2_t, dphi_t = ZQ[..., n:].unbind(0), dphi.unbind(0)
-        blocks = [None] + [(work[:m * B * n].view(m, B, n), Gm[:m * B * n2].view(m, B, n2),
-                            torch.empty(m * B, n2, **opts)) for m in range(1, m_max + 1)]
         gc = None                              # dL/dc_{t+1} = dL/ds_t / 2
         for t in range(T - 1, -1, -1):
-            g_h = gh_t[t] if gc is None else gh_t[t].add_(gc)
+            g_h = gh_t[t] if gc is None else gh_t[t].add_(gc)  # step 1
             gh = torch.addmm(g_h, gk_t[t], Wk4)
-            torch.mul(gh, dphi_t[t], out=dz_t[t])
+            torch.mul(gh, dphi_t[t], out=dz_t[t])              # step 2
             if t == 0:
                 break
-            gc = torch.mm(dq[t], VQ4)  # dL/ds_{t-1} / 2 = dL/dc_t
-            idx, a = idxs[t], alphas[t]
-            m = a.shape[0]
-            P, G, M = blocks[m]
-            M = torch.index_select(rows, 0, idx, out=M).view(m, B, n2)
-            ge = a * torch.linalg.vecdot(M[..., :n], gc)  # softmax backward:
-            ge.addcmul_(a, ge.sum(0), value=-1)           # a (g - <a, g>)
-            sig = torch.add(q2_t[t - 1], M[..., n:], out=P).sigmoid_()
-            gv.addmv_(sig.view(m * B, n).t(), ge.view(-1), alpha=2)
-            sig.addcmul_(sig, sig, value=-1)  # sigma (1 - sigma) = tanh' / 4
-            G_key = G[..., n:]
-            torch.mul(a[..., None], gc, out=G[..., :n])
-            torch.mul(sig, ge[..., None], out=G_key)
-            grows.index_add_(0, idx, G.view(m * B, n2))
-            torch.sum(G_key, 0, out=gq_t[t - 1])  # q_t = s_{t-2}
+            gc = torch.mm(dq[t], VQ4)  # step 3: dL/ds_{t-1} / 2 = dL/dc_t
+            att.step(t, gc, q2_t[t - 1], gq_t[t - 1])  # steps 4, 5; q_t = s_{t-2}
         DZ = DQ[..., :n]
         gV = DZ[1:].reshape(-1, n).t() @ S[1:].reshape(-1, n)
-        gW_k = (GHK[..., n:] * v4).reshape(-1, n).t() @ H.reshape(T * B, n)
-        gW_q = (DQ[1:-1, :, n:] * v4).reshape(-1, n).t() @ S[1:-1].reshape(-1, n)
+        gW_q, gW_k = _attention_weight_grads(GHK, H, DQ[..., n:], S, v4)
         gb = (DZ * sign).sum((0, 1)) if phi_b is not None else None
-        return DZ, gV, gW_q, gW_k, gv, gb, None, None
+        return DZ, gV, gW_q, gW_k, att.gv, gb, None, None
+
+
+def _check_screening(nu, rho) -> None:
+    for name, val, lo in (("nu", nu, 1), ("rho", rho, 0)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
 
 
 def relrnn_fused(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor,
@@ -235,9 +322,7 @@ def relrnn_fused(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: torc
     :class:`RelRNNFunction` (memory O(T B (n + nu + rho)), one autograd node)."""
     if ux.dim() != 3 or ux.shape[0] < 1:
         raise ValueError(f"ux must have shape (T >= 1, B, n), got {tuple(ux.shape)}")
-    for name, val, lo in (("nu", nu, 1), ("rho", rho, 0)):
-        if not isinstance(val, int) or isinstance(val, bool) or val < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
+    _check_screening(nu, rho)
     return RelRNNFunction.apply(ux, V, W_q, W_k, v, phi_b, nu, rho)
 
 

@@ -28,7 +28,7 @@ _SCREENED = ("relrnn", "rellstm")
 _RNN_FAMILY = ("rnn", "memrnn", "relrnn")
 _NONLINEARITIES = ("tanh", "modrelu")
 _RNN_INITS = ("orthogonal", "orthogonal_random", "xavier")
-_FUSED = ("memrnn", "relrnn")
+_FUSED = ("memrnn", "relrnn", "rellstm")
 
 
 def _model_classes():
@@ -42,10 +42,10 @@ def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | No
                 init: str | None = None, fused: bool | None = None) -> nn.Module:
     """The core model ``model_name`` in {"rnn", "lstm", "memrnn", "relrnn", "rellstm"}.
 
-    ``fused`` (MemRNN and RelRNN; default True) picks the fused sequence function with a
-    hand-written backward (:mod:`rsa.fused`, :mod:`rsa.fused_screened`);
-    ``fused=False`` is the plain-autograd loop (for MemRNN, memory growing like
-    T^2 n B).
+    ``fused`` (MemRNN, RelRNN and RelLSTM; default True) picks the fused sequence
+    function with a hand-written backward (:mod:`rsa.fused`, :mod:`rsa.fused_screened`,
+    :mod:`rsa.fused_rellstm`); ``fused=False`` is the plain-autograd loop (for MemRNN,
+    memory growing like T^2 n B).
 
     ``None`` options take the model's default (RelRNN/RelLSTM: nu=10, rho=15; RNN
     family: tanh, orthogonal init; LSTMs: xavier). Raises ValueError, naming the value
@@ -57,7 +57,8 @@ def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | No
     kwargs: dict = {}
     if fused is not None:
         if model_name not in _FUSED:
-            raise ValueError(f"fused applies to {' and '.join(_FUSED)} only; model "
+            raise ValueError(f"fused applies to {', '.join(_FUSED[:-1])} and {_FUSED[-1]} "
+                             f"only; model "
                              f"{model_name!r} got fused={fused!r} (leave it None)")
         kwargs["fused"] = bool(fused)
     if model_name in _SCREENED:

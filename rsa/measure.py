@@ -133,7 +133,10 @@ def update_times(configs, *, hidden_size: int = 128, task: str = "copy", repeats
                  **model_options) -> list[dict]:
     """:func:`update_time` for each ``(model_name, T, batch)`` in ``configs``, timed in
     interleaved rounds: after ``warmup`` updates of each configuration, each of the
-    ``repeats`` rounds times one update of every configuration in turn.
+    ``repeats`` rounds times one update of every configuration in turn. A configuration
+    may carry a fourth item, a dict of model options that update ``model_options`` for
+    it alone (e.g. ``("rellstm", 1000, 10, {"fused": False})``, the plain loop timed in
+    the same rounds as the fused default).
 
     Why: on a shared virtual machine the same update can run twice as slowly for seconds
     to minutes at a time (README, *Speed*). Timed one configuration after the other, a
@@ -145,8 +148,9 @@ def update_times(configs, *, hidden_size: int = 128, task: str = "copy", repeats
     for name, val in (("repeats", repeats), ("warmup", warmup)):
         if isinstance(val, bool) or not isinstance(val, int) or val < (name == "repeats"):
             raise ValueError(f"{name} must be an int >= {int(name == 'repeats')}, got {val!r}")
-    setups = [_setup(m, T, B, hidden_size, task, device, seed, model_options)
-              for m, T, B in configs]
+    setups = [_setup(m, T, B, hidden_size, task, device, seed,
+                     {**model_options, **(own[0] if own else {})})
+              for m, T, B, *own in configs]
     for model, opt, x, y, _ in setups:
         for _ in range(warmup):
             train_step(model, opt, x, y, 1.0)
@@ -282,7 +286,9 @@ def estimate_memory(model_name: str, T: int, *, batch: int = 10, hidden_size: in
     attention weights, B L^2 floats, and O(B n L) buffers: budgeted as
     8 B L^2 + 64 B n L bytes. The fused RelRNN (:mod:`rsa.fused_screened`) keeps
     O(B n L) buffers and, per step, the nu + rho weights and row indices: budgeted as
-    64 B n L + 16 B L (nu + rho) bytes.
+    64 B n L + 16 B L (nu + rho) bytes; the fused RelLSTM (:mod:`rsa.fused_rellstm`)
+    the same with its larger buffers (gates, cells), 160 B n L + 16 B L (nu + rho)
+    (measured on CPU: 128 MiB at T = 1000, B = 10, n = 128, against 203 MiB budgeted).
     """
     L = T + 20
     if model_name == "memrnn":
@@ -291,4 +297,6 @@ def estimate_memory(model_name: str, T: int, *, batch: int = 10, hidden_size: in
         return 8 * batch * hidden_size * L * L
     if model_name == "relrnn" and fused:
         return 64 * batch * hidden_size * L + 16 * batch * L * 25
+    if model_name == "rellstm" and fused:
+        return 160 * batch * hidden_size * L + 16 * batch * L * 25
     return 64 * batch * hidden_size * L * (25 + 4)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from rsa.fused import fused_forward as memrnn_fused_forward
+from rsa.fused_rellstm import fused_forward as rellstm_fused_forward
 from rsa.fused_screened import fused_forward as relrnn_fused_forward
 from rsa.memory import ScreenedMemory
 
@@ -241,12 +242,14 @@ class RNN(_Recurrent):
 
 
 class _Fusable(_Recurrent):
-    """A model whose plain forward can run as one fused autograd node (MemRNN, RelRNN).
+    """A model whose plain forward can run as one fused autograd node (MemRNN, RelRNN,
+    RelLSTM).
 
     With ``fused`` (the default) a forward without ``record`` or ``freeze_attention``
     calls the class's ``_fused_forward(model, x)`` (:mod:`rsa.fused`,
-    :mod:`rsa.fused_screened`); otherwise, and always for ``record=True`` or
-    ``freeze_attention=True``, it runs the plain-autograd loop of :class:`_Recurrent`.
+    :mod:`rsa.fused_screened`, :mod:`rsa.fused_rellstm`); otherwise, and always for
+    ``record=True`` or ``freeze_attention=True``, it runs the plain-autograd loop of
+    :class:`_Recurrent`.
     """
 
     _fused_forward = None  # set by each subclass
@@ -313,13 +316,23 @@ class LSTM(_Recurrent):
         super().__init__(input_size, hidden_size, init=init)
 
 
-class RelLSTM(_Recurrent):
+class RelLSTM(_Fusable):
     """LSTM whose gates read [s_{t-1}; x_t], s_{t-1} = (h_{t-1} + c)/2, with c the
-    relevancy-screened attention over LSTM outputs (s_0 = 0)."""
+    relevancy-screened attention over LSTM outputs (s_0 = 0).
+
+    ``fused=True`` (default): a plain forward (no ``record``, no ``freeze_attention``)
+    runs the whole sequence as one autograd node,
+    :class:`rsa.fused_rellstm.RelLSTMFunction`, which shares the fused RelRNN's
+    screening on time indices and attention (forward and hand-written backward) and adds
+    the LSTM cell's backward; memory O(T B (n + nu + rho)). ``fused=False`` is the
+    plain-autograd loop over :class:`rsa.memory.ScreenedMemory` (the specification);
+    ``record=True`` and ``freeze_attention=True`` always take it.
+    """
 
     gates = 4
     attention = "screened"
+    _fused_forward = rellstm_fused_forward
 
     def __init__(self, input_size: int, hidden_size: int, *, nu: int = 10, rho: int = 15,
-                 init: str = "xavier"):
-        super().__init__(input_size, hidden_size, init=init, nu=nu, rho=rho)
+                 init: str = "xavier", fused: bool = True):
+        super().__init__(input_size, hidden_size, init=init, nu=nu, rho=rho, fused=fused)

@@ -8,13 +8,18 @@ import torch
 def fused_and_plain(cls, n_in: int, n: int, nonlinearity: str = "tanh", seed: int = 0,
                     **kwargs):
     """A fused and a plain-autograd model of ``cls`` (float64) with the same parameters;
-    for modReLU, a bias large enough that some units are cut off."""
+    for modReLU, a bias large enough that some units are cut off. LSTM models (RelLSTM)
+    have no nonlinearity option: ``nonlinearity`` must be "tanh" for them."""
     torch.manual_seed(seed)
-    fused = cls(n_in, n, nonlinearity=nonlinearity, **kwargs).double()
+    if cls.gates > 1:
+        assert nonlinearity == "tanh", f"{cls.__name__} has LSTM gates, no {nonlinearity!r}"
+    else:
+        kwargs = dict(kwargs, nonlinearity=nonlinearity)
+    fused = cls(n_in, n, **kwargs).double()
     if nonlinearity == "modrelu":
         with torch.no_grad():
             fused.phi.b.uniform_(-0.5, 0.5)
-    plain = cls(n_in, n, nonlinearity=nonlinearity, fused=False, **kwargs).double()
+    plain = cls(n_in, n, fused=False, **kwargs).double()
     plain.load_state_dict(fused.state_dict())
     return fused, plain
 
@@ -40,17 +45,19 @@ def saved_bytes(model, T: int, B: int = 2) -> int:
     return sum(sizes.values())
 
 
-def fused_function_args(T: int, B: int, n: int, nonlinearity: str, seed: int = 1) -> tuple:
+def fused_function_args(T: int, B: int, n: int, nonlinearity: str, seed: int = 1,
+                        gates: int = 1) -> tuple:
     """Random float64 leaves (ux, V, W_q, W_k, v[, phi_b]) for gradcheck of a fused
     sequence function; modReLU's bias is 0.3, so that |z| + b stays away from 0 where
-    finite differences would cross the kink."""
+    finite differences would cross the kink. ``gates=4`` (the RelLSTM): ux is
+    (T, B, 4n) and V (4n, n)."""
     torch.manual_seed(seed)
     dt = dict(dtype=torch.float64)
 
     def leaf(*shape, scale=1.0):
         return (scale * torch.randn(*shape, **dt)).requires_grad_(True)
 
-    args = (leaf(T, B, n), leaf(n, n, scale=0.5), leaf(n, n, scale=0.5),
+    args = (leaf(T, B, gates * n), leaf(gates * n, n, scale=0.5), leaf(n, n, scale=0.5),
             leaf(n, n, scale=0.5), leaf(n))
     if nonlinearity == "modrelu":
         args = (*args, torch.full((n,), 0.3, **dt).requires_grad_(True))

@@ -89,7 +89,8 @@ def test_shard_command_line(capsys):
 
 def test_cost_stage_writes_both_tables_and_resumes(tiny, monkeypatch):
     """The cost stage times every model (fused defaults) and the unfused MemRNN (up to
-    ``unfused_max_T``) and RelRNN; memory is measured elsewhere (test_measure), faked here."""
+    ``unfused_max_T``), RelRNN and RelLSTM; memory is measured elsewhere (test_measure),
+    faked here."""
     import dataclasses
 
     import rsa.bench
@@ -108,7 +109,8 @@ def test_cost_stage_writes_both_tables_and_resumes(tiny, monkeypatch):
         (m, T) for m in MODELS for T in (3, 4))
     unfused = io.load_csv(tiny / "cost" / "cost_unfused.csv")
     assert list(zip(unfused["model"], unfused["T"], strict=True)) == [
-        ("memrnn_unfused", 3), ("relrnn_unfused", 3), ("relrnn_unfused", 4)]
+        ("memrnn_unfused", 3), ("relrnn_unfused", 3), ("relrnn_unfused", 4),
+        ("rellstm_unfused", 3), ("rellstm_unfused", 4)]
     for table in (cost, unfused):
         assert ((table["time_min_ms"] > 0) & (table["time_min_ms"] <= table["time_ms"])).all()
         assert (table["peak_mib"] == 1).all() and (table["batch"] == 10).all()

@@ -1,5 +1,6 @@
 """The fused MemRNN (rsa/fused.py) against the plain-autograd loop of rsa/models.py,
-and what both fused models (MemRNN, RelRNN) share: the default, the fallbacks, float32.
+and what the fused models (MemRNN, RelRNN, RelLSTM) share: the default, the fallbacks,
+float32, the input errors.
 
 Run as a script for the cost measurement (time and peak memory of one training update,
 fused against unfused, each configuration in a fresh subprocess):
@@ -20,8 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsa import MemRNN, RelRNN
+from rsa import MemRNN, RelLSTM, RelRNN
 from rsa.fused import MemRNNFunction, memrnn_fused
+from rsa.fused_rellstm import RelLSTMFunction
 from rsa.fused_screened import RelRNNFunction
 from tests.helpers import fused_and_plain, fused_function_args, grads, saved_bytes
 
@@ -51,9 +53,11 @@ def test_fused_equals_plain_autograd(T, B, nonlinearity):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=f"gradient of {name}")
 
 
-# Both fused models: MemRNN (rsa.fused) and RelRNN (rsa.fused_screened)
+# The fused models: MemRNN (rsa.fused), RelRNN (rsa.fused_screened), RelLSTM
+# (rsa.fused_rellstm)
 FUSED = [pytest.param(MemRNN, {}, MemRNNFunction, id="memrnn"),
-         pytest.param(RelRNN, {"nu": 4, "rho": 3}, RelRNNFunction, id="relrnn")]
+         pytest.param(RelRNN, {"nu": 4, "rho": 3}, RelRNNFunction, id="relrnn"),
+         pytest.param(RelLSTM, {"nu": 4, "rho": 3}, RelLSTMFunction, id="rellstm")]
 
 
 @pytest.mark.parametrize("cls,kw,function", FUSED)

@@ -149,6 +149,46 @@ def test_estimate_memory_is_quadratic_for_memrnn_only():
         4 * estimate_memory("memrnn", 100, fused=False)
     assert estimate_memory("memrnn", 1000) < estimate_memory("memrnn", 1000, fused=False) / 50
     assert estimate_memory("relrnn", 2 * 120 - 20) == 2 * estimate_memory("relrnn", 100)
+    assert estimate_memory("rellstm", 2 * 120 - 20) == 2 * estimate_memory("rellstm", 100)
+    # the fused RelLSTM's budget: above its saved tensors, below the plain loop's
+    fused = estimate_memory("rellstm", 200, batch=2, hidden_size=8)
+    assert saved_tensor_bytes("rellstm", 200, batch=2, hidden_size=8) < fused
+    assert fused < estimate_memory("rellstm", 200, batch=2, hidden_size=8, fused=False) / 5
+
+
+def test_update_times_with_options_per_configuration(monkeypatch):
+    """A configuration's own options (the plain loop) next to the default, one round."""
+    import rsa.measure
+
+    built = []
+    real = rsa.measure.build_task_model
+    monkeypatch.setattr(rsa.measure, "build_task_model",
+                        lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    res = update_times([("rellstm", 3, 2), ("rellstm", 3, 2, {"fused": False})],
+                       hidden_size=4, repeats=1, warmup=0, nu=2)
+    assert len(res) == 2 and all(len(r["times_s"]) == 1 for r in res)
+    assert [(m.core.fused, m.core.nu) for m in built] == [(True, 2), (False, 2)]
+
+
+def test_bench_times_the_plain_loop_next_to_the_fused_model(monkeypatch):
+    import rsa.bench
+
+    peaks = []
+
+    def fake_peak(model_name, T, **kwargs):
+        peaks.append((model_name, kwargs.get("fused", True)))
+        return {"peak_bytes": 2**20, "method": "fake"}
+
+    monkeypatch.setattr(rsa.bench, "peak_memory", fake_peak)
+    rows = run_bench(("rellstm", "rellstm_unfused", "memrnn_unfused"), (30,), batch=2,
+                     hidden_size=4, large_batch=0, repeats=1, warmup=0)
+    assert [r["model"] for r in rows] == ["rellstm", "rellstm_unfused", "memrnn_unfused"]
+    assert peaks == [("rellstm", True), ("rellstm", False), ("memrnn", False)]
+    assert all(r["time_ms"] > 0 for r in rows)
+    fused, plain = rows[0]["saved_mib"], rows[1]["saved_mib"]
+    assert 0 < fused < plain / 2  # the unfused row really is the plain loop
+    with pytest.raises(ValueError, match="unknown model.*rnn_unfused"):
+        run_bench(("rnn_unfused",), (3,))
 
 
 def test_bench_smoke(capsys):

@@ -61,7 +61,8 @@ def same_parameters(a, b):
     (dict(model_name="rellstm", init="orthogonal"), r"must be 'xavier', got 'orthogonal'"),
     (dict(model_name="rnn", nonlinearity="relu"), r"nonlinearity must be one of .*'relu'"),
     (dict(model_name="rnn", init="eye"), r"init for 'rnn' must be one of .*'eye'"),
-    (dict(model_name="rellstm", fused=False), r"fused applies to memrnn and relrnn.*'rellstm'"),
+    (dict(model_name="lstm", fused=False), r"fused applies to memrnn, relrnn and rellstm only"
+                                           r".*'lstm'"),
 ])
 def test_build_model_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -75,6 +76,8 @@ def test_build_model_passes_options():
     assert type(build_model("rellstm", 3, 5)).__name__ == "RelLSTM"
     assert build_model("relrnn", 3, 5).fused is True
     assert build_model("relrnn", 3, 5, fused=False).fused is False
+    assert build_model("rellstm", 3, 5).fused is True
+    assert build_model("rellstm", 3, 5, fused=False).fused is False
 
 
 def test_sequence_head_loss_over_all_steps_accuracy_over_last_ten():
