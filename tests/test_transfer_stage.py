@@ -1,0 +1,105 @@
+"""The transfer stage of a converged plan on a tiny plan: incremental (each stored copy
+run is evaluated once, from its stored weights; a second call evaluates only the runs
+stored since), MemRNN capped, and a run trained again re-evaluated."""
+
+from __future__ import annotations
+
+import pytest
+
+from rsa import experiments, io
+
+TINY = experiments.Plan(Ts=(3,), seeds=(0,), steps=2, eval_every=1, transfer_Ts=(3,),
+                        transfer_max=12, converged=True)
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "DATA", tmp_path / "data")
+    monkeypatch.setattr(experiments, "RUNS", tmp_path / "runs")
+    monkeypatch.setitem(experiments.PLANS, "tiny", TINY)
+    # MemRNN's cap (2000 in the real plans) inside the tiny delays, so that it shows
+    monkeypatch.setattr(experiments, "MEMRNN_TRANSFER_MAX", 6)
+    evaluated = []
+    real = experiments._transfer_rows
+
+    def counting(folder, run, Ts):
+        evaluated.append((folder.relative_to(tmp_path / "data" / "tiny").as_posix(), Ts))
+        return real(folder, run, Ts)
+
+    monkeypatch.setattr(experiments, "_transfer_rows", counting)
+    return tmp_path / "data" / "tiny", evaluated
+
+
+def _train(name):
+    experiments.reproduce("tiny", ["train"], log=lambda s: None, select=[name])
+
+
+def _transfer():
+    log = []
+    experiments.reproduce("tiny", ["transfer"], log=log.append)
+    return log
+
+
+def test_converged_transfer_is_incremental(tiny):
+    root, evaluated = tiny
+    csv, folder = root / "transfer" / "transfer.csv", root / "transfer"
+    _train("copy/rnn_T3_s0")
+    _transfer()
+    assert evaluated == [("copy/rnn_T3_s0", [3, 6, 12, 15, 30])]
+    table = io.load_csv(csv)
+    summary = io.load_run(root / "copy/rnn_T3_s0")["summary"]
+    assert list(table["T"]) == [3, 6, 12, 15, 30] and set(table["model"]) == {"rnn"}
+    assert set(table["solved"]) == {bool(summary["solved"])}
+    assert set(table["steps_done"]) == {summary["steps_done"]} == {2}
+    assert table["accuracy"].between(0, 1).all()
+    manifest = io.load_manifest(folder)
+    assert list(manifest["runs"]) == manifest["runs_added"] == ["copy/rnn_T3_s0"]
+    assert manifest["command"].endswith("--scale tiny --stages transfer")
+    assert "copy/memrnn_T3_s0" in manifest["copy_runs_not_stored"]
+
+    # a mark in the stored rows: a row that were recomputed would lose it
+    rows = table.to_dict("records")
+    rows[0]["accuracy"] = 0.123
+    io.write_csv(csv, rows)
+
+    evaluated.clear()
+    _train("copy/memrnn_T3_s0")
+    _transfer()
+    assert evaluated == [("copy/memrnn_T3_s0", [3, 6])]  # only the new run, capped
+    table = io.load_csv(csv)
+    assert table.loc[(table["model"] == "rnn") & (table["T"] == 3), "accuracy"].item() == 0.123
+    assert sorted(zip(table["model"], table["T"], strict=True)) == sorted(
+        [("rnn", T) for T in (3, 6, 12, 15, 30)] + [("memrnn", 3), ("memrnn", 6)])
+    manifest = io.load_manifest(folder)
+    assert sorted(manifest["runs"]) == ["copy/memrnn_T3_s0", "copy/rnn_T3_s0"]
+    assert manifest["runs_added"] == ["copy/memrnn_T3_s0"]
+
+    # nothing new: nothing evaluated, nothing rewritten
+    evaluated.clear()
+    before = csv.read_bytes(), (folder / "manifest.json").read_bytes()
+    log = _transfer()
+    assert evaluated == [] and any("nothing new" in line for line in log), log
+    assert (csv.read_bytes(), (folder / "manifest.json").read_bytes()) == before
+
+    # a run stored without its weights (yet) is left for the next call
+    _train("copy/relrnn_T3_s0")
+    (root / "copy/relrnn_T3_s0" / "model.pt").unlink()
+    log = _transfer()
+    assert evaluated == [] and any("relrnn_T3_s0: results stored but not" in line
+                                   for line in log), log
+    assert "relrnn" not in set(io.load_csv(csv)["model"])
+
+
+def test_a_run_trained_again_is_evaluated_again(tiny):
+    root, evaluated = tiny
+    _train("copy/rnn_T3_s0")
+    _transfer()
+    results = root / "copy/rnn_T3_s0" / "results.json"
+    run = io.load_json(results)
+    run["summary"]["steps_done"] += 1  # as if it had been trained further
+    io.write_json(results, run)
+    evaluated.clear()
+    _transfer()
+    assert evaluated == [("copy/rnn_T3_s0", [3, 6, 12, 15, 30])]
+    table = io.load_csv(root / "transfer" / "transfer.csv")
+    assert len(table) == 5 and set(table["steps_done"]) == {3}
