@@ -31,12 +31,16 @@ echo "== 2. bench on CUDA"
 timeout 150 $PY -m rsa bench --device cuda --repeats 5 --T 100 200 500 1000 --out gpu/bench
 
 echo "== 3. converged plan slice on CUDA: $N_PROC processes, $TRAIN_S s"
+pids=()
 for i in $(seq 0 $((N_PROC - 1))); do
   timeout -s TERM "$TRAIN_S" $PY -m rsa reproduce --scale converged --stages train \
     --device cuda --threads 1 --shard "$i/$N_PROC" --select "$@" > "gpu/train_$i.log" 2>&1 &
+  pids+=($!)
 done
 sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-wait
+# wait for these processes only: a bare `wait` (bash >= 5.1) also waits for the `tee`
+# of the log above, which never ends (this hung the first GPU session until its limit)
+wait "${pids[@]}"
 tail -n 3 gpu/train_*.log
 echo "== $(date -u +%FT%TZ) packing"
 tar czf - gpu runs/converged data/converged 2>/dev/null | split -b 15m - "$OUT/results.tgz.part-"

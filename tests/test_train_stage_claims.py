@@ -1,0 +1,42 @@
+"""Several `reproduce --stages train` processes on one machine share a plan through lock
+files: a run claimed by a live process is skipped, a stale claim is taken over."""
+
+from __future__ import annotations
+
+import os
+
+from rsa import experiments, io
+
+TINY = experiments.Plan(Ts=(3,), seeds=(0,), steps=2, eval_every=1, rhos=(1,), rho_T=3,
+                        digits_steps=1, transfer_Ts=(3,), transfer_max=12, grad_T=3)
+
+
+def _setup(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "DATA", tmp_path / "data")
+    monkeypatch.setattr(experiments, "RUNS", tmp_path / "runs")
+    monkeypatch.setitem(experiments.PLANS, "tiny", TINY)
+
+
+def test_a_run_claimed_by_a_live_process_is_skipped(tmp_path, monkeypatch):
+    _setup(tmp_path, monkeypatch)
+    name = experiments.run_name("copy", "rnn", 3, 0)
+    work = tmp_path / "runs" / "tiny" / name
+    work.mkdir(parents=True)
+    (work / ".lock").write_text(str(os.getppid()))  # a live process that is not us
+    log = []
+    experiments.reproduce("tiny", ["train"], log=log.append, select=["copy/rnn_*"])
+    assert any("being trained by process" in line for line in log), log
+    assert not (tmp_path / "data" / "tiny" / name / "results.json").exists()
+    assert (work / ".lock").read_text() == str(os.getppid())  # not ours to remove
+
+
+def test_a_stale_claim_is_taken_over_and_released(tmp_path, monkeypatch):
+    _setup(tmp_path, monkeypatch)
+    name = experiments.run_name("copy", "rnn", 3, 0)
+    work = tmp_path / "runs" / "tiny" / name
+    work.mkdir(parents=True)
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    (work / ".lock").write_text(str(dead))
+    experiments.reproduce("tiny", ["train"], log=lambda s: None, select=["copy/rnn_*"])
+    assert io.load_run(tmp_path / "data" / "tiny" / name)["complete"]
+    assert not (work / ".lock").exists()
