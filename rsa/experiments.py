@@ -25,7 +25,9 @@ results atomically with a ``manifest.json``:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ from rsa.heads import MODELS
 from rsa.train import MODEL_FILE
 
 __all__ = ["PLANS", "Plan", "reproduce", "main", "run_name", "plan_runs", "load_stored_runs",
-           "runs_table"]
+           "runs_table", "plan_status"]
 
 DATA = io.REPO_ROOT / "data"
 RUNS = io.REPO_ROOT / "runs"
@@ -233,20 +235,192 @@ def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
                 "complete", False):
             log(f"[train {k}/{len(runs)}] {name}: done")
             continue
-        log(f"[train {k}/{len(runs)}] {name}: training {r['steps']} updates")
-        t0 = time.perf_counter()
         work = RUNS / scale / name
-        train(out_dir=str(work), progress=False, device=device, **r)
-        files = RESULT_FILES + ((MODEL_FILE,) if plan.converged else ())
-        for f in files:  # results (and small weights), not checkpoints, go to data/
-            io.atomic_write_bytes(dest / f, (work / f).read_bytes())
-        log(f"    {time.perf_counter() - t0:.0f} s")
+        with _claim(work) as owner:
+            if owner is not None:
+                log(f"[train {k}/{len(runs)}] {name}: being trained by process {owner}; "
+                    f"skipped")
+                continue
+            log(f"[train {k}/{len(runs)}] {name}: training {r['steps']} updates")
+            t0 = time.perf_counter()
+            train(out_dir=str(work), progress=False, device=device, **r)
+            files = RESULT_FILES + ((MODEL_FILE,) if plan.converged else ())
+            for f in files:  # results (and small weights), not checkpoints, go to data/
+                io.atomic_write_bytes(dest / f, (work / f).read_bytes())
+            log(f"    {time.perf_counter() - t0:.0f} s")
+
+
+@contextlib.contextmanager
+def _claim(work: Path):
+    """Claim a run's work folder for this process with a lock file (``.lock``, created
+    exclusively, holding the process id), so that several processes started on the
+    same plan on one machine each take the next run nobody trains: yields None when
+    claimed (the lock is removed on exit), or the id of the live process that holds
+    it. A lock left by a process that no longer runs is taken over."""
+    work.mkdir(parents=True, exist_ok=True)
+    lock = work / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner > 0 and _alive(owner):
+                yield owner
+                return
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        try:
+            yield None
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    raise RuntimeError(f"could not claim {str(work)!r}: its lock file keeps reappearing")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+TRANSFER_FACTORS = (1, 2, 5, 10)  # test delays as multiples of the training delay
+MEMRNN_TRANSFER_MAX = 2000  # MemRNN's evaluation costs O(T^2): not beyond this delay
+TRANSFER_KEY = ["model", "seed", "T_train", "T"]  # one row of transfer.csv
+
+
+def _transfer_delays(plan: Plan, model: str, T_train: int) -> list[int]:
+    """The test delays of a copy model trained at ``T_train``: 1, 2, 5 and 10 times
+    ``T_train`` and ``plan.transfer_max``; MemRNN's only up to
+    :data:`MEMRNN_TRANSFER_MAX`."""
+    Ts = sorted({f * T_train for f in TRANSFER_FACTORS} | {plan.transfer_max})
+    return [T for T in Ts if not (model == "memrnn" and T > MEMRNN_TRANSFER_MAX)]
+
+
+def _transfer_rows(folder: Path, run: dict, Ts: list[int]) -> list[dict]:
+    """Evaluate the stored model of one converged copy run (``folder/model.pt``) at the
+    delays ``Ts``, without training: one batch of 20 sequences from seed 1 per delay,
+    as the session stage does. Each row carries the run's ``solved`` flag and
+    ``solved_step`` and its ``steps_done`` (which tells a re-trained run's stale rows)."""
+    from rsa.tasks import evaluate_transfer
+    from rsa.train import load_trained
+
+    c, s = run["config"], run["summary"]
+    model = load_trained(folder)
+    with torch.no_grad():
+        rows = evaluate_transfer(model, Ts, batch=20, seed=1)
+    return [{"model": c["model"], "seed": c["seed"], "T_train": c["T"], **r,
+             "solved": bool(s.get("solved")), "solved_step": s.get("solved_step"),
+             "steps_done": s["steps_done"]} for r in rows]
+
+
+def _read_transfer_rows(path: Path) -> list[dict]:
+    """The rows of a converged ``transfer.csv`` (none if it does not exist), with
+    ``solved_step`` an int or None (pandas reads a column with blanks as floats)."""
+    if not path.is_file():
+        return []
+    rows = io.load_csv(path).to_dict("records")
+    for r in rows:
+        for k in ("seed", "T_train", "T", "steps_done"):
+            r[k] = int(r[k])
+        r["solved"] = bool(r["solved"])
+        step = r["solved_step"]
+        r["solved_step"] = None if step is None or step != step else int(step)
+    return rows
+
+
+def _stage_transfer_converged(scale: str, plan: Plan, log) -> None:
+    """The transfer stage of a converged plan, incremental: every complete copy run
+    stored in ``data/<scale>/copy/`` (:func:`load_stored_runs`) is evaluated from its
+    stored weights (``model.pt``) at the delays of :func:`_transfer_delays`. Rows
+    already in ``transfer.csv`` are kept, not recomputed (unless the run's
+    ``steps_done``, ``solved`` or ``solved_step`` changed: it was trained again); new
+    rows are appended; the CSV and the manifest (which lists the runs evaluated) are
+    rewritten atomically. A run whose results are stored but whose ``model.pt`` is not
+    (yet) is skipped and left for the next call."""
+    from datetime import UTC, datetime
+
+    out = DATA / scale / "transfer"
+    stored, missing = load_stored_runs(scale, tasks=("copy",), data=DATA)
+    old_runs = io.load_manifest(out).get("runs", {}) if (out / "manifest.json").is_file() \
+        else {}
+    by_run: dict[str, list[dict]] = {}
+    for r in _read_transfer_rows(out / "transfer.csv"):
+        by_run.setdefault(run_name("copy", r["model"], r["T_train"], r["seed"]), []).append(r)
+    t0 = time.perf_counter()
+    rows, runs, added = [], {}, []
+    for name, run in stored.items():
+        c, s = run["config"], run["summary"]
+        state = {"steps_done": s["steps_done"], "solved": bool(s.get("solved")),
+                 "solved_step": s.get("solved_step")}
+        have = by_run.pop(name, [])
+        if any({k: r[k] for k in state} != state for r in have):
+            log(f"[transfer] {name}: trained again since it was evaluated; recomputed")
+            have = []
+        todo = sorted(set(_transfer_delays(plan, c["model"], c["T"]))
+                      - {r["T"] for r in have})
+        rows += have
+        if not todo:
+            runs[name] = old_runs.get(name, state)
+            log(f"[transfer] {name}: done")
+            continue
+        folder = DATA / scale / name
+        if not (folder / MODEL_FILE).is_file():
+            log(f"[transfer] {name}: results stored but not {MODEL_FILE} (yet); skipped")
+            if have:
+                runs[name] = old_runs.get(name, state)
+            continue
+        t1 = time.perf_counter()
+        new = _transfer_rows(folder, run, todo)
+        rows += new
+        added.append(name)
+        runs[name] = {**state, "evaluated_utc":
+                      datetime.now(UTC).isoformat(timespec="seconds")}
+        log(f"[transfer] {name} ({'solved' if state['solved'] else 'not solved'}): "
+            + ", ".join(f"T={r['T']} acc {r['accuracy']:.3f}" for r in new)
+            + f" ({time.perf_counter() - t1:.0f} s)")
+    for name, kept in by_run.items():  # runs no longer stored complete: rows kept
+        rows += kept
+        runs[name] = old_runs.get(name, {})
+    if not added and (out / "transfer.csv").is_file():
+        log(f"[transfer] nothing new: {len(runs)} copy runs evaluated, "
+            f"{len(missing)} of the plan's copy runs not stored yet")
+        return
+    order = {m: i for i, m in enumerate(MODELS)}
+    rows.sort(key=lambda r: (r["T_train"], order.get(r["model"], len(order)), r["seed"],
+                             r["T"]))
+    io.write_csv(out / "transfer.csv", rows, fieldnames=TRANSFER_KEY + [
+        "loss", "accuracy", "solved", "solved_step", "steps_done"])
+    io.write_json(out / "manifest.json", io.build_manifest(
+        {"scale": scale, "factors": TRANSFER_FACTORS, "max": plan.transfer_max,
+         "memrnn_max": MEMRNN_TRANSFER_MAX, "batch": 20,
+         "note": f"every complete copy run stored, from its model.pt, at 1, 2, 5 and 10 "
+                 f"x T_train and T = {plan.transfer_max}; memrnn evaluated up to "
+                 f"T = {MEMRNN_TRANSFER_MAX} only (O(T^2))"},
+        seed=1, wall_time_s=time.perf_counter() - t0,
+        command=f"python -m rsa reproduce --scale {scale} --stages transfer",
+        files=["transfer.csv", "manifest.json"],
+        extra={"runs": dict(sorted(runs.items())), "runs_added": added,
+               "copy_runs_not_stored": [m["name"] for m in missing]}))
+    log(f"[transfer] {len(added)} run(s) evaluated, {len(runs)} in all; "
+        f"{len(missing)} of the plan's copy runs not stored yet")
 
 
 def _stage_transfer(scale: str, plan: Plan, log) -> None:
     from rsa.tasks import evaluate_transfer
     from rsa.train import load_trained
 
+    if plan.converged:
+        _stage_transfer_converged(scale, plan, log)
+        return
     out = DATA / scale / "transfer"
     if (out / "transfer.csv").is_file():
         log("[transfer] done")
@@ -276,7 +450,9 @@ def _stage_transfer(scale: str, plan: Plan, log) -> None:
 
 
 def _grad_rows(model, task, T, seed):
-    """||dL/dh_t|| (loss on the answer steps) on a fixed batch of 20 sequences."""
+    """||dL/dh_t|| (loss on the answer steps) on a fixed batch of 20 sequences: a list of
+    (t, norm), t = 1 .. T + 20. The batch depends on the task, T and seed only, so the
+    start and end of a run, and every run of the same task and T, share it."""
     from rsa.measure import grad_norms
     from rsa.tasks import make_generator, synthetic_batch
 
@@ -284,10 +460,127 @@ def _grad_rows(model, task, T, seed):
     return [(t + 1, float(v)) for t, v in enumerate(grad_norms(model, x, y))]
 
 
+# The converged plan's gradient table: one row per (run, start/end, step t).
+_GRAD_COLUMNS = ("model", "task", "T", "seed", "rho", "when", "t", "grad_norm", "solved",
+                 "steps_done", "stop_reason")
+_GRAD_RUN = ("model", "task", "T", "seed", "rho")  # what identifies a run's rows
+_GRAD_NOTE = (
+    "start: the initialisation train() starts from (torch.manual_seed(seed), then the "
+    "model built from the run's config); end: the stored trained model (model.pt). "
+    "There are no intermediate checkpoints, so a run that did not solve its task is "
+    "measured where its training stopped, by the stall rule (no validation loss below "
+    "0.9 x the memoryless loss for stall_updates updates) or at the budget (steps): see "
+    "stop_reason and steps_done. Rows of earlier calls are kept; a run is measured again "
+    "only if its stored steps_done changed.")
+
+
+def _grad_run_key(row) -> tuple[str, ...]:
+    """A run's identity in the gradient table, as the CSV writes it (None -> "")."""
+    return tuple("" if row.get(k) is None else str(row[k]) for k in _GRAD_RUN)
+
+
+def _grad_plan_runs(scale: str, plan: Plan) -> tuple[dict, list[dict]]:
+    """The runs the converged gradient stage measures, as :func:`load_stored_runs` gives
+    them, ``(stored, missing)``: the seed-0 copy and denoise runs at T = ``grad_T`` and
+    the rho ablation. A run whose results are stored but whose ``model.pt`` is not (yet:
+    the train stage copies it last) counts as missing."""
+    def wanted(spec):
+        if spec["seed"] != plan.seeds[0]:
+            return False
+        return spec["T"] == (plan.grad_T if spec.get("rho") is None else plan.rho_T)
+
+    found, _ = load_stored_runs(scale, tasks=("copy", "denoise"))
+    stored, missing = {}, []
+    for spec in plan_runs(scale):
+        if spec["task"] not in ("copy", "denoise") or not wanted(spec):
+            continue
+        name = spec["name"]
+        if name in found and (DATA / scale / name / MODEL_FILE).is_file():
+            stored[name] = found[name]
+        else:
+            missing.append(spec)
+    return stored, missing
+
+
+def _grad_run(scale: str, name: str, run: dict) -> list[dict]:
+    """The rows of one stored run: its profile at initialisation and at the end."""
+    from rsa.heads import build_task_model
+    from rsa.train import load_trained
+
+    c, s = run["config"], run["summary"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(c["seed"])  # the same initialisation train() starts from
+        initial = build_task_model(c["model"], c["task"], c["hidden_size"], nu=c["nu"],
+                                   rho=c["rho"], nonlinearity=c["nonlinearity"],
+                                   init=c["init"])
+    trained = load_trained(DATA / scale / name)
+    run_id = {"model": c["model"], "task": c["task"], "T": c["T"], "seed": c["seed"],
+              "rho": run["spec"].get("rho")}
+    outcome = {"solved": bool(s.get("solved")), "steps_done": s["steps_done"],
+               "stop_reason": s.get("stop_reason")}
+    rows = []
+    for when, m in (("start", initial), ("end", trained)):
+        rows += [{**run_id, "when": when, "t": t, "grad_norm": g, **outcome}
+                 for t, g in _grad_rows(m, c["task"], c["T"], c["seed"])]
+    return rows
+
+
+def _stage_gradients_converged(scale: str, plan: Plan, log) -> None:
+    """Incremental: measure every stored run of the gradient set not measured yet (or
+    trained further since), keep the rows already in ``grad_norms.csv``, append the new
+    ones, and rewrite the table and its manifest (atomically) only when something was
+    added."""
+    import csv
+
+    out = DATA / scale / "gradients"
+    path = out / "grad_norms.csv"
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))  # kept as written (strings)
+    held = {_grad_run_key(r): r["steps_done"] for r in rows}
+    stored, missing = _grad_plan_runs(scale, plan)
+    todo = [(name, run) for name, run in stored.items()
+            if held.get(_grad_run_key(run["spec"])) != str(run["summary"]["steps_done"])]
+    if not todo:
+        log(f"[gradients] done: {len(stored)} stored runs measured; {len(missing)} of the "
+            f"plan's runs not stored yet")
+        return
+    t0 = time.perf_counter()
+    for name, run in todo:
+        new = _grad_run(scale, name, run)
+        key = _grad_run_key(new[0])
+        rows = [r for r in rows if _grad_run_key(r) != key] + new  # a rerun replaces
+        log(f"[gradients] {name} ({run['summary'].get('stop_reason')} after "
+            f"{run['summary']['steps_done']} updates)")
+    measured = {}
+    for r in rows:
+        rho = r["rho"] if r["rho"] not in ("", None) else None
+        name = run_name(r["task"], r["model"], int(r["T"]), int(r["seed"]),
+                        None if rho is None else int(rho))
+        measured[name] = {k: r[k] for k in ("solved", "steps_done", "stop_reason")}
+    before = 0.0
+    if (out / "manifest.json").is_file():
+        before = io.load_manifest(out).get("wall_time_s") or 0.0
+    io.write_csv(path, rows, fieldnames=_GRAD_COLUMNS)
+    io.write_json(out / "manifest.json", io.build_manifest(
+        {"scale": scale, "T": plan.grad_T, "batch": 20, "loss": "answer steps only",
+         "rhos": plan.rhos, "rho_T": plan.rho_T, "note": _GRAD_NOTE,
+         "runs": measured, "missing": [s["name"] for s in missing]},
+        seed=plan.seeds[0], wall_time_s=before + time.perf_counter() - t0,
+        command=f"python -m rsa reproduce --scale {scale} --stages gradients",
+        files=["grad_norms.csv", "manifest.json"]))
+    log(f"[gradients] {len(todo)} run(s) added; {len(measured)} in the table; "
+        f"{len(missing)} of the plan's runs not stored yet")
+
+
 def _stage_gradients(scale: str, plan: Plan, log) -> None:
     from rsa.heads import build_task_model
     from rsa.train import load_trained, resolve_config
 
+    if plan.converged:
+        _stage_gradients_converged(scale, plan, log)
+        return
     out = DATA / scale / "gradients"
     if (out / "grad_norms.csv").is_file():
         log("[gradients] done")
@@ -428,6 +721,45 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def plan_status(scale: str, data=None) -> str:
+    """How far the plan of ``scale`` has run, as Markdown: per task, delay and model, the
+    runs stored out of those planned, how many were solved, the updates to solve (range
+    over seeds) and how the others stopped; then the training time of the stored runs
+    (the sum of their wall times) and the number of runs not run yet."""
+    import pandas as pd
+
+    stored, missing = load_stored_runs(scale, data=data)
+    planned = pd.DataFrame(plan_runs(scale))
+    table = runs_table(stored)
+    if "rho" not in planned:
+        planned["rho"] = None
+    rows = []
+    for (task, T, rho, model), g in planned.groupby(["task", "T", "rho", "model"],
+                                                    dropna=False, sort=False):
+        done = table[(table["task"] == task) & (table["model"] == model)
+                     & ((table["T"] == T) | (T != T))
+                     & ((table["rho"] == rho) | (rho != rho) & table["rho"].isna())
+                     ] if len(table) else table
+        seq = task in ("copy", "denoise")
+        ok = done[done["solved"]] if len(done) and seq else done.iloc[:0]
+        steps = sorted(int(x) for x in ok["solved_step"])
+        best = sorted(done["best_val_accuracy"]) if len(done) else []
+        rows.append({"task": task, "T": "—" if T != T else int(T),
+                     "rho": "—" if rho != rho or rho is None else int(rho), "model": model,
+                     "stored": f"{len(done)} of {len(g)}",
+                     "solved": len(ok) if len(done) and seq else "—",
+                     "updates to solve": (f"{steps[0]}–{steps[-1]}" if len(steps) > 1
+                                          else (str(steps[0]) if steps else "—")),
+                     "best val. accuracy": (f"{best[0]:.3f}–{best[-1]:.3f}" if len(best) > 1
+                                            else (f"{best[0]:.3f}" if best else "—")),
+                     "stopped by": ", ".join(sorted(set(done["stop_reason"]))) or "—"
+                     if len(done) else "—"})
+    hours = (table["wall_time_s"].sum() / 3600) if len(table) else 0.0
+    out = pd.DataFrame(rows).to_markdown(index=False)
+    return (f"{out}\n\n{len(stored)} runs stored ({hours:.1f} hours of training, the sum "
+            f"of their wall times), {len(missing)} not run yet.")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m rsa reproduce", description=__doc__.split(
         "\n\n")[0])
@@ -443,7 +775,13 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu",
                    help="where the train stage trains: cpu, cuda, cuda:N or auto (cuda "
                         "when available)")
+    p.add_argument("--status", action="store_true",
+                   help="print how far the plan has run (runs stored, solved, not run "
+                        "yet) and exit")
     a = p.parse_args(argv)
+    if a.status:
+        print(plan_status(a.scale))
+        return 0
     torch.set_num_threads(a.threads)
     try:
         reproduce(a.scale, a.stages, log=lambda s: print(s, flush=True), shard=a.shard,

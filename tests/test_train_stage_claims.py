@@ -40,3 +40,17 @@ def test_a_stale_claim_is_taken_over_and_released(tmp_path, monkeypatch):
     experiments.reproduce("tiny", ["train"], log=lambda s: None, select=["copy/rnn_*"])
     assert io.load_run(tmp_path / "data" / "tiny" / name)["complete"]
     assert not (work / ".lock").exists()
+
+
+def test_plan_status_counts_what_is_stored_and_solved(tmp_path, monkeypatch):
+    _setup(tmp_path, monkeypatch)
+    experiments.reproduce("tiny", ["train"], log=lambda s: None, select=["copy/rnn_*"])
+    text = experiments.plan_status("tiny")
+    row = next(line for line in text.splitlines() if "| copy " in line and "| rnn " in line)
+    assert "| 1 of 1 " in row
+    other = next(line for line in text.splitlines() if "| denoise " in line
+                 and "| lstm " in line)
+    assert "| 0 of 1 " in other
+    total = len(experiments.plan_runs("tiny"))
+    assert text.rstrip().endswith(f"1 runs stored (0.0 hours of training, the sum of their "
+                                  f"wall times), {total - 1} not run yet.")
