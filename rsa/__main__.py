@@ -1,25 +1,47 @@
 """Command line: ``python -m rsa {train, transfer, bench, reproduce} ...`` (``--help``).
 
 - ``train``: :func:`rsa.train.train`; options mirror :class:`rsa.train.TrainConfig`
-  (unset options take the task's defaults, ``paper.md`` §5). Writes results,
-  manifest and checkpoint to ``--out-dir`` (default ``runs/<task>_<model>_T<T>_s<seed>``);
-  running the same command again resumes an interrupted run.
+  (unset options take the task's defaults, the authors' settings: the book's page *The
+  paper*, section 5). Writes results, manifest and checkpoint to ``--out-dir`` (default
+  ``runs/<task>_<model>_T<T>_s<seed>``); running the same command again resumes an
+  interrupted run.
 - ``transfer``: evaluate a trained copy/denoise run at other delays T, without training
   (:func:`rsa.tasks.evaluate_transfer`).
 - ``bench``: :func:`rsa.bench.main`.
 - ``reproduce``: :func:`rsa.experiments.main` (regenerates ``data/``).
+
+Errors are printed in the words of the command line: the flags a user types
+(``--hidden-size``), not the Python names (``hidden_size``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "cli_message"]
+
+DESCRIPTION = """\
+The command line of rsa, the package behind the executable companion to "Untangling
+tradeoffs between recurrence and self-attention in artificial neural networks" (Kerg,
+Kanuparthi et al., NeurIPS 2020). Run "python -m rsa COMMAND --help" for a command's
+options."""
+
+TRAIN_DESCRIPTION = """\
+Train one model on one task, the authors' settings by default. Options left out take
+the task's default, given in each option's help: copy/denoise first, then the pixel
+tasks (digits, pdigits, mnist, pmnist).
+
+Writes results.json, history.csv, manifest.json, checkpoint.pt and model.pt to
+--out-dir. Running the same command again resumes an interrupted run from its
+checkpoint, update for update; a finished run is loaded and nothing is rewritten. A
+checkpoint holding more updates than --steps, made with other options, or unreadable
+is refused: start over with --no-resume, or choose another --out-dir."""
 
 
 def _train_parser(p: argparse.ArgumentParser) -> None:
@@ -27,42 +49,112 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     from rsa.tasks import TASKS
     from rsa.train import OPTIMIZERS
 
-    p.add_argument("--model", default="relrnn", choices=MODELS)
-    p.add_argument("--task", default="copy", choices=list(TASKS))
-    p.add_argument("--T", type=int, help="delay (copy/denoise; default 100)")
-    p.add_argument("--hidden-size", type=int)
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--clip", type=float, help="gradient-norm clip, 0 disables")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--steps", type=int, help="number of updates")
-    p.add_argument("--eval-every", type=int, help="updates between evaluations")
-    p.add_argument("--eval-batch", type=int)
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--nu", type=int)
-    p.add_argument("--rho", type=int)
-    p.add_argument("--nonlinearity", choices=("tanh", "modrelu"))
-    p.add_argument("--init", choices=("orthogonal", "orthogonal_random", "xavier"))
-    p.add_argument("--out-dir", "--out", dest="out_dir",
-                   help="output folder (default runs/<task>_<model>_T<T>_s<seed>)")
-    p.add_argument("--data-dir", help="MNIST folder (mnist, pmnist)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--model", default="relrnn", choices=MODELS,
+                   help="recurrent core (default: relrnn)")
+    p.add_argument("--task", default="copy", choices=list(TASKS),
+                   help="copy and denoise: synthetic sequences; digits, pdigits: 8x8 digits "
+                        "pixel by pixel (plain, permuted); mnist, pmnist: MNIST from "
+                        "--data-dir (default: copy)")
+    p.add_argument("--T", type=int,
+                   help="delay of copy/denoise; sequences have T + 20 steps (default: 100); "
+                        "fixed by the data for the pixel tasks (64, 784)")
+    p.add_argument("--hidden-size", type=int,
+                   help="hidden units n (default: 128 for copy/denoise, 100 for pixel "
+                        "tasks)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="rmsprop has alpha 0.99 (default: rmsprop for copy/denoise, adam "
+                        "for pixel tasks)")
+    p.add_argument("--lr", type=float,
+                   help="learning rate (default: 1e-3 for copy/denoise, but 2e-4 for relrnn "
+                        "on copy at T >= 1000; pixel tasks: 1e-4 for rnn, memrnn, relrnn, "
+                        "1e-3 for lstm, rellstm)")
+    p.add_argument("--clip", type=float,
+                   help="gradient-norm clip, 0 disables (default: 1.0)")
+    p.add_argument("--batch", type=int,
+                   help="sequences per update (default: 10 for copy/denoise, 100 for pixel "
+                        "tasks)")
+    p.add_argument("--steps", type=int,
+                   help="number of updates (default: 200000 for copy/denoise, 200 epochs "
+                        "for pixel tasks)")
+    p.add_argument("--eval-every", type=int,
+                   help="updates between evaluations (default: 100 for copy/denoise, one "
+                        "epoch for pixel tasks)")
+    p.add_argument("--eval-batch", type=int,
+                   help="validation sequences for copy/denoise (default: 100); chunk size "
+                        "of the evaluation for pixel tasks (default: 500)")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="updates between checkpoints (default: --eval-every)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initialisation and the data (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--nu", type=int,
+                   help="relrnn, rellstm only: short-term buffer size (default: 10 for "
+                        "copy, 15 for denoise, 10 for pixel tasks)")
+    p.add_argument("--rho", type=int,
+                   help="relrnn, rellstm only: relevant-set size (default: 15 for copy and "
+                        "denoise, 10 for pixel tasks)")
+    p.add_argument("--nonlinearity", choices=("tanh", "modrelu"),
+                   help="rnn, memrnn, relrnn only (default: modrelu, but tanh for relrnn "
+                        "on copy)")
+    p.add_argument("--init", choices=("orthogonal", "orthogonal_random", "xavier"),
+                   help="initialisation of the recurrent matrix V (default: orthogonal for "
+                        "rnn, memrnn, relrnn; xavier, the only choice, for lstm, rellstm)")
+    p.add_argument("--out-dir", "--out", dest="out_dir", metavar="DIR",
+                   help="output folder (default: runs/<task>_<model>_T<T>_s<seed>)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder of the MNIST IDX files, for mnist and pmnist "
+                        "(default: data/mnist)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (default: a bar on the terminal)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="start over even if the output folder has a checkpoint")
+                   help="start over even if the output folder has a checkpoint (default: "
+                        "resume from it)")
     p.add_argument("--stop-at-perfect", action="store_true",
-                   help="stop once validation accuracy reaches 100%%")
+                   help="stop once validation accuracy reaches 100%% (default: off)")
     p.add_argument("--stop-when-solved", action="store_true",
                    help="stop once solved: validation accuracy >= 99%% at two "
-                        "consecutive evaluations")
-    p.add_argument("--stall-updates", type=int, default=0,
+                        "consecutive evaluations (default: off)")
+    p.add_argument("--stall-updates", type=int, default=0, metavar="N",
                    help="copy/denoise: stop as stalled when no validation loss of the last "
-                        "N updates was below 0.9 x the memoryless loss (0: never)")
-    p.add_argument("--patience-updates", type=int, default=0,
+                        "N updates was below 0.9 x the memoryless loss (default: 0, never)")
+    p.add_argument("--patience-updates", type=int, default=0, metavar="N",
                    help="stop when the best validation accuracy has not improved for N "
-                        "updates (0: never)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+                        "updates (default: 0, never)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's choice, usually the number of "
+                        "cores)")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def cli_message(message: str) -> str:
+    """An error message of the Python API in the words of the command line: config
+    fields become the flags a user types (``hidden_size`` -> ``--hidden-size``,
+    ``nu=4`` -> ``--nu 4``), and advice about Python values becomes advice about
+    options (``(leave them None)`` -> ``(leave them out)``; ``--no-resume
+    (resume=False)`` -> ``--no-resume``)."""
+    from rsa.train import TrainConfig
+
+    names = sorted((f.name for f in fields(TrainConfig)), key=len, reverse=True)
+    alt = "|".join(map(re.escape, names))
+    # "--flag (python=value)": the flag is already there, drop the Python spelling
+    message = re.sub(rf"(--[\w-]+(?: \S+)?(?: or more)?) \((?:{alt})(?:=[^()]*)?\)", r"\1",
+                     message)
+    message = re.sub(r"\(leave (it|them) None\)", r"(leave \1 out)", message)
+    message = message.replace("must be None or", "must be left out or be")
+    # name=None is an option not given: not worth naming
+    message = re.sub(rf"(?:, )?(?<![\w-])(?:{alt})=None(?=[\s,;)]|$)", "", message)
+    message = re.sub(r"got , ", "got ", message)
+    # name=value -> --name value; "name must be" -> "--name must be"
+    message = re.sub(rf"(?<![\w-])({alt})=([^\s,;)]+)",
+                     lambda m: f"{_flag(m[1])} {m[2]}", message)
+    message = re.sub(rf"(?<![\w-])({alt}) must be", lambda m: f"{_flag(m[1])} must be",
+                     message)
+    # any remaining field name with an underscore is the Python spelling of a flag
+    return re.sub(r"(?<![\w-])(" + "|".join(n for n in names if "_" in n) + r")(?!\w)",
+                  lambda m: _flag(m[1]), message)
 
 
 def _train(a: argparse.Namespace, argv: list[str]) -> int:
@@ -83,6 +175,8 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
         print(f"interrupted: checkpoint saved in {config.out_dir}; run the same command "
               f"again to resume", file=sys.stderr)
         return 130
+    if result.note:
+        print(f"note: {result.note}", file=sys.stderr)
     print(json.dumps({"out_dir": str(result.out_dir), **result.summary}, indent=2))
     return 0
 
@@ -99,6 +193,12 @@ def _transfer(a: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    import rsa
+
+    return f"rsa {rsa.__version__}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m rsa`` and the ``rsa`` script."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -110,19 +210,33 @@ def main(argv: list[str] | None = None) -> int:
         from rsa.experiments import main as reproduce_main
 
         return reproduce_main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m rsa", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rsa", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True,
                            metavar="{train,transfer,bench,reproduce}")
     _train_parser(sub.add_parser("train", help="train a model on a task",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter))
-    t = sub.add_parser("transfer", help="evaluate a trained copy/denoise run at other T")
-    t.add_argument("--run", required=True, help="output folder of a `train` run")
-    t.add_argument("--T", type=int, nargs="+", required=True)
-    t.add_argument("--batch", type=int, default=100)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
-    sub.add_parser("bench", help="time and memory per training update (see bench --help)")
-    sub.add_parser("reproduce", help="regenerate data/ (see reproduce --help)")
+                                 description=TRAIN_DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter))
+    t = sub.add_parser(
+        "transfer", help="evaluate a trained copy/denoise run at other delays T",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate a model trained on copy or denoise at other delays T, "
+                    "without training\n(the transfer experiment). Prints a markdown table "
+                    "of loss (all steps) and accuracy\n(the 10 answer steps) per T.")
+    t.add_argument("--run", required=True, metavar="DIR",
+                   help="output folder of a train run (its checkpoint.pt or model.pt)")
+    t.add_argument("--T", type=int, nargs="+", required=True,
+                   help="delays to evaluate, e.g. --T 100 1000 5000")
+    t.add_argument("--batch", type=int, default=100,
+                   help="fresh sequences per delay (default: 100)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of the evaluation sequences (default: 0)")
+    t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    sub.add_parser("bench", help="time and memory per training update (see bench --help)",
+                   add_help=False)
+    sub.add_parser("reproduce", help="regenerate the stored results under data/ (see "
+                                     "reproduce --help)", add_help=False)
     a = p.parse_args(argv)
     from rsa.train import DeviceUnavailableError
 
@@ -132,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return _transfer(a)
     except (ValueError, FileNotFoundError, DeviceUnavailableError) as e:
         # configuration and data errors: the message is the whole story
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cli_message(str(e))}", file=sys.stderr)
         print(f"command: python -m rsa {shlex.join(argv)}", file=sys.stderr)
         return 2
 

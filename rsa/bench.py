@@ -1,10 +1,11 @@
 """``python -m rsa bench``: wall time and peak memory of one training update per model.
 
-The cost claim of ``paper.md`` §2 (MemRNN O(T^2), RelRNN linear in T) and the
-reviewers' request for wall-clock numbers (§7), measured with :mod:`rsa.measure` on the
-copy task: for each model and T in {100, 200, 500, 1000} at B = 10, n = 128, and at
-B = 100 for T = 200, the median and the fastest of ``repeats`` updates after ``warmup``
-updates, the peak extra memory of one update, and the bytes autograd saves for backward.
+The cost claim of the paper (MemRNN O(T^2), RelRNN linear in T; the book's page *The
+paper*, section 2) and the reviewers' request for wall-clock numbers (section 7),
+measured with :mod:`rsa.measure` on the copy task: for each model and T in
+{100, 200, 500, 1000} at B = 10, n = 128, and at B = 100 for T = 200, the median and the
+fastest of ``repeats`` updates after ``warmup`` updates, the peak extra memory of one
+update, and the bytes autograd saves for backward.
 The models with a fused default (MemRNN, RelRNN, RelLSTM) can also be timed with plain
 autograd, their specification, next to it: ``--models rellstm rellstm_unfused`` times
 ``RelLSTM(fused=False)`` in the same rounds as the fused RelLSTM.
@@ -154,26 +155,43 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m rsa bench`` (see ``--help``)."""
-    p = argparse.ArgumentParser(prog="python -m rsa bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m rsa bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Wall time and peak memory of one training update per model, on the "
+                    "copy task:\nthe median and the fastest of --repeats updates, timed in "
+                    "interleaved rounds, for\nevery model and T, plus one row at a larger "
+                    "batch. Prints a markdown table;\n--out also writes it with a manifest.")
     p.add_argument("--models", nargs="+", default=list(MODELS),
-                   choices=MODELS + UNFUSED_VARIANTS,
-                   help="models; NAME_unfused is the model with plain autograd (fused=False)")
-    p.add_argument("--T", nargs="+", type=int, default=list(DEFAULT_TS), help="delays T")
-    p.add_argument("--batch", type=int, default=10)
-    p.add_argument("--large-batch", type=int, default=100, help="extra row's batch (0: none)")
-    p.add_argument("--large-T", type=int, default=200, help="extra row's T")
-    p.add_argument("--hidden-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--no-memory", action="store_true", help="time only")
-    p.add_argument("--max-memory-gb", type=float, default=None,
+                   choices=MODELS + UNFUSED_VARIANTS, metavar="MODEL",
+                   help="models to time: " + ", ".join(MODELS + UNFUSED_VARIANTS)
+                        + "; NAME_unfused is the model with plain autograd, not fused "
+                        "(default: the five models)")
+    p.add_argument("--T", nargs="+", type=int, default=list(DEFAULT_TS),
+                   help="delays T (default: " + " ".join(map(str, DEFAULT_TS)) + ")")
+    p.add_argument("--batch", type=int, default=10,
+                   help="sequences per update (default: 10)")
+    p.add_argument("--large-batch", type=int, default=100,
+                   help="batch of one extra row per model, 0 for none (default: 100)")
+    p.add_argument("--large-T", type=int, default=200,
+                   help="T of that extra row (default: 200)")
+    p.add_argument("--hidden-size", type=int, default=128,
+                   help="hidden units n (default: 128)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed updates per configuration (default: 5)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed updates before them (default: 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, usually the number of "
+                        "cores)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="time only, do not measure memory (default: measure it)")
+    p.add_argument("--max-memory-gb", type=float, default=None, metavar="GB",
                    help="skip configurations estimated above this (default: half the free "
-                        "RAM, or 80%% of free GPU memory)")
-    p.add_argument("--out", default=None,
-                   help="folder for bench.json, bench.csv, bench.md and manifest.json")
+                        "RAM, or 80%% of the free GPU memory)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="also write bench.json, bench.csv, bench.md and manifest.json to "
+                        "DIR (default: print only)")
     argv = sys.argv[1:] if argv is None else list(argv)
     a = p.parse_args(argv)
     if a.threads is not None:

@@ -7,8 +7,9 @@ sequential digits) read what this writes. One plan per *scale*:
   hours (about 45 minutes of it with ``--shard`` over two processes): T in
   {100, 200, 300, 500}, three seeds, 300 updates (models are far from trained; the
   chapters say so).
-- ``full``: the authors' settings where a machine allows (``paper.md`` §5: up to
-  200 000 updates; here capped at 20 000 and 3 seeds), for a GPU or a long CPU run.
+- ``full``: the authors' settings where a machine allows (the book's page *The paper*,
+  section 5: up to 200 000 updates; here capped at 20 000 and 3 seeds), for a GPU or a
+  long CPU run.
 
 Stages, each resumable (training runs resume from their checkpoints under
 ``runs/<scale>/``; a stage whose result file exists is skipped) and each writing its
@@ -761,20 +762,34 @@ def plan_status(scale: str, data=None) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rsa reproduce", description=__doc__.split(
-        "\n\n")[0])
-    p.add_argument("--scale", default="session", choices=sorted(PLANS))
-    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p = argparse.ArgumentParser(
+        prog="python -m rsa reproduce", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Regenerate the stored results under data/<scale>/<stage>/, stage by "
+                    "stage, each with a\nmanifest.json. Resumable: what is finished is "
+                    "skipped (a run whose results are\ncomplete, a stage whose result file "
+                    "exists), and training runs resume from their\ncheckpoints under "
+                    "runs/<scale>/. Scales: session (this repository's data/ at\n300 "
+                    "updates, hours on a CPU), converged (train until solved or stalled, up to "
+                    "20 000\nupdates), full (the authors' settings where a machine allows; "
+                    "a GPU or days of CPU).")
+    p.add_argument("--scale", default="session", choices=sorted(PLANS),
+                   help="which plan (default: session)")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
+                   metavar="STAGE",
+                   help="stages to run, in this order: " + ", ".join(STAGES)
+                        + " (default: all four)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per process (default: 1)")
     p.add_argument("--shard", type=_parse_shard, metavar="i/n",
                    help="with --stages train: train every n-th run from run i (0-based), "
-                        "to share the stage between n processes")
+                        "to share the stage between n processes (default: 0/1, every run)")
     p.add_argument("--select", nargs="+", metavar="GLOB",
                    help="with --stages train: train only the runs whose name matches one "
-                        "of these patterns, e.g. 'copy/*_T100_s0' 'digits/*'")
+                        "of these patterns, e.g. 'copy/*_T100_s0' 'digits/*' (default: "
+                        "every run of the plan)")
     p.add_argument("--device", default="cpu",
-                   help="where the train stage trains: cpu, cuda, cuda:N or auto (cuda "
-                        "when available)")
+                   help="where the train stage trains: cpu, cuda, cuda:N, or auto for cuda "
+                        "when available (default: cpu)")
     p.add_argument("--status", action="store_true",
                    help="print how far the plan has run (runs stored, solved, not run "
                         "yet) and exit")

@@ -4,9 +4,17 @@ Every result under ``data/`` or a run folder is written *atomically*: the bytes 
 temporary file in the same folder, which is flushed, fsync'ed and then renamed over the
 target with :func:`os.replace` (atomic on POSIX and Windows). A reader therefore sees
 either the old file or the complete new one, never a partial file, even if the writer
-is killed midway. Long results carry a ``manifest.json`` (:func:`build_manifest`):
-parameters, seed, git commit, library versions, device, wall time and the command that
-regenerates them; the loaders quote that command when a file is missing.
+is killed midway. A new file gets the permissions the user's umask gives (``rw-r--r--``
+under the usual 022), a replaced file keeps its own. Long results carry a
+``manifest.json`` (:func:`build_manifest`): parameters, seed, git commit, library
+versions, device, wall time and the command that regenerates them; the loaders quote
+that command when a file is missing.
+
+Recorded paths are portable: a path inside the repository is recorded relative to the
+repository root (:func:`portable_path`), and a recorded command starts with
+``python -m rsa`` rather than the path of the script that ran, so a command copied from a
+manifest and run from the repository root writes where the original run wrote, on any
+machine (:func:`portable_command`).
 """
 
 from __future__ import annotations
@@ -30,10 +38,32 @@ from typing import Any
 __all__ = [
     "atomic_open", "atomic_write_text", "atomic_write_bytes", "write_json", "write_csv",
     "atomic_torch_save", "build_manifest", "machine_description", "git_commit",
-    "load_json", "load_csv", "load_manifest", "load_run",
+    "load_json", "load_csv", "load_manifest", "load_run", "portable_path",
+    "portable_command", "file_mode",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc allows."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def file_mode(path: str | os.PathLike) -> int:
+    """The permission bits an atomically written ``path`` gets: those of the file it
+    replaces, or for a new file ``0o666`` less the umask (what ``open(path, "w")`` would
+    give), not the ``0o600`` of a temporary file."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -41,9 +71,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     """Open ``path`` for writing so that it appears only complete, or not at all.
 
     Yields a file object on a temporary file next to ``path``; on normal exit the file
-    is flushed, fsync'ed and renamed over ``path``. On any exception the temporary file
-    is removed, ``path`` keeps its previous content (if any), and the exception
-    propagates.
+    is flushed, fsync'ed, given the mode of :func:`file_mode` and renamed over ``path``.
+    On any exception the temporary file is removed, ``path`` keeps its previous content
+    (if any), and the exception propagates.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
@@ -58,6 +88,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -127,6 +158,66 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+# -- portable paths -----------------------------------------------------------------------
+
+def portable_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """``path`` as it is recorded: relative to the repository ``root`` (POSIX separators)
+    when it lies inside it, whether given absolute or relative to the working directory;
+    otherwise unchanged, as the user gave it.
+
+    ``portable_path("/home/me/rsa/runs/x")`` is ``"runs/x"`` for a repository at
+    ``/home/me/rsa``; ``portable_path("/tmp/x")`` stays ``"/tmp/x"``.
+    """
+    text = os.fspath(path)
+    try:
+        resolved = Path(text).expanduser().resolve()
+        relative = resolved.relative_to(Path(REPO_ROOT if root is None else root).resolve())
+    except (OSError, ValueError, RuntimeError):
+        return text
+    return relative.as_posix() if relative.parts else "."
+
+
+def _portable_arg(arg: str, root) -> str:
+    """One command-line word: an absolute path inside ``root`` made relative to it, also
+    after ``--option=``; other words unchanged."""
+    option, eq, value = arg.partition("=")
+    if eq and option.startswith("-") and os.path.isabs(value):
+        return f"{option}={portable_path(value, root)}"
+    return portable_path(arg, root) if os.path.isabs(arg) else arg
+
+
+def portable_command(argv: str | Sequence[str], root: str | os.PathLike | None = None) -> str:
+    """A command line (a string or a list of words) as it is recorded: the path of
+    ``rsa/__main__.py`` or of an ``rsa`` console script that started it becomes
+    ``python -m rsa``, and every absolute path inside the repository becomes relative to
+    its root (:func:`portable_path`). The command is then run from the repository root."""
+    root = Path(REPO_ROOT if root is None else root).resolve()
+    words = shlex.split(argv) if isinstance(argv, str) else [str(a) for a in argv]
+    if not words:
+        return ""
+    first = Path(words[0])
+    if first.name == "__main__.py" and first.parent.name == "rsa":
+        words = ["python", "-m", "rsa", *words[1:]]
+    elif first.name == "rsa" and first.is_absolute():  # the console script
+        words = ["python", "-m", "rsa", *words[1:]]
+    elif first.is_absolute() and not first.is_relative_to(root):
+        words = [first.name, *words[1:]]  # e.g. /usr/bin/python3 -> python3
+    return shlex.join(_portable_arg(w, root) for w in words)
+
+
+def _portable_values(obj: Any, root) -> Any:
+    """Every string in ``obj`` that is an absolute path inside ``root``, made relative."""
+    if isinstance(obj, str):
+        return portable_path(obj, root) if os.path.isabs(obj) else obj
+    if isinstance(obj, Path):
+        return portable_path(obj, root)
+    if isinstance(obj, Mapping):
+        return {k: _portable_values(v, root) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_portable_values(v, root) for v in obj]
+    return obj
+
+
 # -- manifest ---------------------------------------------------------------------------
 
 def git_commit(root: str | os.PathLike = REPO_ROOT) -> dict[str, Any]:
@@ -192,7 +283,9 @@ def build_manifest(parameters: Mapping[str, Any], *, seed: int | None, device: s
 
     ``command`` is the shell command that regenerates the result (quoted by the loaders
     when a file is missing); ``argv`` the command line actually run (defaults to
-    ``sys.argv``). No host name is recorded.
+    ``sys.argv``). Both, and every parameter that is a path, are recorded portably
+    (:func:`portable_command`, :func:`portable_path`): paths inside the repository
+    relative to its root, from where the command is run. No host name is recorded.
     """
     import numpy
     import torch
@@ -201,9 +294,9 @@ def build_manifest(parameters: Mapping[str, Any], *, seed: int | None, device: s
 
     manifest = {
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command,
-        "argv": shlex.join(sys.argv if argv is None else argv),
-        "parameters": dict(parameters),
+        "command": None if command is None else portable_command(command),
+        "argv": portable_command(sys.argv if argv is None else argv),
+        "parameters": _portable_values(dict(parameters), None),
         "seed": seed,
         "git": git_commit(),
         "versions": {

@@ -1,7 +1,8 @@
 """Training: one entry point, :func:`train`, for Python and ``python -m rsa train``.
 
-Defaults are the authors' per task (``paper.md`` §5; :func:`resolve_config` fills
-them); the chapters *Copy and denoise* and *Pixel classification* use this loop.
+Defaults are the authors' per task (the book's page *The paper*, section 5;
+:func:`resolve_config` fills them); the chapters *Copy and denoise* and *Pixel
+classification* use this loop.
 
 A run with an output folder writes, atomically (:mod:`rsa.io`):
 
@@ -18,17 +19,29 @@ A run with an output folder writes, atomically (:mod:`rsa.io`):
   finishes the current update, saves, then stops). Running the same command again
   resumes from it, and the resumed run is identical, update for update, to an
   uninterrupted one (``tests/test_train.py`` checks this exactly).
+
+Resuming never rewrites the record into something that was not run: a checkpoint that
+already holds more updates than ``steps`` is refused (:class:`ResumeError`), and running
+a finished run's command again loads it and rewrites nothing (``TrainResult.note`` says
+so). A checkpoint that cannot be read, or was made with another configuration, is
+refused with a one-line message naming the file and the way out (``--no-resume``, or
+another ``--out-dir``). The output folder is recorded relative to the repository root
+when it lies inside it (:func:`rsa.io.portable_path`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
+import pickle
 import shlex
 import signal
+import sys
 import threading
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -48,7 +61,8 @@ from rsa.tasks import (
     synthetic_batch,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "DeviceUnavailableError", "resolve_config", "train",
+__all__ = ["TrainConfig", "TrainResult", "DeviceUnavailableError", "ResumeError",
+           "resolve_config", "train",
            "train_step", "evaluate", "make_optimizer", "load_trained", "config_command",
            "OPTIMIZERS", "SOLVED_ACCURACY", "SOLVED_CONSECUTIVE", "STALL_FRACTION",
            "solved_at", "stalled_at", "patience_exhausted_at", "memoryless_loss",
@@ -72,9 +86,16 @@ class DeviceUnavailableError(RuntimeError):
     """A CUDA device was requested but is not available."""
 
 
+class ResumeError(ValueError):
+    """An output folder's checkpoint cannot be resumed as asked: unreadable, made with
+    another configuration, or holding more updates than asked for. The message is one
+    line naming the file and the way out."""
+
+
 @dataclass
 class TrainConfig:
-    """Everything a run depends on. ``None`` means "the task's default" (paper.md §5).
+    """Everything a run depends on. ``None`` means "the task's default" (the authors'
+    settings, the book's page *The paper*, section 5).
 
     Defaults for copy / denoise, then for the pixel tasks (digits, pdigits, mnist,
     pmnist):
@@ -140,13 +161,15 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """What :func:`train` returns: resolved config, history rows, summary, the trained
-    :class:`~rsa.heads.TaskModel`, and the output folder (None if nothing was written)."""
+    :class:`~rsa.heads.TaskModel`, the output folder (None if nothing was written), and a
+    ``note`` for the user (e.g. that a finished run was loaded and nothing rewritten)."""
 
     config: dict
     history: list[dict]
     summary: dict
     model: TaskModel = field(repr=False)
     out_dir: Path | None = None
+    note: str | None = None
 
 
 # -- configuration ------------------------------------------------------------------------
@@ -259,7 +282,7 @@ def _device(device: str) -> torch.device:
         if not torch.cuda.is_available():
             raise DeviceUnavailableError(
                 f"device {device!r} requested but CUDA is not available "
-                f"(torch {torch.__version__}); use device='cpu'")
+                f"(torch {torch.__version__}); use --device cpu (device='cpu')")
         index = int(device[5:]) if ":" in device else 0
         if index >= torch.cuda.device_count():
             raise DeviceUnavailableError(
@@ -486,6 +509,29 @@ def _stop_reason(c: TrainConfig, history: list[dict]) -> str | None:
 
 # -- the loop ----------------------------------------------------------------------------
 
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (where tqdm would draw a widget)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _progress_bar(enabled: bool, **kwargs):
+    """A tqdm progress bar: a widget in a notebook that has ipywidgets, none in one that
+    has not (instead of tqdm's "IProgress not found" warning in the chapter's output),
+    text on a terminal."""
+    from tqdm import tqdm
+
+    if enabled and _in_notebook():
+        try:
+            import ipywidgets  # noqa: F401
+        except ImportError:
+            enabled = False
+        else:
+            from tqdm.notebook import tqdm
+    return tqdm(disable=not enabled, **kwargs)
+
+
 def _summary(history, state, steps_per_epoch, n_params, config: TrainConfig):
     solved = solved_at(history)
     solved_row = next((r for r in history if r["step"] == solved), None)
@@ -554,28 +600,46 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
              "interval": {"loss": 0.0, "accuracy": 0.0, "count": 0},
              "first_perfect_step": None, "best_val_accuracy": None, "best_step": None,
              "stopped_early": False}
-    config_dict = asdict(c)
+    # what is recorded: paths inside the repository relative to its root
+    recorded = copy.copy(c)
+    recorded.out_dir = None if c.out_dir is None else io.portable_path(c.out_dir)
+    recorded.data_dir = None if c.data_dir is None else io.portable_path(c.data_dir)
+    config_dict = asdict(recorded)
 
     ckpt_path = out / CHECKPOINT if out is not None else None
     if ckpt_path is not None and c.resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ckpt = _load_checkpoint(ckpt_path, device)
         made = {k: ckpt["config"].get(k, _IDENTITY_DEFAULTS.get(k)) for k in _IDENTITY}
         diff = {k: (made[k], config_dict[k]) for k in _IDENTITY if made[k] != config_dict[k]}
         if diff:
-            raise ValueError(
+            raise ResumeError(
                 f"checkpoint {str(ckpt_path)!r} was made with a different config "
-                f"(field: (checkpoint, now)) {diff}; use another out_dir, or resume=False "
-                f"(--no-resume) to start over")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        stream.load_state_dict(ckpt["data"])
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
-        state = ckpt["state"]
+                f"(field: (checkpoint, now)) {diff}; {_WAY_OUT}")
+        done = ckpt["state"]["step"]
+        if done > c.steps:
+            raise ResumeError(
+                f"checkpoint {str(ckpt_path)!r} already holds {done} updates, more than the "
+                f"{c.steps} asked for; resume it with --steps {done} or more (steps={done}), "
+                f"or {_WAY_OUT}")
+        with _checkpoint_errors(ckpt_path):
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            stream.load_state_dict(ckpt["data"])
+            torch.set_rng_state(ckpt["torch_rng"].cpu())
+            if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
+            state = ckpt["state"]
+        finished = _finished_run(out, state, c)
+        if finished is not None:  # nothing to train: the record stays as it is
+            model.eval()
+            return TrainResult(finished["config"], finished["history"], finished["summary"],
+                               model, out, note=(
+                                   f"{out} already holds this run, finished after "
+                                   f"{state['step']} updates; nothing was trained or "
+                                   f"rewritten (--no-resume starts it over)"))
 
     manifest = None
-    command = config_command(c)
+    command = config_command(recorded)
     if out is not None:
         manifest = io.build_manifest(
             config_dict, seed=c.seed, device=str(device), command=command, argv=argv,
@@ -605,10 +669,8 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
         manifest["complete"] = complete
         io.write_json(out / "manifest.json", manifest)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=c.steps, initial=state["step"], disable=not c.progress,
-               desc=f"{c.model} {c.task} T={c.T}", unit="upd", leave=False)
+    bar = _progress_bar(c.progress, total=c.steps, initial=state["step"],
+                        desc=f"{c.model} {c.task} T={c.T}", unit="upd", leave=False)
     wall0, train0 = state["wall_time_s"], state["train_time_s"]
     # one segment per call that trains: where each part of a resumed run ran
     segment = {"start_step": state["step"], "end_step": state["step"],
@@ -683,6 +745,53 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
         io.atomic_torch_save({"format": 1, "config": config_dict,
                               "model": model.state_dict()}, out / MODEL_FILE)
     return TrainResult(config_dict, copy.deepcopy(state["history"]), summary, model, out)
+
+
+_WAY_OUT = ("start over with --no-resume (resume=False), or train into another --out-dir "
+            "(out_dir)")
+
+
+def _one_line(error: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(path: Path):
+    """Turn any failure to read or apply the checkpoint at ``path`` into one line."""
+    try:
+        yield
+    except (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError, AttributeError,
+            pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise ResumeError(f"checkpoint {str(path)!r} cannot be resumed "
+                          f"({type(e).__name__}: {_one_line(e)}); {_WAY_OUT}") from e
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict:
+    """The checkpoint at ``path``, with the fields resuming needs, or a ResumeError."""
+    with _checkpoint_errors(path):
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        missing = [k for k in ("config", "model", "optimizer", "data", "torch_rng", "state")
+                   if k not in ckpt]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)} in it")
+        ckpt["state"]["step"]  # noqa: B018 -- fail here, not in the loop
+    return ckpt
+
+
+def _finished_run(out: Path, state: dict, c: TrainConfig) -> dict | None:
+    """The stored results of ``out`` when the checkpoint's run is finished (no update
+    left to train) and its results and weights are written, else None."""
+    if state["step"] < c.steps and not state["stopped_early"]:
+        return None
+    try:
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (results.get("complete") is not True or not (out / MODEL_FILE).is_file()
+            or results.get("summary", {}).get("steps_done") != state["step"]):
+        return None
+    return results
 
 
 def load_trained(out_dir: str | Path, device: str = "cpu") -> TaskModel:
