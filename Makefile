@@ -12,7 +12,7 @@ NICE ?= nice -n 10
 SANITIZE := tests/nbval_sanitize.cfg
 CHAPTERS := $(wildcard book/*.ipynb)
 
-.PHONY: setup book test unit nbval figures reproduce lint bench clean
+.PHONY: setup book test unit nbval figures chapter reproduce lint bench clean
 
 setup: $(SETUP)
 
@@ -43,6 +43,16 @@ nbval: $(SETUP)
 # Re-execute every chapter in place with its default parameters (papermill).
 figures: $(SETUP)
 	$(NICE) $(BIN)/python tools/run_chapter.py
+
+# Re-run one chapter with other parameters and look at it, figures included: runs it
+# with papermill into _build/chapters/<chapter>/ and renders it to <chapter>.html there
+# (the chapter in book/ is not touched). For example:
+#   make chapter CHAPTER=relevancy_screening PARAMS="-p T 200 -p rho 8"
+CHAPTER ?=
+PARAMS ?=
+chapter: $(SETUP)
+	@test -n "$(CHAPTER)" || { echo 'usage: make chapter CHAPTER=<name> [PARAMS="-p NAME VALUE ..."]' >&2; exit 2; }
+	$(NICE) $(BIN)/python tools/rerun_chapter.py $(CHAPTER) $(PARAMS)
 
 # Regenerate the long results under data/ (hours on a CPU; resumable). The experiments'
 # entry point: see `python -m rsa reproduce --help` for scales and stages; pass them

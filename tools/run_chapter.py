@@ -1,16 +1,20 @@
 #!/usr/bin/env python
 """Re-execute book chapters in place with their default parameters (``make figures``).
 
-For each chapter: run it with papermill into memory, strip what changes from run to
-run without the content changing (papermill's and nbclient's timing metadata), write
-a temporary file next to it and atomically replace the chapter. A chapter that fails
-is left untouched and the script exits non-zero. Re-running an unchanged chapter
-with deterministic code leaves no git diff.
+For each chapter: run it with papermill into memory (its kernel on local sockets, so
+without the kernel's "running over TCP without encryption" warning), strip what changes
+from run to run without the content changing (papermill's and nbclient's timing
+metadata), and replace the chapter atomically (:func:`rsa.io.atomic_open`: it keeps its
+permissions). A chapter that fails is left untouched and the script exits non-zero.
+Re-running an unchanged chapter with deterministic code leaves no git diff.
 
 The wall time of each chapter goes to ``data/chapter_times.json``, shown by
 ``book/reproducibility.ipynb``. Times vary from run to run, so a stored time is only
 replaced when the new one differs by more than a factor TOLERANCE: the file (and the
-page that shows it) stays unchanged by a routine re-run.
+page that shows it) stays unchanged by a routine re-run. It is written atomically too.
+
+To re-run one chapter with *other* parameters and look at its figures without touching
+the book, use ``tools/rerun_chapter.py`` (``make chapter``).
 
 Usage (from the repository root)::
 
@@ -21,17 +25,22 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 import papermill as pm
+from jupyter_client.manager import KernelManager
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rsa import io  # noqa: E402
+
 BOOK = ROOT / "book"
 TIMES = ROOT / "data" / "chapter_times.json"
 # The page that shows the table of times runs last and is not timed itself.
@@ -41,6 +50,37 @@ TOLERANCE = 1.5
 # Metadata that records how (and when) a run went rather than what it produced.
 NB_KEYS = ("papermill", "widgets")
 CELL_KEYS = ("papermill", "execution", "ExecuteTime", "collapsed", "scrolled")
+
+
+class IPCKernelManager(KernelManager):
+    """A kernel on local (IPC) sockets instead of TCP ports: nothing of the notebook
+    travels over the network, and the kernel has no encryption warning to print."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("transport", "ipc")
+        super().__init__(**kwargs)
+
+
+@contextlib.contextmanager
+def _inline_figures():
+    """Hide a MPLBACKEND setting (e.g. ``Agg`` on a headless machine) from the kernel, so
+    that figures use the notebook's inline backend and are stored as images."""
+    backend = os.environ.pop("MPLBACKEND", None)
+    try:
+        yield
+    finally:
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
+
+
+def execute(path: Path, output: str | None = None, **kwargs) -> nbformat.NotebookNode:
+    """Run the notebook ``path`` with papermill, in its own folder, on an IPC kernel
+    with inline figures; ``output`` (a path or None) as in
+    :func:`papermill.execute_notebook`."""
+    with _inline_figures():
+        return pm.execute_notebook(str(path), output, cwd=str(path.parent),
+                                   progress_bar=False, request_save_on_cell_execute=False,
+                                   kernel_manager_class=IPCKernelManager, **kwargs)
 
 
 def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -74,24 +114,16 @@ def record_time(name: str, seconds: float) -> None:
     if old and 1 / TOLERANCE <= seconds / old <= TOLERANCE:
         return
     times[name] = {"seconds": round(seconds, 1), "cpus": os.cpu_count()}
-    TIMES.parent.mkdir(parents=True, exist_ok=True)
-    TIMES.write_text(json.dumps(dict(sorted(times.items())), indent=2) + "\n")
+    io.atomic_write_text(TIMES, json.dumps(dict(sorted(times.items())), indent=2) + "\n")
 
 
 def run(path: Path) -> float:
     """Execute ``path`` with its defaults and replace it; return the wall time (s)."""
     start = time.perf_counter()
-    nb = pm.execute_notebook(str(path), None, cwd=str(path.parent), progress_bar=False,
-                             request_save_on_cell_execute=False)
+    nb = execute(path)
     seconds = time.perf_counter() - start
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(clean(nb), f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with io.atomic_open(path, "w", newline=None) as f:
+        nbformat.write(clean(nb), f)
     return seconds
 
 

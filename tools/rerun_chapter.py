@@ -1,0 +1,340 @@
+#!/usr/bin/env python
+"""Re-run one chapter with other parameters and render it, figures included, to one
+HTML page (``make chapter``). The chapter itself is not touched.
+
+A chapter stores its figures as *glue* records (``myst_nb.glue``), which the book
+places where its text names them but which no notebook viewer shows. This tool runs
+the chapter with papermill into ``_build/chapters/<chapter>/<chapter>.ipynb`` and
+writes ``<chapter>.html`` next to it: the chapter's text (markdown, with its math typeset
+by the MathJax that the book ships, when installed), each figure with its caption where
+the text places it, the code folded under each cell, and every output (tables, printed
+numbers, errors). Any ``-p`` not accepted by the chapter stops the run at the
+chapter's parameter check, with a message listing what it accepts.
+
+Usage (from the repository root)::
+
+    python tools/rerun_chapter.py relevancy_screening -p T 200 -p rho 8
+    python tools/rerun_chapter.py book/tradeoffs.ipynb -y "cost_T: [100, 200]"
+    make chapter CHAPTER=relevancy_screening PARAMS="-p T 200 -p rho 8"
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import html
+import importlib.metadata
+import os
+import re
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_chapter, beside this file
+
+from rsa import io  # noqa: E402
+
+BOOK = ROOT / "book"
+OUT = ROOT / "_build" / "chapters"
+GLUE = "application/papermill.record/"
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto;
+       padding: 0 1rem; line-height: 1.5; color: #1a1a1a; }
+.banner { background: #eef4fb; border-left: 4px solid #2a6cb0; padding: .5rem 1rem; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; }
+figcaption { color: #1a1a1a; font-size: .95rem; } figcaption .name { color: #555; }
+details.code summary { color: #555; cursor: pointer; font-size: .85rem; }
+pre { background: #f6f8fa; padding: .5rem; overflow-x: auto; font-size: .85rem; }
+pre.error { background: #fdecec; } pre.stream { background: #fafafa; }
+.output { overflow-x: auto; margin: .5rem 0 1rem; }
+table { border-collapse: collapse; font-size: .9rem; }
+td, th { border: 1px solid #ccc; padding: .2rem .5rem; }
+.directive { border-left: 4px solid #999; padding: .25rem 1rem; margin: 1rem 0;
+             background: #fafafa; } .directive .title { font-weight: 600; }
+"""
+
+
+# -- running ---------------------------------------------------------------------------
+
+def chapter_path(name: str) -> Path:
+    """``relevancy_screening``, ``relevancy_screening.ipynb`` or a path -> the notebook."""
+    path = Path(name)
+    candidates = [path, BOOK / path, BOOK / f"{name}.ipynb"]
+    for candidate in candidates:
+        if candidate.suffix == ".ipynb" and candidate.is_file():
+            return candidate.resolve()
+    names = ", ".join(sorted(p.stem for p in BOOK.glob("*.ipynb")))
+    raise SystemExit(f"no chapter {name!r}; chapters: {names}")
+
+
+def parameters(opts: argparse.Namespace) -> dict:
+    """The values of ``-p`` (typed as papermill types them), ``-r`` (strings) and
+    ``-y`` (YAML)."""
+    from papermill.cli import _resolve_type
+
+    values: dict = {}
+    for text in opts.yaml or []:
+        values.update(yaml.safe_load(text) or {})
+    for name, value in opts.parameters or []:
+        values[name] = _resolve_type(value)
+    for name, value in opts.raw or []:
+        values[name] = value
+    return values
+
+
+def execute(path: Path, params: dict, out: Path) -> tuple[nbformat.NotebookNode, str | None]:
+    """Run ``path`` with ``params`` (cwd: the chapter's folder) and save it to ``out``;
+    returns the executed notebook and, if a cell failed, the error in one line."""
+    import papermill as pm
+    from run_chapter import execute as run
+
+    error = None
+    try:
+        run(path, str(out), parameters=params)
+    except pm.PapermillExecutionError as e:
+        error = f"{e.ename}: {e.evalue} (cell {e.exec_count})"
+    nb = nbformat.read(out, as_version=4)
+    return nb, error
+
+
+# -- rendering -------------------------------------------------------------------------
+
+def _markdown():
+    from markdown_it import MarkdownIt
+    from mdit_py_plugins.amsmath import amsmath_plugin
+    from mdit_py_plugins.colon_fence import colon_fence_plugin
+    from mdit_py_plugins.dollarmath import dollarmath_plugin
+
+    md = MarkdownIt("commonmark").enable("table")
+    md.use(dollarmath_plugin, double_inline=True,
+           renderer=lambda content, opts: html.escape(
+               f"\\[{content}\\]" if opts.get("display_mode") else f"\\({content}\\)"))
+    md.use(amsmath_plugin, renderer=html.escape)
+    md.use(colon_fence_plugin)
+    return md
+
+
+ROLE = re.compile(r"\{([\w:-]+)\}`([^`]*)`")
+
+
+def glue_store(nb) -> dict[str, dict]:
+    """Glued name -> its mime bundle (``image/png``, ``text/plain``, ...)."""
+    store = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                store[name] = {k[len(GLUE):]: v for k, v in output.get("data", {}).items()
+                               if k.startswith(GLUE)}
+    return store
+
+
+def _roles(text: str, store: dict) -> str:
+    """MyST roles in plain words: references by their target, citations by key, glued
+    text by its value."""
+    def role(m):
+        kind, body = m[1], m[2]
+        if kind.startswith("glue"):
+            key, _, fmt = body.partition(":")
+            plain = str(store.get(key, {}).get("text/plain", f"[{key}]")).strip("'\"")
+            with_fmt = plain
+            if fmt:
+                try:
+                    with_fmt = format(float(plain), fmt)
+                except ValueError:
+                    pass
+            return with_fmt
+        if kind.startswith("cite"):
+            return f"[{body}]"
+        return re.sub(r"\s*<[^>]*>$", "", body) if "<" in body else body
+    return ROLE.sub(role, text)
+
+
+def _figure(name: str, caption_html: str, store: dict) -> str:
+    bundle = store.get(name, {})
+    if "image/png" in bundle:
+        data = bundle["image/png"]
+        body = f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+    else:
+        body = f"<p><em>(figure {html.escape(name)} was not produced by this run)</em></p>"
+    return (f'<figure id="{html.escape(name)}">{body}<figcaption>{caption_html}'
+            f' <span class="name">({html.escape(name)})</span></figcaption></figure>')
+
+
+def _pyobject(path: Path, dotted: str) -> str:
+    """The source of ``Class.method`` or ``function`` in ``path``."""
+    source = path.read_text(encoding="utf-8")
+    body = ast.parse(source).body
+    node = None
+    for part in dotted.split("."):
+        node = next((n for n in body if getattr(n, "name", None) == part), None)
+        if node is None:
+            return source
+        body = getattr(node, "body", [])
+    lines = source.splitlines()[node.lineno - 1 - len(getattr(node, "decorator_list", [])):
+                                node.end_lineno]
+    return textwrap.dedent("\n".join(lines))
+
+
+def _directive(info: str, content: str, store: dict, md, folder: Path) -> str:
+    kind, _, argument = info.strip()[1:].partition("}")
+    argument = argument.strip()
+    options, lines = {}, content.splitlines()
+    while lines and re.match(r"^:[\w-]+:", lines[0]):
+        key, _, value = lines.pop(0)[1:].partition(":")
+        options[key] = value.strip()
+    body = "\n".join(lines).strip()
+    if kind == "glue:figure":
+        return _figure(argument, md.render(_roles(body, store)), store)
+    if kind == "literalinclude":
+        path = (folder / argument).resolve()
+        code = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if "pyobject" in options and path.is_file():
+            code = _pyobject(path, options["pyobject"])
+        title = options.get("caption", argument)
+        return (f'<details class="code" open><summary>{html.escape(title)}</summary>'
+                f"<pre>{html.escape(code)}</pre></details>")
+    title = argument or kind.split(":")[-1].capitalize()
+    return (f'<div class="directive"><div class="title">{html.escape(kind)}: '
+            f'{md.renderInline(_roles(title, store))}</div>'
+            f"{md.render(_roles(body, store))}</div>")
+
+
+def render_markdown(source: str, store: dict, md, folder: Path) -> str:
+    """A markdown cell as HTML: targets ``(label)=`` dropped, directives as boxes, glued
+    figures where they are named, roles in plain words."""
+    source = re.sub(r"^\([\w:-]+\)=\s*$", "", source, flags=re.M)
+    tokens = md.parse(source)
+    out, plain = [], []
+
+    def flush():
+        if plain:
+            out.append(md.renderer.render(plain, md.options, {}))
+            plain.clear()
+
+    for tok in tokens:
+        if tok.type in ("fence", "colon_fence") and tok.info.strip().startswith("{"):
+            flush()
+            out.append(_directive(tok.info, tok.content, store, md, folder))
+        else:
+            if tok.type == "inline" and tok.children:
+                for child in tok.children:
+                    if child.type == "text":
+                        child.content = _roles(child.content, store)
+                # roles are split into text + code_inline by the parser: re-join them
+                joined = []
+                for child in tok.children:
+                    if (child.type == "code_inline" and joined and joined[-1].type == "text"
+                            and re.search(r"\{[\w:-]+\}$", joined[-1].content)):
+                        prev = joined[-1]
+                        prev.content = _roles(prev.content + f"`{child.content}`", store)
+                        continue
+                    joined.append(child)
+                tok.children = joined
+            plain.append(tok)
+    flush()
+    return "\n".join(out)
+
+
+def render_output(output, store: dict, md) -> str:
+    kind = output.get("output_type")
+    if output.get("metadata", {}).get("scrapbook"):
+        return ""  # a glued value: shown where the text names it
+    if kind == "stream":
+        return f'<pre class="stream">{html.escape(output.get("text", ""))}</pre>'
+    if kind == "error":
+        tb = "\n".join(output.get("traceback", []))
+        tb = re.sub(r"\x1b\[[0-9;]*m", "", tb)
+        return f'<pre class="error">{html.escape(tb)}</pre>'
+    data = output.get("data", {})
+    if "image/png" in data:
+        return f'<img src="data:image/png;base64,{data["image/png"]}">'
+    if "text/html" in data:
+        return data["text/html"]
+    if "text/markdown" in data:
+        return md.render(data["text/markdown"])
+    if "text/plain" in data:
+        return f"<pre>{html.escape(data['text/plain'])}</pre>"
+    return ""
+
+
+def _mathjax(out_html: Path) -> str:
+    """A script tag for the MathJax the book ships (sphinx-mathjax-offline), if any."""
+    try:
+        dist = importlib.metadata.distribution("sphinx-mathjax-offline")
+        js = next(f for f in dist.files or [] if str(f).endswith("mathjax/tex-chtml.js"))
+    except (importlib.metadata.PackageNotFoundError, StopIteration):
+        return ""
+    src = os.path.relpath(Path(dist.locate_file(js)).resolve(), out_html.parent.resolve())
+    return ('<script>window.MathJax = {tex: {macros: {R: "\\\\mathbb{R}"}}};</script>'
+            f'<script defer src="{html.escape(Path(src).as_posix())}"></script>')
+
+
+def render(nb, title: str, banner: str, out_html: Path, folder: Path = BOOK) -> str:
+    """The whole executed chapter as one HTML page."""
+    md = _markdown()
+    store = glue_store(nb)
+    parts = [f'<div class="banner">{banner}</div>']
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            parts.append(render_markdown(cell.source, store, md, folder))
+        elif cell.cell_type == "code":
+            if cell.source.strip():
+                tags = cell.metadata.get("tags", [])
+                label = "parameters" if "parameters" in tags else (
+                    "injected parameters" if "injected-parameters" in tags else "code")
+                parts.append(f'<details class="code"><summary>{label}</summary>'
+                             f"<pre>{html.escape(cell.source)}</pre></details>")
+            outputs = "".join(render_output(o, store, md) for o in cell.get("outputs", []))
+            if outputs:
+                parts.append(f'<div class="output">{outputs}</div>')
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style>"
+            f"{_mathjax(out_html)}</head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("``", ""))
+    p.add_argument("chapter", help="chapter name (e.g. relevancy_screening) or notebook path")
+    p.add_argument("-p", "--parameters", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a parameter, typed as papermill types it (number, bool, string)")
+    p.add_argument("-r", "--raw", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a parameter kept as a string")
+    p.add_argument("-y", "--yaml", action="append", metavar="YAML",
+                   help='parameters as YAML, e.g. -y "cost_T: [100, 200]"')
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="output folder (default: _build/chapters/<chapter>/)")
+    opts = p.parse_args(argv)
+    path = chapter_path(opts.chapter)
+    params = parameters(opts)
+    out = (opts.out or OUT / path.stem).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    out_nb, out_html = out / f"{path.stem}.ipynb", out / f"{path.stem}.html"
+    shown = ", ".join(f"{k} = {v!r}" for k, v in params.items()) or "default parameters"
+    print(f"running {io.portable_path(path)} with {shown} ...", flush=True)
+    start = time.perf_counter()
+    nb, error = execute(path, params, out_nb)
+    seconds = time.perf_counter() - start
+    banner = (f"<strong>{html.escape(path.name)}</strong> re-run with "
+              f"{html.escape(shown)} in {seconds:.0f} s; "
+              + (f"<strong>it stopped with an error</strong>: {html.escape(error)}"
+                 if error else "every check of the chapter held."))
+    io.atomic_write_text(out_html, render(nb, path.stem, banner, out_html, path.parent))
+    print(f"  {seconds:.0f} s; notebook: {io.portable_path(out_nb)}")
+    print(f"  open {io.portable_path(out_html)} in a browser to see the text, figures "
+          f"and outputs")
+    if error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
