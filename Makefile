@@ -16,11 +16,18 @@ CHAPTERS := $(wildcard book/*.ipynb)
 
 setup: $(SETUP)
 
-# torch first (the CPU wheel), then the package with its book and dev extras, pinned
-# by constraints.txt, then the venv's python as the `python3` kernel the chapters use.
+# Where torch comes from: PyPI by default (on Linux its wheel brings the CUDA libraries,
+# several GB); on a machine without a GPU, PyTorch's CPU-only wheels are much smaller:
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+
+# torch first, then the package with its book and dev extras, pinned by constraints.txt,
+# then the venv's python as the `python3` kernel the chapters use. Everything goes into
+# the project's own venv: the package's import name, rsa, is also that of Python-RSA.
 $(SETUP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade-strategy only-if-needed torch==2.13.0
+	$(BIN)/python -m pip install --upgrade-strategy only-if-needed \
+		$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	$(BIN)/python -m pip install -c constraints.txt -e ".[book,dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 \
 		--display-name "Python 3 (rsa)"
