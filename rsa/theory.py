@@ -18,15 +18,32 @@ Equations implemented:
 - (step 3) uniform attention: g(i, t) >= lam^2 / (4 (t-1)^2) (t 1-based); with
   entrywise nonnegative J_k, ||dh_t/dh_i|| >= the largest path product.
 - (step 4) a chain of d edges of attention weight >= 1/kappa: g >= (lam / (2 kappa))^(2d).
+
+Added in the chapters *Bounds* and *The kappa-d tradeoff* (our results, not the paper's):
+
+- uniform attention in O(L): g(t) = lam^2 / (4 (t-1)^2) (S(t-2) + t^2 g(t-1)), S the
+  partial sums; (t-1)^2 g(i, t) -> lam^2 S_i / (4 - lam^2), S_i = sum_t g(i, t).
+- the crossover t* where uniform attention starts to beat no attention, and its
+  Lambert-W bracket 1 - W_{-1}(-eps sqrt(beta)) / eps, eps = ln(1/lam).
+- the loss gradient: E||dL/dh_i||^2 = sum_t g(i, t) ||e_t||^2 with e_t = (direct) dL/dh_t,
+  by the backward recursion G_i = ||e_i||^2 + sum_{k > i} lam_k^2 w_{ik}^2 G_k.
+- one fixed orthogonal V at every step (J_k = lam_k V, V Haar): paths of equal length
+  add coherently, E||dh_t/dh_i u||^2 = sum_m c_m^2 + O(1/n), c_m the sum over paths of
+  m edges.
+- single realisations: ||dh_t/dh_i||_2 <= f(i, t) (path sum with lam_k >= ||J_k||_2),
+  and the direct-edge bound sigma_min(dh_t/dh_i) >= mu_t w_{it} - lam_t sum_{i<j<t} w_{jt}
+  f(i, j) (mu_k <= sigma_min(J_k)).
 """
 
 from __future__ import annotations
 
+import copy
 import numbers
 
 import numpy as np
 import torch
 from scipy.linalg import solve_triangular
+from scipy.special import lambertw
 
 __all__ = [
     "uniform_pattern", "window_pattern", "random_sparse_pattern", "chain_pattern",
@@ -35,6 +52,12 @@ __all__ = [
     "path_jacobians", "monte_carlo_gradient", "max_path_product",
     "bound_no_attention", "bound_uniform", "bound_sparse_chain",
     "state_jacobians", "jacobian_norms", "loss_gradient_norms",
+    "uniform_mean_square_gradient", "uniform_asymptote", "crossover_uniform",
+    "crossover_estimate", "sparse_crossover_span",
+    "mean_square_loss_gradient", "loss_gradient_path_sum", "loss_path_expansion",
+    "monte_carlo_loss_gradient", "direct_edge_lower_bound",
+    "step_jacobians", "loss_gradients",
+    "path_length_sums", "fixed_orthogonal_mean_square_gradient",
 ]
 
 
@@ -209,8 +232,11 @@ def path_sum(W, lam, i: int = 0) -> np.ndarray:
     """Sum over paths i -> t of the products of lam_k w_{jk}: f(i, i) = 1,
     f(i, t) = lam_t sum_{i <= j < t} w_{jt} f(i, j) (paper.md §3 step 1).
 
-    It is dh_t/dh_i exactly when every J_k is the scalar lam_k (n = 1, linear). Returns
-    f(i, t) for t = 0..L-1 (zero for t < i). ``lam``: a number or an (L,) array.
+    It is dh_t/dh_i exactly when every J_k is the scalar lam_k (n = 1, linear), and an
+    upper bound in every other case: if ||J_k||_2 <= lam_k then ||dh_t/dh_i||_2 <=
+    f(i, t) for every realisation of the J_k (the triangle inequality on the path sum),
+    with equality when every J_k = lam_k I. Returns f(i, t) for t = 0..L-1 (zero for
+    t < i). ``lam``: a number or an (L,) array.
     """
     W = _square("W", W)
     L = W.shape[0]
@@ -276,11 +302,14 @@ def _haar(rng, samples, n):
 
 
 def monte_carlo_gradient(W, lam, n: int, samples: int, rng=None,
-                         i: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                         i: int = 0, same_matrix: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Monte Carlo estimate of g(i, t): draw J_k = lam_k Q_k with Q_k Haar-random
     orthogonal n x n, propagate v_t = dh_t/dh_i u (u = e_1) through the path expansion
     (paper.md §3 step 1) for ``samples`` independent draws at once, and return the mean
-    and the standard error of ||v_t||^2, each of shape (L,)."""
+    and the standard error of ||v_t||^2, each of shape (L,).
+
+    ``same_matrix=True``: one Haar V per draw, used at every step (J_k = lam_k V), the
+    model of :func:`fixed_orthogonal_mean_square_gradient`."""
     W = _square("W", W)
     L = W.shape[0]
     lam = _per_step("lam", lam, L)
@@ -289,8 +318,11 @@ def monte_carlo_gradient(W, lam, n: int, samples: int, rng=None,
     u = np.zeros((samples, n))
     u[:, 0] = 1.0
 
+    V = _haar(rng, samples, n) if same_matrix else None
+
     def apply_J(k, s):  # s: (samples, n)
-        return lam[k] * np.einsum("sab,sb->sa", _haar(rng, samples, n), s)
+        Q = V if same_matrix else _haar(rng, samples, n)
+        return lam[k] * np.einsum("sab,sb->sa", Q, s)
 
     sq = (_propagate(W, i, u, apply_J) ** 2).sum(axis=-1)  # (L, samples)
     return sq.mean(axis=1), sq.std(axis=1, ddof=1) / np.sqrt(samples)
@@ -356,6 +388,238 @@ def bound_sparse_chain(lam, kappa, d):
     return (lam / (2.0 * kappa)) ** (2 * d)
 
 
+# -- one fixed orthogonal matrix: paths of equal length add coherently -------------------
+def path_length_sums(W, lam, i: int = 0) -> np.ndarray:
+    """c[t, m] = sum over the paths i -> t with m edges of the product of lam_k w_{jk}:
+    c[i, 0] = 1, c[t, m] = lam_t sum_{i <= j < t} w_{jt} c[j, m - 1]. Summing over m
+    gives :func:`path_sum`. Returns (L, L) (row t, column m), O(L^3)."""
+    W = _square("W", W)
+    L = W.shape[0]
+    lam, i = _per_step("lam", lam, L), _int("i", i, 0, L - 1)
+    c = np.zeros((L, L))
+    c[i, 0] = 1.0
+    for t in range(i + 1, L):
+        c[t, 1:] = lam[t] * (W[t, i:t] @ c[i:t, :-1])
+    return c
+
+
+def fixed_orthogonal_mean_square_gradient(W, lam, n: int | None = None,
+                                          i: int = 0) -> np.ndarray:
+    """E||dh_t/dh_i u||^2 when every J_k = lam_k V with ONE Haar-random orthogonal V
+    (the same matrix at every step, as in a real network; chapter *Bounds*):
+
+    sum_{m, m'} c_m c_{m'} E[u^T V^(m' - m) u] = sum_m c_m^2
+        + (1/n) sum_{m != m', m - m' even} c_m c_{m'},
+
+    with c_m = :func:`path_length_sums`, using E V^k = (tau_k / n) I (V's law is
+    invariant under conjugation) and tau_k = E tr V^k = 1 for even k >= 2, 0 for odd k
+    (Diaconis and Shahshahani for k <= n/2; checked by Monte Carlo beyond). Paths of the
+    same length add coherently, paths of different lengths (almost) do not.
+    ``n=None``: the limit n -> infinity, sum_m c_m^2. Returns (L,)."""
+    c = path_length_sums(W, lam, i)
+    lead = (c ** 2).sum(axis=1)
+    if n is None:
+        return lead
+    n = _int("n", n, 1)
+    m = np.arange(c.shape[1])
+    diff = np.abs(m[:, None] - m[None, :])
+    even = ((diff % 2 == 0) & (diff > 0)).astype(float)
+    return lead + np.einsum("tm,mk,tk->t", c, even, c) / n
+
+
+# -- uniform attention: O(L), the limit of (t-1)^2 g, and the crossover -------------------
+def _lam_scalar(lam, lo=0.0, hi=1.0, closed_lo=True):
+    lam = float(_nonnegative("lam", lam))
+    if lam > hi or lam < lo or (not closed_lo and lam == lo):
+        bracket = "[" if closed_lo else "("
+        raise ValueError(f"lam must be a number in {bracket}{lo}, {hi}], got {lam!r}")
+    return lam
+
+
+def uniform_mean_square_gradient(lam, L: int, i: int = 0) -> np.ndarray:
+    """g(i, t) under full uniform attention in O(L), for a constant lam: the same values
+    as ``mean_square_gradient(edge_weights(uniform_pattern(L)), lam, i)``.
+
+    In the paper's 1-based t, w_{jt} = 1/(2(t-1)) for j < t-1 and w_{t-1,t} =
+    t/(2(t-1)), so g(t) = lam^2 / (4 (t-1)^2) (S(t-2) + t^2 g(t-1)) with S(m) =
+    sum_{i <= j <= m} g(j) (chapter *Bounds*). Returns (L,), 0-based like ``H``.
+    """
+    lam = _lam_scalar(lam, hi=np.inf)
+    L = _int("L", L, 1)
+    i = _int("i", i, 0, L - 1)
+    a = lam ** 2 / 4
+    g = np.zeros(L)
+    g[i] = 1.0
+    S_before = 0.0  # S(t-2): sum of g over positions i..k-2
+    for k in range(i + 1, L):  # position k is the paper's t = k + 1
+        g[k] = a / k ** 2 * (S_before + (k + 1) ** 2 * g[k - 1])
+        S_before += g[k - 1]
+    return g
+
+
+def uniform_asymptote(lam, i: int = 0, L: int = 200_000) -> float:
+    """c = lim (t-1)^2 g(i, t) = lam^2 S_i / (4 - lam^2) under full uniform attention,
+    with S_i = sum_{t >= i} g(i, t) summed up to L (the tail is O(1/L): at most 3 / (L - 1)
+    for i = 0 and lam <= 1). ``i`` is 0-based, (t - 1) is the 0-based position."""
+    lam = _lam_scalar(lam)
+    L = _int("L", L, 10)
+    S = uniform_mean_square_gradient(lam, L, i).sum()
+    return lam ** 2 * S / (4 - lam ** 2)
+
+
+def crossover_uniform(lam, L: int | None = None):
+    """t*: the first paper's step t >= 3 at which full uniform attention keeps more
+    mean squared gradient from h_1 than no attention, g(1, t) > lam^(2(t-1)); None if
+    there is none up to L (always None for lam = 1, where no attention keeps g = 1).
+
+    At t = 2 both are lam^2. ``L`` defaults to just past the proven upper end of the
+    bracket, ``crossover_estimate(lam, lam**2 / 4) + 2``, beyond which attention helps
+    at every step (chapter *Bounds*). Also returns whether attention helps at every t
+    from t* to L: (t*, stays).
+    """
+    lam = _lam_scalar(lam, closed_lo=False)
+    if L is None:
+        if lam == 1.0:
+            return None, False
+        L = int(np.ceil(crossover_estimate(lam, lam ** 2 / 4))) + 3
+    L = _int("L", L, 3)
+    g = uniform_mean_square_gradient(lam, L)
+    k = np.arange(L)  # 0-based; t - 1 = k
+    helps = np.log(g[2:]) > 2 * k[2:] * np.log(lam)
+    if not helps.any():
+        return None, False
+    first = int(np.argmax(helps))
+    return first + 3, bool(helps[first:].all())
+
+
+def crossover_estimate(lam, beta):
+    """1 + x_+: the larger root t of (t - 1)^2 lam^(2(t-1)) = beta, i.e.
+    t = 1 - W_{-1}(-eps sqrt(beta)) / eps with eps = ln(1/lam) (Lambert W, lower branch).
+
+    If beta <= (t-1)^2 g(1, t) for all t, uniform attention beats no attention at every
+    t beyond it; with beta = lim (t-1)^2 g (:func:`uniform_asymptote`) it estimates t*.
+    inf for lam = 1; nan where eps sqrt(beta) > 1/e (no root: attention helps at every
+    t >= 3 for that beta). ``beta``: a number or an array."""
+    lam = _lam_scalar(lam, closed_lo=False)
+    beta = _nonnegative("beta", beta)
+    if lam == 1.0:
+        return np.full(beta.shape, np.inf)[()]
+    eps = -np.log(lam)
+    z = -eps * np.sqrt(beta)
+    with np.errstate(invalid="ignore"):
+        x = np.where(z >= -np.exp(-1), -lambertw(np.maximum(z, -np.exp(-1)), -1).real / eps,
+                     np.nan)
+    return (1.0 + x)[()]
+
+
+def sparse_crossover_span(lam, kappa, d):
+    """d ln(2 kappa / lam) / ln(1/lam): the span beyond which the sparse-chain bound
+    (lam / (2 kappa))^(2d) exceeds the no-attention value lam^(2 span); inf at lam = 1.
+    Where a planted chain attains its bound (links longer than the window), it is the
+    exact crossover of the chain against no attention."""
+    lam = _lam_scalar(lam, closed_lo=False)
+    kappa = _nonnegative("kappa", kappa, lo=1.0)
+    d = _nonnegative("d", d)
+    if lam == 1.0:
+        return np.full(np.broadcast(kappa, d).shape, np.inf)[()]
+    return (d * np.log(2 * kappa / lam) / -np.log(lam))[()]
+
+
+# -- the loss gradient dL/dh_i --------------------------------------------------------------
+def _backward_dp(W, c, e, power):
+    """u_i = e_i + sum_{k > i} c_k W[k, i]^power u_k, from the last position down."""
+    u = np.array(e, dtype=float)
+    for i in range(W.shape[0] - 2, -1, -1):
+        u[i] = e[i] + np.tensordot(c[i + 1:] * W[i + 1:, i] ** power, u[i + 1:], axes=1)
+    return u
+
+
+def _per_position(name, value, L):
+    arr = _nonnegative(name, value)
+    if arr.shape != (L,):
+        raise ValueError(f"{name} must have shape ({L},), got shape {arr.shape}")
+    return arr
+
+
+def mean_square_loss_gradient(W, lam, e_sq) -> np.ndarray:
+    """G_i = E||dL/dh_i||^2 in the random-orthogonal model, for fixed direct loss
+    gradients e_t = dl/dh_t with ||e_t||^2 = ``e_sq[t]`` (chapter *Bounds*):
+
+    G_i = ||e_i||^2 + sum_{k > i} lam_k^2 w_{ik}^2 G_k  =  sum_{t >= i} g(i, t) ||e_t||^2.
+
+    Cross terms vanish as in :func:`mean_square_gradient`, also between loss steps. O(L^2).
+    Returns (L,)."""
+    W = _square("W", W)
+    L = W.shape[0]
+    return _backward_dp(W, _per_step("lam", lam, L) ** 2, _per_position("e_sq", e_sq, L), 2)
+
+
+def loss_gradient_path_sum(W, lam, e_norm) -> np.ndarray:
+    """u_i = ||e_i|| + sum_{k > i} lam_k w_{ik} u_k = sum_t f(i, t) ||e_t||: an upper bound
+    on ||dL/dh_i|| for every realisation with ||J_k||_2 <= lam_k, attention frozen (the
+    triangle inequality on the backward recursion). Returns (L,)."""
+    W = _square("W", W)
+    L = W.shape[0]
+    return _backward_dp(W, _per_step("lam", lam, L), _per_position("e_norm", e_norm, L), 1)
+
+
+def loss_path_expansion(W, J, e) -> np.ndarray:
+    """dL/dh_i for every i by the path expansion run backwards, attention frozen:
+    delta_i = e_i + sum_{k > i} w_{ik} J_k^T delta_k, with e (L, n) the direct loss
+    gradients and J (L, n, n) the step Jacobians of one sequence. Returns (L, n)."""
+    W = _square("W", W)
+    L = W.shape[0]
+    J, e = np.asarray(J, dtype=float), np.asarray(e, dtype=float)
+    if J.ndim != 3 or J.shape[0] != L or J.shape[1] != J.shape[2] or e.shape != J.shape[:2]:
+        raise ValueError(f"J must be ({L}, n, n) and e ({L}, n), got {J.shape} and {e.shape}")
+    delta = e.copy()
+    back = np.zeros_like(e)  # back[k] = J_k^T delta_k once delta_k is known
+    for k in range(L - 1, -1, -1):
+        delta[k] = e[k] + W[k + 1:, k] @ back[k + 1:]
+        back[k] = J[k].T @ delta[k]
+    return delta
+
+
+def monte_carlo_loss_gradient(W, lam, e, samples: int, rng=None):
+    """Monte Carlo estimate of E||dL/dh_i||^2: J_k = lam_k Q_k with Q_k Haar-random
+    orthogonal, the backward recursion delta_i = e_i + sum_{k > i} w_{ik} J_k^T delta_k
+    for ``samples`` independent draws at once, e (L, n) fixed. Returns the mean and the
+    standard error of ||delta_i||^2, each (L,)."""
+    W = _square("W", W)
+    L = W.shape[0]
+    lam = _per_step("lam", lam, L)
+    e = np.asarray(e, dtype=float)
+    if e.ndim != 2 or e.shape[0] != L:
+        raise ValueError(f"e must have shape ({L}, n), got {e.shape}")
+    samples, rng = _int("samples", samples, 2), _rng(rng)
+    n = e.shape[1]
+    delta = np.broadcast_to(e[:, None, :], (L, samples, n)).copy()
+    back = np.zeros_like(delta)
+    for k in range(L - 1, -1, -1):
+        delta[k] = e[k] + np.tensordot(W[k + 1:, k], back[k + 1:], axes=1)
+        back[k] = lam[k] * np.einsum("sba,sb->sa", _haar(rng, samples, n), delta[k])
+    sq = (delta ** 2).sum(axis=-1)  # (L, samples)
+    return sq.mean(axis=1), sq.std(axis=1, ddof=1) / np.sqrt(samples)
+
+
+def direct_edge_lower_bound(W, mu, lam, i: int = 0) -> np.ndarray:
+    """l(i, t) = mu_t w_{it} - lam_t sum_{i < j < t} w_{jt} f(i, j), f = path_sum(W, lam, i):
+    a lower bound on sigma_min(dh_t/dh_i) (so on ||dh_t/dh_i u|| for every unit u) for
+    every realisation with sigma_min(J_k) >= mu_k and ||J_k||_2 <= lam_k, attention
+    frozen. Informative (> 0) where the direct edge i -> t outweighs every other way
+    into t. l(i, i) = 1; zero for t < i. Returns (L,)."""
+    W = _square("W", W)
+    L = W.shape[0]
+    mu, lam = _per_step("mu", mu, L), _per_step("lam", lam, L)
+    i = _int("i", i, 0, L - 1)
+    f = path_sum(W, lam, i)
+    out = np.zeros(L)
+    out[i] = 1.0
+    for t in range(i + 1, L):
+        out[t] = mu[t] * W[t, i] - lam[t] * W[t, i + 1:t] @ f[i + 1:t]
+    return out
+
+
 # -- autograd on real models ------------------------------------------------------------
 def state_jacobians(model, x: torch.Tensor, i: int, freeze_attention: bool = False):
     """D[t, b] = dh_t/dh_i (n x n) of example b, by autograd on a :mod:`rsa.models`
@@ -408,3 +672,46 @@ def loss_gradient_norms(model, x: torch.Tensor, loss_fn, freeze_attention: bool 
     H, trace = model(x, record=True, freeze_attention=freeze_attention)
     grads = torch.autograd.grad(loss_fn(H), trace.states, allow_unused=True)
     return np.array([0.0 if g is None else float(g.norm()) for g in grads])
+
+
+def step_jacobians(model, x: torch.Tensor, b: int = 0):
+    """The per-step Jacobians J_k = diag(phi'(z_k)) V and the edge weights W of example
+    ``b``, from a recorded forward pass of an RNN, MemRNN or RelRNN (any ``phi``: tanh,
+    modReLU): z_k = U x_k + b + V s_{k-1}, s_{k-1} = sum_j w_{jk} h_j. Returns (J, W),
+    J of shape (T, n, n) in float64 (J_0 is diag(phi'(z_0)) V, unused by the expansion),
+    W of shape (T, T): ``path_jacobians(W, J, i)`` is then the frozen-attention
+    dh_t/dh_i (chapter *Bounds*)."""
+    if getattr(model, "gates", 1) != 1:
+        raise ValueError("step_jacobians needs a model of the RNN family (one Jacobian per "
+                         "step); an LSTM's state has a second recurrent path")
+    with torch.no_grad():
+        H, trace = model(x, record=True)
+    T = H.shape[0]
+    b = _int("b", b, 0, H.shape[1] - 1)
+    W = chain_edges(T) if model.attention is None else edge_weights(pattern_from_trace(trace, b))
+    with torch.no_grad():
+        h = H[:, b].double()
+        s = torch.as_tensor(W) @ h  # row k: s_{k-1}; row 0 is 0 (no recurrence at t = 1)
+        z = model.U(x[:, b]).double() + s @ model.V.weight.double().T
+    z.requires_grad_(True)
+    phi = copy.deepcopy(model.phi).double()  # a float64 copy; the model is left as it is
+    (phi_prime,) = torch.autograd.grad(phi(z).sum(), z)  # phi acts elementwise
+    V = model.V.weight.detach().double()
+    J = phi_prime.detach()[:, :, None] * V
+    return J.numpy(), W
+
+
+def loss_gradients(model, x: torch.Tensor, loss_fn, freeze_attention: bool = False):
+    """The direct and the total gradient of a loss with respect to every state:
+    (e, delta), each (T, B, n) in float64, e_t = dl/dh_t through ``loss_fn`` alone (the
+    read-out at step t) and delta_t = dL/dh_t through every later step as well.
+
+    ``loss_fn`` maps H (T, B, n) to a scalar tensor. ``freeze_attention`` as in
+    :func:`state_jacobians`."""
+    H, trace = model(x, record=True, freeze_attention=freeze_attention)
+    loss = loss_fn(H)
+    (e,) = torch.autograd.grad(loss, H, retain_graph=True)
+    total = torch.autograd.grad(loss, trace.states, allow_unused=True)
+    delta = torch.stack([torch.zeros_like(h) if g is None else g
+                         for g, h in zip(total, trace.states, strict=True)])
+    return e.detach().cpu().double().numpy(), delta.detach().cpu().double().numpy()

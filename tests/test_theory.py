@@ -18,23 +18,38 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rsa.theory import (
+    _haar,
     bound_no_attention,
     bound_sparse_chain,
     bound_uniform,
     chain_edges,
     chain_pattern,
+    crossover_estimate,
+    crossover_uniform,
+    direct_edge_lower_bound,
     edge_weights,
+    fixed_orthogonal_mean_square_gradient,
     jacobian_norms,
     loss_gradient_norms,
+    loss_gradient_path_sum,
+    loss_gradients,
+    loss_path_expansion,
     max_path_product,
     mean_square_gradient,
     mean_square_gradient_matrix,
+    mean_square_loss_gradient,
     monte_carlo_gradient,
+    monte_carlo_loss_gradient,
     path_jacobians,
+    path_length_sums,
     path_sum,
     pattern_from_trace,
     random_sparse_pattern,
+    sparse_crossover_span,
     state_jacobians,
+    step_jacobians,
+    uniform_asymptote,
+    uniform_mean_square_gradient,
     uniform_pattern,
     window_pattern,
 )
@@ -161,6 +176,15 @@ def test_edge_weights_rejects_non_patterns(A, match):
     (lambda: bound_uniform(0.5, 1), "t .* must be an int >= 2"),
     (lambda: bound_sparse_chain(0.5, 0.5, 2), "kappa must be finite and >= 1.0"),
     (lambda: bound_no_attention(0.5, -1), "span = t - i must be an int >= 0"),
+    (lambda: uniform_mean_square_gradient(0.5, 5, i=5), r"i must be an int in \[0, 4\]"),
+    (lambda: uniform_asymptote(1.5), r"lam must be a number in \[0.0, 1.0\], got 1.5"),
+    (lambda: crossover_uniform(0.0), r"lam must be a number in \(0.0, 1.0\], got 0.0"),
+    (lambda: mean_square_loss_gradient(chain_edges(3), 0.5, [1.0, 1.0]),
+     r"e_sq must have shape \(3,\), got shape \(2,\)"),
+    (lambda: loss_path_expansion(chain_edges(3), np.zeros((3, 2, 2)), np.zeros((3, 3))),
+     r"J must be \(3, n, n\) and e \(3, n\)"),
+    (lambda: fixed_orthogonal_mean_square_gradient(chain_edges(3), 0.5, n=0),
+     "n must be an int >= 1, got 0"),
 ])
 def test_errors_name_value_and_range(call, match):
     with pytest.raises(ValueError, match=match):
@@ -416,3 +440,231 @@ def test_jacobian_and_loss_gradient_norms():
         for t in (0, 5):  # dL/dh_t = (dh_T/dh_t)^T c for each example
             D_t = state_jacobians(model, x, t, freeze_attention=freeze)[-1]
             assert grad[t] == pytest.approx(np.linalg.norm(D_t.transpose(0, 2, 1) @ c.numpy()))
+
+
+# -- uniform attention in O(L), its limit, and the crossover with no attention ------------
+@FAST
+@given(st.integers(2, 80), st.floats(0.01, 1.0), st.data())
+def test_uniform_recursion_is_the_dp(L, lam, data):
+    i = data.draw(st.integers(0, L - 1))
+    np.testing.assert_allclose(uniform_mean_square_gradient(lam, L, i),
+                               mean_square_gradient(edge_weights(uniform_pattern(L)), lam, i),
+                               rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("lam, i", [(0.5, 0), (0.9, 0), (1.0, 0), (0.9, 7)])
+def test_uniform_limit_constant(lam, i):
+    """(t-1)^2 g(i, t) -> lam^2 S_i / (4 - lam^2); the constant without the factor
+    4 / (4 - lam^2) (the direct edges alone, summed) is rejected."""
+    c = uniform_asymptote(lam, i)
+    k = 50_000  # the paper's t - 1 is the 0-based position k
+    b = k ** 2 * uniform_mean_square_gradient(lam, k + 1, i)[k]
+    assert b == pytest.approx(c, rel=1e-3)
+    assert abs(b / (lam ** 2 * c * (4 - lam ** 2) / lam ** 2 / 4) - 1) > 0.05
+
+
+@pytest.mark.parametrize("lam", [0.3, 0.6, 0.9, 0.97, 0.99])
+def test_crossover_against_brute_force(lam):
+    t_star, stays = crossover_uniform(lam)
+    L = t_star + 200
+    g = mean_square_gradient(edge_weights(uniform_pattern(L)), lam)
+    t = np.arange(1, L + 1)  # the paper's step
+    helps = g > lam ** (2.0 * (t - 1))
+    assert not helps[2:t_star - 1].any() and helps[t_star - 1:].all() and stays
+    # within the proven bracket: beyond 1 + x_+(lam^2/4) attention helps at every step
+    assert t_star <= np.ceil(crossover_estimate(lam, lam ** 2 / 4))
+    if lam > np.sqrt(3) / 2:  # then (t-1) lam^(t-1) > sqrt(3) lam from t = 3 on
+        assert t_star >= crossover_estimate(lam, 3 * lam ** 2)
+    # the estimate with the limit constant is within one step (observed)
+    assert abs(t_star - crossover_estimate(lam, uniform_asymptote(lam))) < 1
+
+
+def test_crossover_estimate_solves_its_equation():
+    for lam, beta in [(0.9, 0.2), (0.99, 1.1), (0.999, 3.0)]:
+        t = crossover_estimate(lam, beta)
+        assert (t - 1) ** 2 * lam ** (2 * (t - 1)) == pytest.approx(beta, rel=1e-9)
+        assert t - 1 > 1 / -np.log(lam)  # the larger root
+    assert np.isnan(crossover_estimate(0.5, 3.0))  # eps sqrt(beta) > 1/e: no root
+    assert crossover_estimate(1.0, 0.5) == np.inf
+    assert crossover_uniform(1.0) == (None, False)
+
+
+def test_sparse_crossover_span_on_planted_chains():
+    """Links longer than the window: g equals (lam/2kappa)^(2d), so the chain beats no
+    attention exactly beyond d ln(2 kappa / lam) / ln(1/lam)."""
+    lam, kappa = 0.99, 4
+    for d in (1, 2):
+        span_star = sparse_crossover_span(lam, kappa, d)
+        for span, helps in ((int(span_star) - 3, False), (int(span_star) + 4, True)):
+            A, _ = chain_pattern(span + 1, d, kappa)
+            g = mean_square_gradient(edge_weights(A), lam)[-1]
+            assert g == pytest.approx(bound_sparse_chain(lam, kappa, d), rel=1e-6)
+            assert (g > lam ** (2 * span)) == helps
+    assert sparse_crossover_span(1.0, 4, 1) == np.inf
+
+
+@FAST
+@given(st.integers(2, 30), st.sampled_from(["uniform", "window", "chain", "sparse"]),
+       st.integers(0, 10**6))
+def test_at_lam_one_no_pattern_beats_no_attention(L, name, seed):
+    """lam = 1: g <= 1 (no attention: g = 1), < 1 from the first step that spreads."""
+    L = max(L, 4)
+    A = _patterns(L, seed)[name]
+    g = mean_square_gradient(edge_weights(A), 1.0)
+    assert np.all(g <= 1 + 1e-12)
+    spreads = np.nonzero(A[1:].max(axis=1) < 1 - 1e-9)[0] + 1  # rows not all on one state
+    if len(spreads):
+        assert np.all(g[spreads[0]:] < 1)
+
+
+# -- the loss gradient --------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["uniform", "window", "chain", "sparse"])
+def test_loss_gradient_dp(name):
+    rng = np.random.default_rng(11)
+    L = 30
+    W = edge_weights(_patterns(L, 3)[name])
+    lam = rng.uniform(0.5, 1.0, L)
+    e_sq = np.zeros(L)
+    e_sq[-8:] = rng.uniform(0.5, 2.0, 8)
+    e_sq[10] = 1.0  # a loss step in the middle too
+    G = mean_square_loss_gradient(W, lam, e_sq)
+    np.testing.assert_allclose(G, mean_square_gradient_matrix(W, lam) @ e_sq, rtol=1e-12)
+    # the path sum version is sum_t f(i, t) ||e_t||
+    F = np.array([path_sum(W, lam, i) for i in range(L)])
+    np.testing.assert_allclose(loss_gradient_path_sum(W, lam, np.sqrt(e_sq)),
+                               F @ np.sqrt(e_sq), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["uniform", "window", "sparse"])
+def test_loss_gradient_against_monte_carlo(name):
+    """E||dL/dh_i||^2 = sum_t g(i, t) ||e_t||^2: cross terms between loss steps vanish.
+    Adding the loss steps' RMS gradients coherently is rejected."""
+    rng = np.random.default_rng(12)
+    L, n = 30, 12
+    W = edge_weights(_patterns(L, 4)[name])
+    e = np.zeros((L, n))
+    e[-6:] = rng.standard_normal((6, n))
+    G = mean_square_loss_gradient(W, 0.95, (e ** 2).sum(axis=1))
+    mean, sem = monte_carlo_loss_gradient(W, 0.95, e, samples=400, rng=13)
+    i = np.arange(L - 7)  # sources before the loss steps
+    assert np.all(np.abs(mean[i] - G[i]) <= 4 * sem[i])
+    coherent = (np.sqrt(mean_square_gradient_matrix(W, 0.95)) @ np.linalg.norm(e, axis=1)) ** 2
+    assert np.max(np.abs(mean[i] - coherent[i]) / sem[i]) > 10
+
+
+def test_loss_path_expansion_and_its_upper_bound_with_random_jacobians():
+    rng = np.random.default_rng(14)
+    L, n = 18, 5
+    W = edge_weights(random_sparse_pattern(L, 3, rng))
+    J = rng.standard_normal((L, n, n)) / np.sqrt(n)
+    e = np.zeros((L, n))
+    e[-4:] = rng.standard_normal((4, n))
+    delta = loss_path_expansion(W, J, e)
+    # against the forward Jacobians: dL/dh_i = sum_t (dh_t/dh_i)^T e_t
+    for i in (0, 6):
+        D = path_jacobians(W, J, i)
+        np.testing.assert_allclose(delta[i], np.einsum("tab,ta->b", D[i:], e[i:]),
+                                   rtol=1e-10, atol=1e-14)
+    u = loss_gradient_path_sum(W, np.linalg.norm(J, ord=2, axis=(1, 2)),
+                               np.linalg.norm(e, axis=1))
+    assert np.all(np.linalg.norm(delta, axis=1) <= u * (1 + 1e-12))
+    # equality for scalar Jacobians with aligned e_t: every path adds coherently
+    lam = rng.uniform(0.3, 1.0, L)
+    J_scalar = lam[:, None, None] * np.eye(n)
+    e_aligned = np.zeros((L, n))
+    e_aligned[-4:, 0] = rng.uniform(0.5, 1.0, 4)
+    np.testing.assert_allclose(np.linalg.norm(loss_path_expansion(W, J_scalar, e_aligned),
+                                              axis=1),
+                               loss_gradient_path_sum(W, lam, e_aligned[:, 0]), rtol=1e-12)
+
+
+# -- single realisations: the path-sum upper bound and the direct-edge lower bound ---------
+@FAST
+@given(st.integers(2, 25), st.sampled_from(["uniform", "window", "chain", "sparse"]),
+       st.floats(0.3, 1.0), st.integers(0, 10**6))
+def test_sandwich_for_every_orthogonal_realisation(L, name, lam, seed):
+    """direct-edge bound <= sigma_min(D) <= ||D||_2 <= path sum, J_k = lam Q_k."""
+    L = max(L, 4)
+    rng = np.random.default_rng(seed)
+    W = edge_weights(_patterns(L, seed)[name])
+    J = lam * _haar(rng, L, 4)
+    sv = np.linalg.svd(path_jacobians(W, J, 0), compute_uv=False)
+    assert np.all(sv[:, 0] <= path_sum(W, lam, 0) * (1 + 1e-12))
+    assert np.all(sv[:, -1] >= direct_edge_lower_bound(W, lam, lam, 0) - 1e-12)
+
+
+def test_direct_edge_bound_is_tight_at_long_spans_and_needs_its_correction():
+    """A planted one-hop chain: at long spans every realisation has all singular values
+    of dh_t/dh_i within 1e-3 of lam w_it. At short spans the other paths can cancel the
+    direct edge: the bound without its correction term is violated."""
+    rng = np.random.default_rng(15)
+    lam, kappa = 0.9, 4
+    A, _ = chain_pattern(201, 1, kappa)
+    W = edge_weights(A)
+    low, direct = direct_edge_lower_bound(W, lam, lam)[-1], lam * W[-1, 0]
+    assert 0 < low <= direct and low > direct * (1 - 1e-3)
+    for _ in range(5):
+        sv = np.linalg.svd(path_jacobians(W, lam * _haar(rng, 201, 6), 0)[-1],
+                           compute_uv=False)
+        assert low - 1e-12 <= sv[-1] and sv[0] <= path_sum(W, lam)[-1] * (1 + 1e-12)
+    A, _ = chain_pattern(6, 1, kappa)
+    W = edge_weights(A)
+    smallest = min(np.linalg.svd(path_jacobians(W, lam * _haar(rng, 6, 6), 0)[-1],
+                                 compute_uv=False)[-1] for _ in range(50))
+    assert smallest < lam * W[-1, 0] * 0.5
+
+
+# -- one fixed orthogonal matrix -----------------------------------------------------------
+def test_path_length_sums_add_up_to_the_path_sum():
+    W = edge_weights(random_sparse_pattern(20, 3, 16))
+    c = path_length_sums(W, 0.8, 2)
+    np.testing.assert_allclose(c.sum(axis=1), path_sum(W, 0.8, 2), rtol=1e-12)
+    np.testing.assert_allclose(path_length_sums(chain_edges(6), 0.5)[np.arange(6), np.arange(6)],
+                               0.5 ** np.arange(6))
+
+
+@pytest.mark.parametrize("name, n", [("uniform", 4), ("window", 16), ("sparse", 8)])
+def test_fixed_orthogonal_model_against_monte_carlo(name, n):
+    """One Haar V at every step: the formula with tau_k = 1 (k even), 0 (k odd) agrees
+    with Monte Carlo (lengths up to 29 > n/2); the independent-Q_k recursion and the
+    n -> infinity term alone are rejected."""
+    L = 30
+    W = edge_weights(_patterns(L, 5)[name])
+    mean, sem = monte_carlo_gradient(W, 0.95, n=n, samples=3000, rng=17, same_matrix=True)
+    t = np.arange(2, L)  # t = 1: one path, deterministic
+    exact = fixed_orthogonal_mean_square_gradient(W, 0.95, n)
+    assert np.all(np.abs(mean[t] - exact[t]) <= 4.5 * sem[t])
+    for wrong in (mean_square_gradient(W, 0.95), fixed_orthogonal_mean_square_gradient(W, 0.95)):
+        assert np.max(np.abs(mean[t] - wrong[t]) / sem[t]) > 8
+
+
+# -- step Jacobians and loss gradients of real models -------------------------------------
+@pytest.mark.parametrize("kind", ["RNN", "MemRNN", "RelRNN"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "modrelu"])
+def test_step_jacobians_rebuild_the_frozen_gradients(kind, nonlinearity):
+    models = pytest.importorskip("rsa.models")
+    torch.manual_seed(3)
+    options = {"nu": 3, "rho": 2} if kind == "RelRNN" else {}
+    model = getattr(models, kind)(3, 5, nonlinearity=nonlinearity, **options).double()
+    x = torch.randn(13, 2, 3, dtype=torch.float64)
+    frozen = state_jacobians(model, x, 2, freeze_attention=True)
+    c = torch.randn(5, dtype=torch.float64)
+    e, delta = loss_gradients(model, x, lambda H: (H[-3:] * c).sum() + (H[4] ** 2).sum(),
+                              freeze_attention=True)
+    assert np.allclose(e[:4], 0) and np.allclose(e[5:-3], 0)  # only where the loss reads
+    for b in range(2):
+        J, W = step_jacobians(model, x, b)
+        np.testing.assert_allclose(path_jacobians(W, J, 2), frozen[:, b], rtol=1e-9,
+                                   atol=1e-13)
+        np.testing.assert_allclose(loss_path_expansion(W, J, e[:, b]), delta[:, b],
+                                   rtol=1e-9, atol=1e-13)
+    single = getattr(models, kind)(3, 5, nonlinearity=nonlinearity, **options)
+    J, _ = step_jacobians(single, x.float())
+    assert J.dtype == np.float64  # computed in float64 ...
+    assert all(p.dtype == torch.float32 for p in single.parameters())  # ... model untouched
+
+
+def test_step_jacobians_rejects_the_lstm():
+    models = pytest.importorskip("rsa.models")
+    with pytest.raises(ValueError, match="RNN family"):
+        step_jacobians(models.LSTM(3, 4), torch.randn(5, 1, 3))

@@ -1,8 +1,12 @@
 """Tests of what the theory chapters (book/vanishing.ipynb, book/bounds.ipynb,
-book/tradeoff.ipynb) add to rsa.theory: the two propositions they prove with their own
-bounds, checked on random instances, and their plot functions."""
+book/tradeoff.ipynb, and the proposition of book/relevancy_screening.ipynb) add to
+rsa.theory: the propositions they prove with their own bounds, checked on random
+instances, each with a perturbed statement that the same check rejects, and their plot
+functions."""
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import matplotlib.pyplot as plt  # headless: tests/conftest.py sets MPLBACKEND=Agg
 import numpy as np
@@ -15,9 +19,12 @@ from scipy.stats import ortho_group
 from rsa.plotting import plot_cost_floor, plot_decay_rates, plot_floor_map, plot_gradient_curves
 from rsa.theory import (
     chain_edges,
+    crossover_estimate,
+    crossover_uniform,
     edge_weights,
     mean_square_gradient,
     path_jacobians,
+    uniform_mean_square_gradient,
     window_pattern,
 )
 
@@ -71,6 +78,128 @@ def test_local_attention_upper_bound_needs_full_windows():
     W = edge_weights(window_pattern(2, kappa))
     g = mean_square_gradient(W, lam, 0)[-1]  # source 0, span 1: m = 1
     assert g == pytest.approx(1.0) and g > lam ** 2 * (1 + 1 / kappa) / 2
+
+
+@pytest.mark.parametrize("kappa", [2, 4, 16, 64])
+def test_local_attention_rate_is_not_the_rate_divided_by_kappa(kappa):
+    """-ln g / span lies between (2 eps + ln(2 kappa/(kappa+1))) / kappa and
+    2 (eps + ln 2 kappa) / kappa (+ O(1/span)): at lam = 1 local attention still decays
+    although no attention does not. 'The rate divided by kappa', 2 eps / kappa, is below
+    the lower bound."""
+    span = 1000
+    for lam in (0.9, 0.99, 1.0):
+        eps = -np.log(lam)
+        W = edge_weights(window_pattern(kappa + span + 1, kappa))
+        rate = -np.log(mean_square_gradient(W, lam, kappa)[-1]) / span
+        m = -(-span // kappa)
+        lower = m / span * np.log(2 / (lam ** 2 * (1 + 1 / kappa)))
+        upper = 2 * m / span * np.log(2 * kappa / lam)
+        assert lower - 1e-12 <= rate <= upper + 1e-12
+        assert (2 * eps + np.log(2 * kappa / (kappa + 1))) / kappa <= lower + 1e-12
+        assert rate > 1.5 * 2 * eps / kappa
+
+
+# -- bounds: uniform attention, the O(1/t^2) upper bound and where attention helps --------
+def _uniform_b_exact(t_max):
+    """(t-1)^2 g(1, t) at lam = 1 in exact rational arithmetic, t = 2..t_max."""
+    a = Fraction(1, 4)
+    g, S, out = [Fraction(0), Fraction(1)], [Fraction(0), Fraction(1)], {}
+    for t in range(2, t_max + 1):  # g[t], S[t] = g[1] + ... + g[t]
+        g.append(a / (t - 1) ** 2 * (S[t - 2] + t ** 2 * g[t - 1]))
+        S.append(S[t - 1] + g[t])
+        out[t] = (t - 1) ** 2 * g[t]
+    return out
+
+
+def test_uniform_upper_bound_constant_is_three():
+    """thm-uniform-upper: (t-1)^2 g(1, t) <= 3 lam^2, attained at lam = 1, t = 4.
+
+    The proof's finite part: exact values for t <= 10; then, with S <= 2 / (1 - (pi^2/6 +
+    5/4)/4) and r_t = (t/(t-2))^2 / 4 <= r_11 for t >= 11, b_t <= S/4 + r_11 * 3 <= 3."""
+    b = _uniform_b_exact(10)
+    assert max(b.values()) == 3 and b[4] == 3
+    S_max = 2 / (1 - (np.pi ** 2 / 6 + 5 / 4) / 4)
+    r_11 = (11 / 9) ** 2 / 4
+    assert S_max / 4 + r_11 * 3 <= 3
+    # numerically, at every lam and far out: below 3 lam^2, and 2.9 lam^2 is not a bound
+    for lam in (0.3, 0.9, 1.0):
+        g = uniform_mean_square_gradient(lam, 20_000)
+        k = np.arange(1, 20_000)  # (t - 1) is the 0-based position
+        ratio = k ** 2 * g[k] / lam ** 2
+        assert ratio.max() <= 3 + 1e-12
+    assert ratio.max() > 2.9  # lam = 1
+    # and the sum S_1 is below its proven bound
+    assert uniform_mean_square_gradient(1.0, 20_000).sum() < S_max
+
+
+@pytest.mark.parametrize("lam", [0.9, 0.95, 0.99, 0.999])
+def test_crossover_bracket_and_its_growth(lam):
+    """1 + x_+(3 lam^2) <= t* <= 1 + x_+(lam^2 / 4) (prop-crossover), and t* (1 - lam)
+    grows like ln(1/(1 - lam)): a claim t* = O(1/(1 - lam)) would be rejected."""
+    t_star, stays = crossover_uniform(lam)
+    assert stays
+    assert crossover_estimate(lam, 3 * lam ** 2) <= t_star <= crossover_estimate(lam,
+                                                                                  lam ** 2 / 4) + 1
+    eps = -np.log(lam)
+    assert 0.5 < t_star * eps / np.log(1 / eps) < 2
+
+
+def test_crossover_growth_rejects_one_over_one_minus_lam():
+    values = [crossover_uniform(lam)[0] * (1 - lam) for lam in (0.9, 0.99, 0.999)]
+    assert values[2] > 2 * values[0]
+
+
+# -- relevancy screening: prop-uniform-freezes-r and its margin -------------------------------
+def _sigma(j, nu, rho):
+    """The exit score of h_j (1-based) under exactly uniform attention."""
+    return sum(Fraction(1, min(t - 1, nu + rho)) for t in range(j + 1, j + nu + 1))
+
+
+def _replay(scores, rho):
+    """R after every state has left S, by the rule (first minimum, strictly greater),
+    from the exit scores in the order the states leave S. Returns sorted 1-based j."""
+    R = []
+    for j, s in enumerate(scores, start=1):
+        if len(R) < rho:
+            R.append((j, s))
+        elif rho > 0:
+            k = min(range(rho), key=lambda m: R[m][1])
+            if s > R[k][1]:
+                R[k] = (j, s)
+    return sorted(j for j, _ in R)
+
+
+@pytest.mark.parametrize("nu, rho", [(15, 15), (10, 15), (1, 3), (5, 1), (30, 2)])
+def test_uniform_scores_threshold_is_nu_plus_rho(nu, rho):
+    """sigma_j strictly decreases for j < nu + rho and equals nu/(nu + rho) from
+    j = nu + rho on: the threshold j >= rho + 1 of the first version is rejected."""
+    sig = [_sigma(j, nu, rho) for j in range(1, 3 * (nu + rho))]
+    steady = Fraction(nu, nu + rho)
+    for j, s in enumerate(sig, start=1):
+        assert (s == steady) == (j >= nu + rho)
+        if j < nu + rho:
+            assert sig[j] < s
+    assert sig[rho] - sig[rho - 1] == Fraction(1, nu + rho) - Fraction(1, rho)
+    if nu > 1:
+        assert sig[rho] != steady  # j = rho + 1 is not yet steady
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 20), st.integers(1, 20), st.integers(0, 10**6))
+def test_margin_keeps_the_first_states_and_is_sharp(nu, rho, seed):
+    """Exit scores within Delta of uniform, 2 Delta <= 1/rho - 1/(nu + rho): R keeps
+    h_1..h_rho. A Delta just above half the margin can let h_{rho+1} in."""
+    rng = np.random.default_rng(seed)
+    n_states = 3 * (nu + rho)
+    sig = np.array([float(_sigma(j, nu, rho)) for j in range(1, n_states + 1)])
+    margin = 1 / rho - 1 / (nu + rho)
+    delta = margin / 2 * (1 - 1e-9)
+    noisy = sig + rng.uniform(-delta, delta, n_states)
+    assert _replay(noisy, rho) == list(range(1, rho + 1))
+    bad = sig.copy()
+    bad[rho] += 0.51 * margin  # h_{rho+1}
+    bad[rho - 1] -= 0.51 * margin  # h_rho
+    assert _replay(bad, rho) != list(range(1, rho + 1))
 
 
 # -- plot functions -------------------------------------------------------------------------
