@@ -12,6 +12,9 @@ The one implementation behind the book (``book/``). Modules:
   (theory chapters);
 - :mod:`rsa.experiments`: ``python -m rsa reproduce`` (regenerates ``data/``);
 - :mod:`rsa.plotting`, :mod:`rsa.book`: the figures' style and chapter helpers.
+
+Docstrings cite the book's pages by title: *The paper* §2 is section 2 of the page *The
+paper* (``book/paper.md``), what the paper states and what is known of it.
 """
 
 from rsa.heads import MODELS, TaskModel, build_model, build_task_model

@@ -8,7 +8,7 @@ time, so the book always shows the current code.
 Every chapter has a cell tagged ``parameters`` (papermill) followed by a cell that
 calls :func:`check_parameters`, so that a bad ``papermill -p name value`` fails at
 once, with a message that names the parameter and what it accepts, instead of deep
-inside a training loop (``docs/CONVENTIONS.md``).
+inside a training loop (``CONTRIBUTING.md``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """MemRNN over a whole sequence in one autograd node, with a hand-written backward.
 
-The update is that of :class:`rsa.models.MemRNN` (``paper.md`` §2, chapter *Relevancy
+The update is that of :class:`rsa.models.MemRNN` (*The paper* §2, chapter *Relevancy
 screening*), 0-based in time as in the code: h_0 = phi(U x_0 + b), and for t >= 1
 
     q_t     = s_{t-2}                      (s_{-1} = 0: the first query is 0)

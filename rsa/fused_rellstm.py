@@ -1,6 +1,6 @@
 """RelLSTM over a whole sequence in one autograd node, with a hand-written backward.
 
-The update is that of :class:`rsa.models.RelLSTM` (``paper.md`` §2): an LSTM whose
+The update is that of :class:`rsa.models.RelLSTM` (*The paper* §2): an LSTM whose
 gates read s_{t-1} = (h_{t-1} + c_t) / 2 instead of h_{t-1}, where c_t is the
 relevancy-screened attention over the LSTM's *outputs* h_j (the memory stores h_j and
 its key W_k h_j, never the cell state). 0-based in time, with ⊙ the elementwise

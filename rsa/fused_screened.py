@@ -1,7 +1,7 @@
 """RelRNN over a whole sequence in one autograd node, with a hand-written backward; and
 the screened attention it shares with the fused RelLSTM (:mod:`rsa.fused_rellstm`).
 
-The update is that of :class:`rsa.models.RelRNN` (``paper.md`` §2, chapter *Relevancy
+The update is that of :class:`rsa.models.RelRNN` (*The paper* §2, chapter *Relevancy
 screening*), 0-based in time as in :mod:`rsa.fused`: h_0 = phi(U x_0 + b), and for
 t >= 1, with M_t the screened memory S ∪ R before step t,
 
@@ -16,7 +16,7 @@ update took 0.9 ms per step on the 2-core CPU. Here
 
 - the *screening* (which states sit in S and R, their scores, the replacements) is
   bookkeeping on row indices and detached scores. It never carries gradient
-  (``paper.md`` §2), so the forward records, per step t, only which states it attended
+  (*The paper* §2), so the forward records, per step t, only which states it attended
   (``IDX``, m_t B row indices, m_t = |M_t|) and the weights alpha_t (m_t, B);
 - the states and their doubled keys live in one table HK (T, B, 2n), row
   ``[h_t | 2 W_k h_t]``. A step reads its memory with one ``index_select`` of m B rows,

@@ -1,4 +1,4 @@
-"""A recurrent core plus the task's read-out and loss (``paper.md`` §4).
+"""A recurrent core plus the task's read-out and loss (*The paper* §4).
 
 :class:`TaskModel` puts a linear read-out n -> classes on a core model of
 :mod:`rsa.models`:

@@ -9,7 +9,7 @@ how much of the answer's error signal reaches the state at step t. The states ar
 ``torch.autograd.grad(L, trace.states)`` is the total derivative dL/dh_t through every
 path (the recurrence and the attention skip connections). With
 ``freeze_attention=True`` the attention weights are held fixed, the setting of the
-path expansion (``paper.md`` §3).
+path expansion (*The paper* §3).
 
 **Cost of an update** (forward + backward + gradient clipping + optimizer step, exactly
 :func:`rsa.train.train_step`):

@@ -1,7 +1,7 @@
 """The screened memory M = S ∪ R of relevancy screening, batched.
 
 Derived in the chapter *Relevancy screening* (``book/relevancy_screening.ipynb``);
-the rules are those of ``paper.md`` §2:
+the rules are those of *The paper* §2:
 
 - S, the short-term buffer, holds the ``nu`` most recent states h_{t-nu}, ..., h_{t-1}.
 - A state's relevance score is the sum of the (detached) attention weights it received

@@ -1,6 +1,6 @@
 """Recurrent models of the paper: RNN, LSTM, MemRNN, RelRNN, RelLSTM.
 
-Definitions in ``paper.md`` §2; derived step by step in the chapter *Relevancy
+Definitions in *The paper* §2; derived step by step in the chapter *Relevancy
 screening* (``book/relevancy_screening.ipynb``). Inputs are time-major,
 ``x: (T, B, input_size)``, like ``torch.nn.RNN``; outputs ``H: (T, B, n)`` with
 ``H[t-1] = h_t``.
@@ -234,7 +234,7 @@ class _Recurrent(nn.Module):
 
 
 class RNN(_Recurrent):
-    """h_t = phi(U x_t + V h_{t-1} + b), V orthogonal at init (paper.md §2)."""
+    """h_t = phi(U x_t + V h_{t-1} + b), V orthogonal at init (*The paper* §2)."""
 
     def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh",
                  init: str = "orthogonal"):

@@ -1,4 +1,4 @@
-"""The tasks of the paper (``paper.md`` §4): copy, denoise, pixel-by-pixel classification.
+"""The tasks of the paper (*The paper* §4): copy, denoise, pixel-by-pixel classification.
 
 Presented in the chapter *Tasks* (``book/tasks.ipynb``). Sequences are time-major like
 the models: ``x`` is (L, B, n_in) float32 one-hot (or pixel values) and ``y`` is
@@ -183,7 +183,7 @@ def synthetic_batch(task: str | TaskSpec, T: int, batch: int,
 def evaluate_transfer(model, Ts, *, batch: int = 100, seed: int = 0,
                       device: str | torch.device | None = None) -> list[dict]:
     """Evaluate a trained copy/denoise :class:`rsa.heads.TaskModel` at other delays T,
-    without training (the *transfer copy* experiment, ``paper.md`` §4).
+    without training (the *transfer copy* experiment, *The paper* §4).
 
     For each T in ``Ts``: one batch of ``batch`` fresh sequences from ``seed``; returns
     ``[{"T", "loss", "accuracy"}, ...]`` with the model's loss (all steps) and accuracy

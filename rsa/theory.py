@@ -1,7 +1,7 @@
 """Gradient propagation through self-attentive recurrences: the path expansion.
 
 Derived in the chapter *Bounds on gradient propagation* (``book/bounds.ipynb``); the
-four steps are those of ``paper.md`` §3.
+four steps are those of *The paper* §3.
 
 Indexing. Everything here is 0-based, like ``H``: position k holds the paper's
 h_{k+1}. An *attention pattern* over a sequence of length L is an (L, L) array ``A``
@@ -118,7 +118,7 @@ def window_pattern(L: int, nu: int) -> np.ndarray:
 
 
 def uniform_pattern(L: int) -> np.ndarray:
-    """Full uniform attention (paper.md §3 step 3): step k puts 1/k on each j < k."""
+    """Full uniform attention (*The paper* §3.3): step k puts 1/k on each j < k."""
     return window_pattern(L, max(L - 1, 1))
 
 
@@ -137,7 +137,7 @@ def random_sparse_pattern(L: int, kappa: int, rng=None) -> np.ndarray:
 
 
 def chain_pattern(L: int, d: int, kappa: int, rng=None) -> tuple[np.ndarray, np.ndarray]:
-    """A planted dependency chain 0 = r_0 < r_1 < ... < r_d = L-1 (paper.md §3 step 4).
+    """A planted dependency chain 0 = r_0 < r_1 < ... < r_d = L-1 (*The paper* §3.4).
 
     Step r_l puts weight exactly 1/kappa on r_{l-1} and spreads the rest uniformly over
     the (at most kappa - 1) most recent other states; every other step attends uniformly
@@ -190,7 +190,7 @@ def pattern_from_trace(trace, b: int = 0) -> np.ndarray:
 
 # -- step 1: path expansion ------------------------------------------------------------
 def edge_weights(A) -> np.ndarray:
-    """Edge weights of the path expansion with attention frozen (paper.md §3 step 1):
+    """Edge weights of the path expansion with attention frozen (*The paper* §3.1):
     W[k, j] = w_{jk} = (1[j = k-1] + A[k, j]) / 2 for j < k. Rows k >= 1 sum to one.
 
     ``A`` must be an attention pattern: strictly lower triangular, nonnegative, row 0
@@ -230,7 +230,7 @@ def _path_dp(W, c, i, power):
 
 def path_sum(W, lam, i: int = 0) -> np.ndarray:
     """Sum over paths i -> t of the products of lam_k w_{jk}: f(i, i) = 1,
-    f(i, t) = lam_t sum_{i <= j < t} w_{jt} f(i, j) (paper.md §3 step 1).
+    f(i, t) = lam_t sum_{i <= j < t} w_{jt} f(i, j) (*The paper* §3.1).
 
     It is dh_t/dh_i exactly when every J_k is the scalar lam_k (n = 1, linear), and an
     upper bound in every other case: if ||J_k||_2 <= lam_k then ||dh_t/dh_i||_2 <=
@@ -245,7 +245,7 @@ def path_sum(W, lam, i: int = 0) -> np.ndarray:
 
 def mean_square_gradient(W, lam, i: int = 0) -> np.ndarray:
     """g(i, t) = E||dh_t/dh_i u||^2 in the random-orthogonal model J_k = lam_k Q_k
-    (paper.md §3 step 2): g(i, i) = 1, g(i, t) = lam_t^2 sum_{i <= j < t} w_{jt}^2 g(i, j).
+    (*The paper* §3.2): g(i, i) = 1, g(i, t) = lam_t^2 sum_{i <= j < t} w_{jt}^2 g(i, j).
 
     Cross terms between paths vanish because E Q_k = 0, so g is the sum over paths of the
     *squared* path products. O(L^2), one numpy dot per step. Returns g(i, t) for
@@ -280,7 +280,7 @@ def _propagate(W, i, v_i, apply_J):
 
 def path_jacobians(W, J, i: int = 0) -> np.ndarray:
     """dh_t/dh_i for t = 0..L-1 from per-step Jacobians by the path expansion
-    (paper.md §3 step 1): D_i = I, D_k = J_k sum_{i <= j < k} w_{jk} D_j.
+    (*The paper* §3.1): D_i = I, D_k = J_k sum_{i <= j < k} w_{jk} D_j.
 
     ``J``: (L, ..., n, n), J[k] the Jacobian of step k (any batch dimensions in between).
     Returns D of the same shape (zero for t < i).
@@ -305,7 +305,7 @@ def monte_carlo_gradient(W, lam, n: int, samples: int, rng=None,
                          i: int = 0, same_matrix: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Monte Carlo estimate of g(i, t): draw J_k = lam_k Q_k with Q_k Haar-random
     orthogonal n x n, propagate v_t = dh_t/dh_i u (u = e_1) through the path expansion
-    (paper.md §3 step 1) for ``samples`` independent draws at once, and return the mean
+    (*The paper* §3.1) for ``samples`` independent draws at once, and return the mean
     and the standard error of ||v_t||^2, each of shape (L,).
 
     ``same_matrix=True``: one Haar V per draw, used at every step (J_k = lam_k V), the
@@ -330,7 +330,7 @@ def monte_carlo_gradient(W, lam, n: int, samples: int, rng=None,
 
 def max_path_product(W, mu, i: int = 0) -> np.ndarray:
     """m(i, t) = max over paths i -> t of the product of mu_k w_{jk} along the path:
-    m(i, i) = 1, m(i, t) = mu_t max_{i <= j < t} w_{jt} m(i, j) (paper.md §3 step 3).
+    m(i, i) = 1, m(i, t) = mu_t max_{i <= j < t} w_{jt} m(i, j) (*The paper* §3.3).
 
     No-cancellation bound: if every J_k is entrywise nonnegative and ||J_k u|| >= mu_k ||u||
     for nonnegative u (e.g. mu_k = the smallest column norm of J_k), then
@@ -351,7 +351,7 @@ def max_path_product(W, mu, i: int = 0) -> np.ndarray:
 # -- closed-form bounds ----------------------------------------------------------------
 def bound_no_attention(lam, span):
     """lam^span: without attention (W = :func:`chain_edges`) and ||J_k||_2 <= lam,
-    ||dh_t/dh_i||_2 <= lam^(t - i) with span = t - i (paper.md §3 step 1). In the
+    ||dh_t/dh_i||_2 <= lam^(t - i) with span = t - i (*The paper* §3.1). In the
     random-orthogonal model it is the exact RMS gradient: g(i, t) = lam^(2 (t - i))."""
     lam = _nonnegative("lam", lam)
     span = np.asarray(span)
@@ -362,7 +362,7 @@ def bound_no_attention(lam, span):
 
 def bound_uniform(lam, t):
     """lam^2 / (4 (t-1)^2), a lower bound on g(i, t) for every i < t under uniform
-    attention (paper.md §3 step 3); RMS gradient >= lam / (2 (t-1)) = Omega(1/t).
+    attention (*The paper* §3.3); RMS gradient >= lam / (2 (t-1)) = Omega(1/t).
 
     ``t`` is the paper's 1-based step, t >= 2: position k = t - 1 of ``H``, whose row of
     :func:`uniform_pattern` spreads 1/k over k states. So ``g[k] >= bound_uniform(lam,
@@ -379,7 +379,7 @@ def bound_uniform(lam, t):
 def bound_sparse_chain(lam, kappa, d):
     """(lam / (2 kappa))^(2 d), a lower bound on g(r_0, r_d) when a chain
     r_0 < r_1 < ... < r_d has attention weight alpha_{r_{l-1}}^{(r_l)} >= 1/kappa on every
-    link (paper.md §3 step 4): each link has w >= 1/(2 kappa), and g sums nonnegative
+    link (*The paper* §3.4): each link has w >= 1/(2 kappa), and g sums nonnegative
     path terms. RMS gradient >= (lam / (2 kappa))^d, whatever the span r_d - r_0."""
     lam, kappa = _nonnegative("lam", lam), _nonnegative("kappa", kappa, lo=1.0)
     d = np.asarray(d)
@@ -627,7 +627,7 @@ def state_jacobians(model, x: torch.Tensor, i: int, freeze_attention: bool = Fal
 
     h_i is perturbed as a node of the graph (for an LSTM the cell state is held fixed).
     ``freeze_attention=True`` drops the terms from differentiating alpha: the Jacobian of
-    the path expansion (paper.md §3 step 1). Exact columns by the double-backward trick:
+    the path expansion (*The paper* §3.1). Exact columns by the double-backward trick:
     one backward gives G(v) = sum_t (dh_t/dh_i)^T v_t, linear in the v_t; differentiating
     <G, e_m> with respect to each v_t gives column m of every dh_t/dh_i at once
     (1 + n backward passes, not T n).
