@@ -340,7 +340,7 @@ def plot_decay_rates(table, ax=None, title: str | None = None):
             for _, row in g.iterrows():
                 ax.annotate(f"{row['setting']:g}", (row["predicted"], row["measured"]),
                             textcoords="offset points", xytext=(6, -12),
-                            fontsize="x-small", color=color)
+                            fontsize="small", color=color)
     both = df[["predicted", "measured"]].to_numpy(dtype=float)
     lo, hi = np.nanmin(both) / 1.3, np.nanmax(both) * 1.3
     ax.plot([lo, hi], [lo, hi], color="0.5", ls=":", lw=1.2, label="measured = predicted")
@@ -397,7 +397,7 @@ def plot_floor_map(values, xs, ys, ax=None, xlabel: str = "", ylabel: str = "",
                 if np.isfinite(V[a, b]):
                     dark = (max(V[a, b], lo) - lo) < 0.6 * (hi - lo)
                     ax.text(x, y, f"{V[a, b]:.0f}", ha="center", va="center",
-                            fontsize="x-small", color="white" if dark else "black")
+                            fontsize="small", color="white" if dark else "black")
     handles = []
     if contours is not None:
         C, levels = contours
@@ -478,7 +478,7 @@ def plot_cost_floor(table, ax=None, references: Mapping | None = None,
         ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     if title:
         ax.set_title(title)
     return fig
@@ -529,6 +529,25 @@ def _panels(n: int, width: float = 4.6, height: float = 3.9, sharey: bool = True
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig, axes[:n]
+
+
+def _legend_below(ax, handles=None, title=None, ncol: int = 2):
+    """A legend under the axes, clear of its tick labels and axis label, so that it
+    covers no curve: anchored at the bottom of the axes and pushed down by a fixed
+    distance (``borderaxespad`` is in font sizes), whatever the panel's height.
+    ``fig.tight_layout()`` afterwards makes room for it."""
+    if handles is None:
+        handles, _ = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    return ax.legend(handles=handles, title=title, fontsize="small", loc="upper center",
+                     bbox_to_anchor=(0.5, 0.0), borderaxespad=LEGEND_BELOW_PAD,
+                     ncol=min(ncol, len(handles)), frameon=False)
+
+
+# distance from the bottom of the axes to a legend below it, in legend font sizes: room
+# for the tick labels and the axis label
+LEGEND_BELOW_PAD = 4.0
 
 
 def _legend_outside(fig, ax, title=None) -> None:
@@ -626,7 +645,8 @@ def plot_grad_profiles(table, hue: str = "model", col: str = "task",
     ``col`` value), light to dark in sorted order. Values <= 0 are dropped (log axis).
     ``hue_label``: a function formatting a hue value for the legend. ``col_order``: the
     panels' order (default: models first, in their usual order); ``ncols``: panels per
-    row. A panel named "<model>, <anything>" takes the colours of <model>.
+    row. A panel named "<model>, <anything>" takes the colours of <model>. Each panel's
+    legend sits below it, where it covers no curve.
     """
     df = pd.DataFrame(table)
     _require(df, [hue, col, x, y] + ([style] if style else []))
@@ -658,7 +678,7 @@ def plot_grad_profiles(table, hue: str = "model", col: str = "task",
         _plain_log_ticks(ax)
         ax.set_xlabel(xlabel)
         ax.set_title(col_title.format(model_label(v)))
-        ax.legend(fontsize="x-small", loc="best")
+        _legend_below(ax)  # below the panel: never over the curves
     for ax in axes:
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel(ylabel)
@@ -726,7 +746,7 @@ def plot_memory_vs_gradient(table, x: str = "log_grad", y: str = "memory_mib",
                    label=model_label(m), marker=_variant_style(m)["marker"])
         for _, r in g.iterrows():
             ax.annotate(str(r[label]), (r[x], r[y]), xytext=(5, 4),
-                        textcoords="offset points", fontsize="x-small")
+                        textcoords="offset points", fontsize="small")
     ax.set_yscale("log")
     _plain_log_ticks(ax)
     ax.set_xlabel(xlabel)
@@ -771,7 +791,8 @@ def plot_accuracy_vs_cost(table, x: str = "time_ms", y: str = "accuracy",
     handles = [plt.Line2D([], [], ls="", marker="o", color=model_color(m), mec="black",
                           label=model_label(m))
                for m in _by_model_order(df["model"].unique())]
-    handles += [plt.Line2D([], [], ls="", marker=s, color="0.6", mec="black",
+    # the shapes' key is hollow: a filled grey circle is the RNN (its colour is grey)
+    handles += [plt.Line2D([], [], ls="", marker=s, mfc="white", mec="black",
                            label=f"{marker} = {k}") for k, s in shapes.items()]
     if chance is not None:
         handles.append(plt.Line2D([], [], label="chance", **_CHANCE))
@@ -796,7 +817,7 @@ def plot_test_accuracy(table, x: str = "task", y: str = "test_accuracy",
         pos = np.arange(len(groups)) - 0.4 + width * (k + 0.5)
         bars = ax.bar(pos, g[y].to_numpy(), width, color=model_color(m),
                       label=model_label(m), edgecolor="black", lw=0.5)
-        ax.bar_label(bars, fmt="%.2f", fontsize="x-small", padding=2)
+        ax.bar_label(bars, fmt="%.2f", fontsize="small", padding=2)
     if chance is not None:
         ax.axhline(chance, label="chance", **_CHANCE)
     ax.set_xticks(np.arange(len(groups)), groups)

@@ -1,0 +1,102 @@
+"""The figures can be read: no legend over the curves of a gradient profile, no key
+that looks like a model's marker, no text smaller than 9 points."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_rgba
+from matplotlib.text import Text
+
+from rsa import plotting
+
+MIN_POINTS = 9.0
+
+
+@pytest.fixture(autouse=True)
+def style():
+    plotting.set_style()
+    yield
+    plt.close("all")
+
+
+def grad_table(panels=("rnn", "relrnn", "memrnn"), hues=(3, 8, 18, 25)):
+    rows = []
+    for p in panels:
+        for h in hues:
+            for when in ("start", "end"):
+                for t in range(1, 121):
+                    rows.append({"model": p, "rho": h, "when": when, "t": t,
+                                 "grad_norm": np.exp(-t / (10 + h)) + 1e-3 * h})
+    return pd.DataFrame(rows)
+
+
+def drawn(fig):
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("ncols", [None, 2])
+def test_gradient_profile_legends_cover_no_panel(ncols):
+    fig = plotting.plot_grad_profiles(grad_table(), hue="rho", col="model", ncols=ncols)
+    renderer = drawn(fig)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    legends = [ax.get_legend() for ax in axes if ax.get_legend() is not None]
+    assert len(legends) == len(axes)
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in axes:
+            assert not overlaps(box, ax.get_window_extent(renderer)), "legend over a panel"
+            label = ax.xaxis.label.get_window_extent(renderer)
+            assert not overlaps(box, label), "legend over an axis label"
+            for tick in ax.get_xticklabels():
+                if tick.get_text():
+                    assert not overlaps(box, tick.get_window_extent(renderer))
+
+
+def cost_table():
+    rows = []
+    for task in ("copy", "denoise"):
+        for m in ("rnn", "lstm", "memrnn", "relrnn", "rellstm"):
+            for T in (100, 200, 500):
+                rows.append({"task": task, "model": m, "T": T,
+                             "time_ms": 10.0 * T / 100, "accuracy": 0.5})
+    return pd.DataFrame(rows)
+
+
+def test_the_shape_key_of_accuracy_against_cost_is_no_models_marker():
+    fig = plotting.plot_accuracy_vs_cost(cost_table())
+    legend = fig.axes[-1].get_legend()
+    keys = [h for h in legend.legend_handles if h.get_label().startswith("T = ")]
+    assert len(keys) == 3
+    colours = {to_rgba(c)[:3] for c in plotting.PALETTE.values()}
+    for key in keys:
+        face = to_rgba(key.get_markerfacecolor())[:3]
+        assert face == (1.0, 1.0, 1.0) and face not in colours
+
+
+def figures():
+    yield plotting.plot_grad_profiles(grad_table(), hue="rho", col="model")
+    yield plotting.plot_accuracy_vs_cost(cost_table())
+    yield plotting.plot_memory_vs_gradient(pd.DataFrame({
+        "log_grad": [-1.0, -2.0, -3.0], "memory_mib": [10.0, 100.0, 1000.0],
+        "label": ["T = 400", "T = 600", "T = 800"], "model": ["memrnn"] * 3}))
+    yield plotting.plot_test_accuracy(pd.DataFrame({
+        "task": ["digits", "digits", "pdigits", "pdigits"],
+        "model": ["rnn", "lstm", "rnn", "lstm"], "test_accuracy": [0.9, 0.5, 0.8, 0.4]}))
+
+
+def test_no_text_smaller_than_nine_points():
+    for fig in figures():
+        drawn(fig)
+        small = sorted({(t.get_text(), round(t.get_fontsize(), 1)) for t in fig.findobj(Text)
+                        if t.get_visible() and t.get_text().strip()
+                        and t.get_fontsize() < MIN_POINTS})
+        assert not small, small[:5]
+        plt.close(fig)
