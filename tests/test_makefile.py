@@ -29,3 +29,10 @@ def test_torch_index_selects_another_wheel_index():
     assert "--index-url https://example.org/whl/cpu torch==2.13.0" in commands
     # only torch comes from there: the package and its pins still come from PyPI
     assert 'pip install -c constraints.txt -e ".[book,dev]"' in commands
+
+
+def test_the_readme_documents_the_options_and_the_name():
+    readme = (ROOT / "README.md").read_text()
+    assert "make book TORCH_INDEX=https://download.pytorch.org/whl/cpu" in readme
+    assert "Python-RSA" in readme and "make chapter CHAPTER=" in readme
+    assert "book/relevancy_screening.ipynb out.ipynb" not in readme  # figures unseen there
