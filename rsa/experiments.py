@@ -40,7 +40,7 @@ from rsa.heads import MODELS
 from rsa.train import MODEL_FILE
 
 __all__ = ["PLANS", "Plan", "reproduce", "main", "run_name", "plan_runs", "load_stored_runs",
-           "runs_table", "plan_status"]
+           "runs_table", "plan_status", "ALTERNATIVES"]
 
 DATA = io.REPO_ROOT / "data"
 RUNS = io.REPO_ROOT / "runs"
@@ -85,14 +85,31 @@ STAGES = ("train", "transfer", "gradients", "cost")
 UNFUSED = ("memrnn", "relrnn", "rellstm")  # fused by default; also costed with fused=False
 
 
-def run_name(task: str, model: str, T: int | None, seed: int, rho: int | None = None) -> str:
-    """Folder name of one training run, e.g. ``copy/relrnn_T100_s0``."""
+def run_name(task: str, model: str, T: int | None, seed: int, rho: int | None = None,
+             variant: str | None = None) -> str:
+    """Folder name of one training run, e.g. ``copy/relrnn_T100_s0``; an alternative
+    setting (:data:`ALTERNATIVES`) adds its tag, e.g. ``copy/memrnn_T200_tanh_s0``."""
     t = "" if T is None else f"_T{T}"
     r = "" if rho is None else f"_rho{rho}"
-    return f"{task}/{model}{t}{r}_s{seed}"
+    v = "" if variant is None else f"_{variant}"
+    return f"{task}/{model}{t}{r}{v}_s{seed}"
 
 
-def _converged_runs(plan: Plan):
+def _name(r: dict) -> str:
+    return run_name(r["task"], r["model"], r.get("T"), r["seed"], r.get("rho"),
+                    r.get("variant"))
+
+
+# The authors' alternatives (their code's options), tried on a copy/denoise cell whose
+# seed-0 run of the converged plan was not solved: tag -> (applies to, overrides).
+ALTERNATIVES = {
+    "tanh": (lambda c: c["nonlinearity"] == "modrelu", {"nonlinearity": "tanh"}),
+    "lr2e-4": (lambda c: c["model"] == "relrnn" and c["task"] == "copy" and c["lr"] > 2e-4,
+               {"lr": 2e-4}),
+}
+
+
+def _converged_runs(plan: Plan, scale: str | None = None):
     """The converged grid, in the order of priority of what a 2-core machine reaches:
 
     1. copy and denoise, every model, T in {100, 200}: seed 0 first, then seeds 1, 2;
@@ -104,6 +121,13 @@ def _converged_runs(plan: Plan):
     Every copy/denoise run trains until solved, stalled or ``plan.steps`` updates; the
     digits until their validation accuracy stops improving (``plan.digits_patience``
     updates) or ``plan.digits_steps`` updates (200 epochs of 13 updates).
+
+    6. *Alternatives*, last: for every copy/denoise run of seed 0 above that is stored
+       and was not solved, the same run with each of the authors' alternatives that
+       applies to it (:data:`ALTERNATIVES`: tanh instead of modReLU; learning rate 2e-4
+       for RelRNN on copy), named with the alternative's tag. They depend on results,
+       so they are appended as those results arrive (the list before them never
+       changes, which keeps ``--shard`` consistent).
     """
     rules = dict(steps=plan.steps, eval_every=plan.eval_every,
                  stop_when_solved=plan.stop_when_solved, stall_updates=plan.stall_updates)
@@ -123,16 +147,33 @@ def _converged_runs(plan: Plan):
         for rho in plan.rhos:
             yield dict(task="denoise", model=model, T=plan.rho_T, seed=plan.seeds[0],
                        rho=rho, **rules)
+    main = []
+    for spec in seq + [dict(task=t, model=m, T=T, seed=0, **rules)
+                       for T in (500, 1000) for t in ("copy", "denoise") for m in MODELS]:
+        if spec["seed"] == 0 and spec not in main:
+            main.append(spec)
     for seed in plan.seeds:
         for task in ("digits", "pdigits"):
             for model in MODELS:
                 yield dict(task=task, model=model, seed=seed, steps=plan.digits_steps,
                            patience_updates=plan.digits_patience)
+    if scale is None:
+        return
+    for spec in main:  # 6. alternatives for the unsolved seed-0 runs stored
+        results = DATA / scale / _name(spec) / "results.json"
+        if not results.is_file():
+            continue
+        stored = io.load_json(results)
+        if not stored.get("complete") or stored["summary"].get("solved"):
+            continue
+        for tag, (applies, overrides) in ALTERNATIVES.items():
+            if applies(stored["config"]):
+                yield {**spec, **overrides, "variant": tag}
 
 
-def _train_runs(plan: Plan):
+def _train_runs(plan: Plan, scale: str | None = None):
     if plan.converged:
-        yield from _converged_runs(plan)
+        yield from _converged_runs(plan, scale)
         return
     for task in ("copy", "denoise"):
         for T in plan.Ts:
@@ -156,9 +197,8 @@ def _selected(runs: list[dict], select) -> list[dict]:
     ``select`` (all runs when ``select`` is None)."""
     if select is None:
         return runs
-    return [r for r in runs if any(
-        fnmatch.fnmatchcase(run_name(r["task"], r["model"], r.get("T"), r["seed"],
-                                     r.get("rho")), pattern) for pattern in select)]
+    return [r for r in runs if any(fnmatch.fnmatchcase(_name(r), pattern)
+                                   for pattern in select)]
 
 
 def plan_runs(scale: str) -> list[dict]:
@@ -166,20 +206,23 @@ def plan_runs(scale: str) -> list[dict]:
     arguments plus its ``name`` (:func:`run_name`)."""
     if scale not in PLANS:
         raise ValueError(f"scale must be one of {sorted(PLANS)}, got {scale!r}")
-    return [{**r, "name": run_name(r["task"], r["model"], r.get("T"), r["seed"], r.get("rho"))}
-            for r in _train_runs(PLANS[scale])]
+    return [{**r, "name": _name(r)} for r in _train_runs(PLANS[scale], scale)]
 
 
-def load_stored_runs(scale: str, tasks=None, data=None) -> tuple[dict, list[dict]]:
+def load_stored_runs(scale: str, tasks=None, data=None,
+                     variants: bool = False) -> tuple[dict, list[dict]]:
     """The plan's runs that ``data/<scale>/`` holds, complete: ``(stored, missing)``, with
     ``stored`` {name: :func:`rsa.io.load_run` dict + ``"spec"``} and ``missing`` the
     specs (:func:`plan_runs`) of the runs not stored yet (or stored unfinished). Only
     ``tasks`` (default all) are read. A plan that is still being run is read as far as
-    it goes; the chapters say what is missing."""
+    it goes; the chapters say what is missing. The alternatives (runs with a
+    ``variant``, :data:`ALTERNATIVES`) are read only with ``variants=True``."""
     data = DATA if data is None else Path(data)
     stored, missing = {}, []
     for spec in plan_runs(scale):
         if tasks is not None and spec["task"] not in tasks:
+            continue
+        if spec.get("variant") is not None and not variants:
             continue
         folder = data / scale / spec["name"]
         if (folder / "results.json").is_file():
@@ -225,12 +268,12 @@ def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
                  select=None, device: str = "cpu") -> None:
     from rsa.train import train
 
-    runs = _selected(list(_train_runs(plan)), select)
+    runs = _selected(list(_train_runs(plan, scale)), select)
     i, n = shard
     for k, r in enumerate(runs, 1):
         if (k - 1) % n != i:  # another shard's run
             continue
-        name = run_name(r["task"], r["model"], r.get("T"), r["seed"], r.get("rho"))
+        name = _name(r)
         dest = DATA / scale / name
         if (dest / "results.json").is_file() and io.load_json(dest / "results.json").get(
                 "complete", False):
@@ -244,7 +287,8 @@ def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
                 continue
             log(f"[train {k}/{len(runs)}] {name}: training {r['steps']} updates")
             t0 = time.perf_counter()
-            train(out_dir=str(work), progress=False, device=device, **r)
+            args = {k: v for k, v in r.items() if k != "variant"}
+            train(out_dir=str(work), progress=False, device=device, **args)
             files = RESULT_FILES + ((MODEL_FILE,) if plan.converged else ())
             for f in files:  # results (and small weights), not checkpoints, go to data/
                 io.atomic_write_bytes(dest / f, (work / f).read_bytes())
@@ -493,7 +537,7 @@ def _grad_plan_runs(scale: str, plan: Plan) -> tuple[dict, list[dict]]:
     found, _ = load_stored_runs(scale, tasks=("copy", "denoise"))
     stored, missing = {}, []
     for spec in plan_runs(scale):
-        if spec["task"] not in ("copy", "denoise") or not wanted(spec):
+        if spec["task"] not in ("copy", "denoise") or spec.get("variant") or not wanted(spec):
             continue
         name = spec["name"]
         if name in found and (DATA / scale / name / MODEL_FILE).is_file():
@@ -702,7 +746,7 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
     if select is not None:
         if list(stages) != ["train"]:
             raise ValueError(f"select applies to stages ['train'] only, got {list(stages)}")
-        if not _selected(list(_train_runs(plan)), select):
+        if not _selected(list(_train_runs(plan, scale)), select):
             raise ValueError(f"select {list(select)!r} matches no run of the {scale!r} plan; "
                              f"run names look like {run_name('copy', 'relrnn', 100, 0)!r}")
     for s in STAGES:
@@ -730,7 +774,8 @@ def plan_status(scale: str, data=None) -> str:
     import pandas as pd
 
     stored, missing = load_stored_runs(scale, data=data)
-    planned = pd.DataFrame(plan_runs(scale))
+    specs = plan_runs(scale)
+    planned = pd.DataFrame([r for r in specs if r.get("variant") is None])
     table = runs_table(stored)
     if "rho" not in planned:
         planned["rho"] = None
@@ -757,6 +802,15 @@ def plan_status(scale: str, data=None) -> str:
                      if len(done) else "—"})
     hours = (table["wall_time_s"].sum() / 3600) if len(table) else 0.0
     out = pd.DataFrame(rows).to_markdown(index=False)
+    alternatives = [r for r in specs if r.get("variant") is not None]
+    if alternatives:
+        found, _ = load_stored_runs(scale, data=data, variants=True)
+        out += "\n\nAlternatives (the authors' options, for unsolved seed-0 runs): " + "; ".join(
+            f"{r['name']}: " + (("solved at " + str(found[r['name']]['summary']['solved_step'])
+                                 if found[r["name"]]["summary"].get("solved") else
+                                 f"not solved ({found[r['name']]['summary']['stop_reason']})")
+                                if r["name"] in found else "not run yet")
+            for r in alternatives) + "."
     return (f"{out}\n\n{len(stored)} runs stored ({hours:.1f} hours of training, the sum "
             f"of their wall times), {len(missing)} not run yet.")
 

@@ -54,3 +54,32 @@ def test_plan_status_counts_what_is_stored_and_solved(tmp_path, monkeypatch):
     total = len(experiments.plan_runs("tiny"))
     assert text.rstrip().endswith(f"1 runs stored (0.0 hours of training, the sum of their "
                                   f"wall times), {total - 1} not run yet.")
+
+
+CONVERGED = experiments.Plan(Ts=(3,), seeds=(0,), steps=2, eval_every=1, rhos=(1,), rho_T=3,
+                             digits_steps=1, stop_when_solved=True, converged=True)
+
+
+def test_unsolved_seed0_runs_get_the_authors_alternatives_last(tmp_path, monkeypatch):
+    _setup(tmp_path, monkeypatch)
+    monkeypatch.setitem(experiments.PLANS, "conv", CONVERGED)
+    before = experiments.plan_runs("conv")
+    assert not any(r.get("variant") for r in before)  # nothing stored: no alternatives
+    experiments.reproduce("conv", ["train"], log=lambda s: None,
+                          select=["copy/rnn_T3_s0", "copy/relrnn_T3_s0"])  # 2 updates
+    after = experiments.plan_runs("conv")
+    assert after[:len(before)] == before  # appended at the end: shards stay consistent
+    alt = {r["name"]: r for r in after[len(before):]}
+    # the modReLU RNN gets tanh; RelRNN on copy (tanh already) gets the smaller rate
+    assert set(alt) == {"copy/rnn_T3_tanh_s0", "copy/relrnn_T3_lr2e-4_s0"}, alt
+    assert alt["copy/rnn_T3_tanh_s0"]["nonlinearity"] == "tanh"
+    assert alt["copy/relrnn_T3_lr2e-4_s0"]["lr"] == 2e-4
+    experiments.reproduce("conv", ["train"], log=lambda s: None,
+                          select=["copy/rnn_T3_tanh_s0"])
+    run = io.load_run(tmp_path / "data" / "conv" / "copy" / "rnn_T3_tanh_s0")
+    assert run["config"]["nonlinearity"] == "tanh" and run["config"]["model"] == "rnn"
+    main, _ = experiments.load_stored_runs("conv")
+    assert set(main) == {"copy/rnn_T3_s0", "copy/relrnn_T3_s0"}  # alternatives apart
+    every, _ = experiments.load_stored_runs("conv", variants=True)
+    assert set(every) == set(main) | {"copy/rnn_T3_tanh_s0"}
+    assert "copy/rnn_T3_tanh_s0: not solved" in experiments.plan_status("conv")
