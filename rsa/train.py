@@ -558,21 +558,6 @@ def _summary(history, state, steps_per_epoch, n_params, config: TrainConfig):
     if steps_per_epoch:
         s["epochs"] = state["step"] / steps_per_epoch
     return s
-    s = {
-        "steps_done": state["step"],
-        "first_perfect_step": state["first_perfect_step"],
-        "best_val_accuracy": state["best_val_accuracy"],
-        "best_step": state["best_step"],
-        "final_val_loss": history[-1]["val_loss"] if history else None,
-        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
-        "wall_time_s": state["wall_time_s"],
-        "train_time_s": state["train_time_s"],
-        "stopped_early": state["stopped_early"],
-        "n_parameters": n_params,
-    }
-    if steps_per_epoch:
-        s["epochs"] = state["step"] / steps_per_epoch
-    return s
 
 
 def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = None,
