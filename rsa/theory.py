@@ -25,10 +25,10 @@ Added in the chapters *Bounds* and *The kappa-d tradeoff* (our results, not the 
   partial sums; (t-1)^2 g(i, t) -> lam^2 S_i / (4 - lam^2), S_i = sum_t g(i, t).
 - the crossover t* where uniform attention starts to beat no attention, and its
   Lambert-W bracket 1 - W_{-1}(-eps sqrt(beta)) / eps, eps = ln(1/lam).
-- the loss gradient: E||dL/dh_i||^2 = sum_t g(i, t) ||e_t||^2 with e_t = (direct) dL/dh_t,
-  by the backward recursion G_i = ||e_i||^2 + sum_{k > i} lam_k^2 w_{ik}^2 G_k.
+- the loss gradient: E||dL/dh_i||^2 = sum_t g(i, t) ||gamma_t||^2 with gamma_t the direct
+  dl/dh_t, by the backward recursion G_i = ||gamma_i||^2 + sum_{k > i} lam_k^2 w_{ik}^2 G_k.
 - one fixed orthogonal V at every step (J_k = lam_k V, V Haar): paths of equal length
-  add coherently, E||dh_t/dh_i u||^2 = sum_m c_m^2 + O(1/n), c_m the sum over paths of
+  add coherently, E||dh_t/dh_i u||^2 = sum_m f_m^2 + O(1/n), f_m the sum over paths of
   m edges.
 - single realisations: ||dh_t/dh_i||_2 <= f(i, t) (path sum with lam_k >= ||J_k||_2),
   and the direct-edge bound sigma_min(dh_t/dh_i) >= mu_t w_{it} - lam_t sum_{i<j<t} w_{jt}
@@ -390,8 +390,8 @@ def bound_sparse_chain(lam, kappa, d):
 
 # -- one fixed orthogonal matrix: paths of equal length add coherently -------------------
 def path_length_sums(W, lam, i: int = 0) -> np.ndarray:
-    """c[t, m] = sum over the paths i -> t with m edges of the product of lam_k w_{jk}:
-    c[i, 0] = 1, c[t, m] = lam_t sum_{i <= j < t} w_{jt} c[j, m - 1]. Summing over m
+    """f_m(i, t) = sum over the paths i -> t with m edges of the product of lam_k w_{jk},
+    as c[t, m]: c[i, 0] = 1, c[t, m] = lam_t sum_{i <= j < t} w_{jt} c[j, m - 1]. Summing over m
     gives :func:`path_sum`. Returns (L, L) (row t, column m), O(L^3)."""
     W = _square("W", W)
     L = W.shape[0]
@@ -408,14 +408,14 @@ def fixed_orthogonal_mean_square_gradient(W, lam, n: int | None = None,
     """E||dh_t/dh_i u||^2 when every J_k = lam_k V with ONE Haar-random orthogonal V
     (the same matrix at every step, as in a real network; chapter *Bounds*):
 
-    sum_{m, m'} c_m c_{m'} E[u^T V^(m' - m) u] = sum_m c_m^2
-        + (1/n) sum_{m != m', m - m' even} c_m c_{m'},
+    sum_{m, m'} f_m f_{m'} E[u^T V^(m' - m) u] = sum_m f_m^2
+        + (1/n) sum_{m != m', m - m' even} f_m f_{m'},
 
-    with c_m = :func:`path_length_sums`, using E V^k = (tau_k / n) I (V's law is
+    with f_m = :func:`path_length_sums`, using E V^k = (tau_k / n) I (V's law is
     invariant under conjugation) and tau_k = E tr V^k = 1 for even k >= 2, 0 for odd k
     (Diaconis and Shahshahani for k <= n/2; checked by Monte Carlo beyond). Paths of the
     same length add coherently, paths of different lengths (almost) do not.
-    ``n=None``: the limit n -> infinity, sum_m c_m^2. Returns (L,)."""
+    ``n=None``: the limit n -> infinity, sum_m f_m^2. Returns (L,)."""
     c = path_length_sums(W, lam, i)
     lead = (c ** 2).sum(axis=1)
     if n is None:
@@ -541,62 +541,64 @@ def _per_position(name, value, L):
     return arr
 
 
-def mean_square_loss_gradient(W, lam, e_sq) -> np.ndarray:
+def mean_square_loss_gradient(W, lam, gamma_sq) -> np.ndarray:
     """G_i = E||dL/dh_i||^2 in the random-orthogonal model, for fixed direct loss
-    gradients e_t = dl/dh_t with ||e_t||^2 = ``e_sq[t]`` (chapter *Bounds*):
+    gradients gamma_t = dl/dh_t with ||gamma_t||^2 = ``gamma_sq[t]`` (chapter *Bounds*):
 
-    G_i = ||e_i||^2 + sum_{k > i} lam_k^2 w_{ik}^2 G_k  =  sum_{t >= i} g(i, t) ||e_t||^2.
+    G_i = ||gamma_i||^2 + sum_{k > i} lam_k^2 w_{ik}^2 G_k  =  sum_{t >= i} g(i, t) ||gamma_t||^2.
 
     Cross terms vanish as in :func:`mean_square_gradient`, also between loss steps. O(L^2).
     Returns (L,)."""
     W = _square("W", W)
     L = W.shape[0]
-    return _backward_dp(W, _per_step("lam", lam, L) ** 2, _per_position("e_sq", e_sq, L), 2)
+    return _backward_dp(W, _per_step("lam", lam, L) ** 2, _per_position("gamma_sq", gamma_sq, L), 2)
 
 
-def loss_gradient_path_sum(W, lam, e_norm) -> np.ndarray:
-    """u_i = ||e_i|| + sum_{k > i} lam_k w_{ik} u_k = sum_t f(i, t) ||e_t||: an upper bound
+def loss_gradient_path_sum(W, lam, gamma_norm) -> np.ndarray:
+    """u_i = ||gamma_i|| + sum_{k > i} lam_k w_{ik} u_k = sum_t f(i, t) ||gamma_t||: an upper bound
     on ||dL/dh_i|| for every realisation with ||J_k||_2 <= lam_k, attention frozen (the
     triangle inequality on the backward recursion). Returns (L,)."""
     W = _square("W", W)
     L = W.shape[0]
-    return _backward_dp(W, _per_step("lam", lam, L), _per_position("e_norm", e_norm, L), 1)
+    return _backward_dp(W, _per_step("lam", lam, L), _per_position("gamma_norm", gamma_norm, L), 1)
 
 
-def loss_path_expansion(W, J, e) -> np.ndarray:
+def loss_path_expansion(W, J, gamma) -> np.ndarray:
     """dL/dh_i for every i by the path expansion run backwards, attention frozen:
-    delta_i = e_i + sum_{k > i} w_{ik} J_k^T delta_k, with e (L, n) the direct loss
+    delta_i = gamma_i + sum_{k > i} w_{ik} J_k^T delta_k, with gamma (L, n) the direct loss
     gradients and J (L, n, n) the step Jacobians of one sequence. Returns (L, n)."""
     W = _square("W", W)
     L = W.shape[0]
-    J, e = np.asarray(J, dtype=float), np.asarray(e, dtype=float)
-    if J.ndim != 3 or J.shape[0] != L or J.shape[1] != J.shape[2] or e.shape != J.shape[:2]:
-        raise ValueError(f"J must be ({L}, n, n) and e ({L}, n), got {J.shape} and {e.shape}")
-    delta = e.copy()
-    back = np.zeros_like(e)  # back[k] = J_k^T delta_k once delta_k is known
+    J, gamma = np.asarray(J, dtype=float), np.asarray(gamma, dtype=float)
+    if (J.ndim != 3 or J.shape[0] != L or J.shape[1] != J.shape[2]
+            or gamma.shape != J.shape[:2]):
+        raise ValueError(f"J must be ({L}, n, n) and gamma ({L}, n), got {J.shape} and "
+                         f"{gamma.shape}")
+    delta = gamma.copy()
+    back = np.zeros_like(gamma)  # back[k] = J_k^T delta_k once delta_k is known
     for k in range(L - 1, -1, -1):
-        delta[k] = e[k] + W[k + 1:, k] @ back[k + 1:]
+        delta[k] = gamma[k] + W[k + 1:, k] @ back[k + 1:]
         back[k] = J[k].T @ delta[k]
     return delta
 
 
-def monte_carlo_loss_gradient(W, lam, e, samples: int, rng=None):
+def monte_carlo_loss_gradient(W, lam, gamma, samples: int, rng=None):
     """Monte Carlo estimate of E||dL/dh_i||^2: J_k = lam_k Q_k with Q_k Haar-random
-    orthogonal, the backward recursion delta_i = e_i + sum_{k > i} w_{ik} J_k^T delta_k
-    for ``samples`` independent draws at once, e (L, n) fixed. Returns the mean and the
+    orthogonal, the backward recursion delta_i = gamma_i + sum_{k > i} w_{ik} J_k^T delta_k
+    for ``samples`` independent draws at once, gamma (L, n) fixed. Returns the mean and the
     standard error of ||delta_i||^2, each (L,)."""
     W = _square("W", W)
     L = W.shape[0]
     lam = _per_step("lam", lam, L)
-    e = np.asarray(e, dtype=float)
-    if e.ndim != 2 or e.shape[0] != L:
-        raise ValueError(f"e must have shape ({L}, n), got {e.shape}")
+    gamma = np.asarray(gamma, dtype=float)
+    if gamma.ndim != 2 or gamma.shape[0] != L:
+        raise ValueError(f"gamma must have shape ({L}, n), got {gamma.shape}")
     samples, rng = _int("samples", samples, 2), _rng(rng)
-    n = e.shape[1]
-    delta = np.broadcast_to(e[:, None, :], (L, samples, n)).copy()
+    n = gamma.shape[1]
+    delta = np.broadcast_to(gamma[:, None, :], (L, samples, n)).copy()
     back = np.zeros_like(delta)
     for k in range(L - 1, -1, -1):
-        delta[k] = e[k] + np.tensordot(W[k + 1:, k], back[k + 1:], axes=1)
+        delta[k] = gamma[k] + np.tensordot(W[k + 1:, k], back[k + 1:], axes=1)
         back[k] = lam[k] * np.einsum("sba,sb->sa", _haar(rng, samples, n), delta[k])
     sq = (delta ** 2).sum(axis=-1)  # (L, samples)
     return sq.mean(axis=1), sq.std(axis=1, ddof=1) / np.sqrt(samples)
@@ -703,15 +705,15 @@ def step_jacobians(model, x: torch.Tensor, b: int = 0):
 
 def loss_gradients(model, x: torch.Tensor, loss_fn, freeze_attention: bool = False):
     """The direct and the total gradient of a loss with respect to every state:
-    (e, delta), each (T, B, n) in float64, e_t = dl/dh_t through ``loss_fn`` alone (the
-    read-out at step t) and delta_t = dL/dh_t through every later step as well.
+    (gamma, delta), each (T, B, n) in float64, gamma_t = dl/dh_t through ``loss_fn`` alone
+    (the read-out at step t) and delta_t = dL/dh_t through every later step as well.
 
     ``loss_fn`` maps H (T, B, n) to a scalar tensor. ``freeze_attention`` as in
     :func:`state_jacobians`."""
     H, trace = model(x, record=True, freeze_attention=freeze_attention)
     loss = loss_fn(H)
-    (e,) = torch.autograd.grad(loss, H, retain_graph=True)
+    (gamma,) = torch.autograd.grad(loss, H, retain_graph=True)
     total = torch.autograd.grad(loss, trace.states, allow_unused=True)
     delta = torch.stack([torch.zeros_like(h) if g is None else g
                          for g, h in zip(total, trace.states, strict=True)])
-    return e.detach().cpu().double().numpy(), delta.detach().cpu().double().numpy()
+    return gamma.detach().cpu().double().numpy(), delta.detach().cpu().double().numpy()

@@ -180,9 +180,9 @@ def test_edge_weights_rejects_non_patterns(A, match):
     (lambda: uniform_asymptote(1.5), r"lam must be a number in \[0.0, 1.0\], got 1.5"),
     (lambda: crossover_uniform(0.0), r"lam must be a number in \(0.0, 1.0\], got 0.0"),
     (lambda: mean_square_loss_gradient(chain_edges(3), 0.5, [1.0, 1.0]),
-     r"e_sq must have shape \(3,\), got shape \(2,\)"),
+     r"gamma_sq must have shape \(3,\), got shape \(2,\)"),
     (lambda: loss_path_expansion(chain_edges(3), np.zeros((3, 2, 2)), np.zeros((3, 3))),
-     r"J must be \(3, n, n\) and e \(3, n\)"),
+     r"J must be \(3, n, n\) and gamma \(3, n\)"),
     (lambda: fixed_orthogonal_mean_square_gradient(chain_edges(3), 0.5, n=0),
      "n must be an int >= 1, got 0"),
 ])
