@@ -45,11 +45,11 @@ is refused: start over with --no-resume, or choose another --out-dir."""
 
 
 def _train_parser(p: argparse.ArgumentParser) -> None:
-    from rsa.heads import MODELS
+    from rsa import registry
     from rsa.tasks import TASKS
     from rsa.train import OPTIMIZERS
 
-    p.add_argument("--model", default="relrnn", choices=MODELS,
+    p.add_argument("--model", default="relrnn", choices=registry.names(),
                    help="recurrent core (default: relrnn)")
     p.add_argument("--task", default="copy", choices=list(TASKS),
                    help="copy and denoise: synthetic sequences; digits, pdigits: 8x8 digits "
@@ -65,9 +65,7 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
                    help="rmsprop has alpha 0.99 (default: rmsprop for copy/denoise, adam "
                         "for pixel tasks)")
     p.add_argument("--lr", type=float,
-                   help="learning rate (default: 1e-3 for copy/denoise, but 2e-4 for relrnn "
-                        "on copy at T >= 1000; pixel tasks: 1e-4 for rnn, memrnn, relrnn, "
-                        "1e-3 for lstm, rellstm)")
+                   help=f"learning rate (default: {registry.describe_default('lr')})")
     p.add_argument("--clip", type=float,
                    help="gradient-norm clip, 0 disables (default: 1.0)")
     p.add_argument("--batch", type=int,
@@ -87,18 +85,12 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the initialisation and the data (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--nu", type=int,
-                   help="relrnn, rellstm only: short-term buffer size (default: 10 for "
-                        "copy, 15 for denoise, 10 for pixel tasks)")
-    p.add_argument("--rho", type=int,
-                   help="relrnn, rellstm only: relevant-set size (default: 15 for copy and "
-                        "denoise, 10 for pixel tasks)")
-    p.add_argument("--nonlinearity", choices=("tanh", "modrelu"),
-                   help="rnn, memrnn, relrnn only (default: modrelu, but tanh for relrnn "
-                        "on copy)")
-    p.add_argument("--init", choices=("orthogonal", "orthogonal_random", "xavier"),
-                   help="initialisation of the recurrent matrix V (default: orthogonal for "
-                        "rnn, memrnn, relrnn; xavier, the only choice, for lstm, rellstm)")
+    for option in registry.config_options():  # the model options, from the table
+        users = registry.with_option(option.name)
+        only = "" if users == registry.names() else f"{', '.join(users)} only: "
+        p.add_argument(_flag(option.name), type=option.type, choices=option.choices,
+                       help=f"{only}{option.help} (default: "
+                            f"{registry.describe_default(option.name)})")
     p.add_argument("--out-dir", "--out", dest="out_dir", metavar="DIR",
                    help="output folder (default: runs/<task>_<model>_T<T>_s<seed>)")
     p.add_argument("--data-dir", metavar="DIR",

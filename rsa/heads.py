@@ -10,7 +10,8 @@
   measures (:func:`rsa.measure.grad_norms`).
 - classification: logits from the last hidden state h_L, (B, C).
 
-:func:`build_model` makes a core by name, checking the combination of options.
+:func:`build_model` makes a core by name from the table of :mod:`rsa.registry`, which
+checks the combination of options.
 """
 
 from __future__ import annotations
@@ -19,79 +20,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsa import registry
 from rsa.tasks import N_DATA, TaskSpec, get_task
 
 __all__ = ["MODELS", "build_model", "TaskModel", "build_task_model"]
 
-MODELS = ("rnn", "lstm", "memrnn", "relrnn", "rellstm")
-_SCREENED = ("relrnn", "rellstm")
-_RNN_FAMILY = ("rnn", "memrnn", "relrnn")
-_NONLINEARITIES = ("tanh", "modrelu")
-_RNN_INITS = ("orthogonal", "orthogonal_random", "xavier")
-_FUSED = ("memrnn", "relrnn", "rellstm")
-
-
-def _model_classes():
-    from rsa.models import LSTM, RNN, MemRNN, RelLSTM, RelRNN
-
-    return {"rnn": RNN, "lstm": LSTM, "memrnn": MemRNN, "relrnn": RelRNN, "rellstm": RelLSTM}
+# Views of the table of rsa.registry (they follow rsa.registry.register).
+MODELS = registry.MODELS
+_FUSED = registry.FUSED
 
 
 def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | None = None,
                 rho: int | None = None, nonlinearity: str | None = None,
                 init: str | None = None, fused: bool | None = None) -> nn.Module:
-    """The core model ``model_name`` in {"rnn", "lstm", "memrnn", "relrnn", "rellstm"}.
+    """The core model ``model_name``, one of :data:`MODELS` (:mod:`rsa.registry`).
 
     ``fused`` (MemRNN, RelRNN and RelLSTM; default True) picks the fused sequence
     function with a hand-written backward (:mod:`rsa.fused`, :mod:`rsa.fused_screened`,
     :mod:`rsa.fused_rellstm`); ``fused=False`` is the plain-autograd loop (for MemRNN,
     memory growing like T^2 n B).
 
-    ``None`` options take the model's default (RelRNN/RelLSTM: nu=10, rho=15; RNN
+    ``None`` options take the class's default (RelRNN/RelLSTM: nu=10, rho=15; RNN
     family: tanh, orthogonal init; LSTMs: xavier). Raises ValueError, naming the value
     and what is accepted, for an unknown name, nu < 1, rho < 0, nu/rho on a model
-    without screening, a nonlinearity on an LSTM, or an unknown init.
+    without screening, a nonlinearity on an LSTM, or an unknown init
+    (:func:`rsa.registry.check_options`).
     """
-    if model_name not in MODELS:
-        raise ValueError(f"unknown model {model_name!r}; accepted: {', '.join(MODELS)}")
-    kwargs: dict = {}
-    if fused is not None:
-        if model_name not in _FUSED:
-            raise ValueError(f"fused applies to {', '.join(_FUSED[:-1])} and {_FUSED[-1]} "
-                             f"only; model "
-                             f"{model_name!r} got fused={fused!r} (leave it None)")
-        kwargs["fused"] = bool(fused)
-    if model_name in _SCREENED:
-        for name, val, low in (("nu", nu, 1), ("rho", rho, 0)):
-            if val is None:
-                continue
-            if isinstance(val, bool) or not isinstance(val, int) or val < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
-            kwargs[name] = val
-    elif nu is not None or rho is not None:
-        raise ValueError(f"nu and rho apply to {' and '.join(_SCREENED)} only; model "
-                         f"{model_name!r} got nu={nu!r}, rho={rho!r} (leave them None)")
-    if model_name in _RNN_FAMILY:
-        if nonlinearity is not None:
-            if nonlinearity not in _NONLINEARITIES:
-                raise ValueError(f"nonlinearity must be one of {_NONLINEARITIES}, "
-                                 f"got {nonlinearity!r}")
-            kwargs["nonlinearity"] = nonlinearity
-        if init is not None:
-            if init not in _RNN_INITS:
-                raise ValueError(f"init for {model_name!r} must be one of {_RNN_INITS}, "
-                                 f"got {init!r}")
-            kwargs["init"] = init
-    else:
-        if nonlinearity is not None:
-            raise ValueError(f"model {model_name!r} has LSTM gates and takes no "
-                             f"nonlinearity (got {nonlinearity!r}); nonlinearity applies "
-                             f"to {', '.join(_RNN_FAMILY)}")
-        if init is not None:
-            if init != "xavier":
-                raise ValueError(f"init for {model_name!r} must be 'xavier', got {init!r}")
-            kwargs["init"] = init
-    return _model_classes()[model_name](input_size, hidden_size, **kwargs)
+    options = registry.check_options(model_name, fused=fused, nu=nu, rho=rho,
+                                     nonlinearity=nonlinearity, init=init)
+    return registry.get(model_name).model_class()(input_size, hidden_size, **options)
 
 
 class TaskModel(nn.Module):

@@ -49,8 +49,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rsa import io
-from rsa.heads import MODELS, TaskModel, build_task_model
+from rsa import io, registry
+from rsa.heads import TaskModel, build_task_model
 from rsa.tasks import (
     DIGITS_SPLIT,
     MNIST_VALIDATION,
@@ -76,7 +76,7 @@ VALIDATION_SEED_OFFSET = 1_000_000
 # Fields that must match to resume from a checkpoint (steps may grow; device, output
 # folder, progress bar and data folder may change).
 _IDENTITY = ("model", "task", "T", "hidden_size", "optimizer", "lr", "clip", "batch", "seed",
-             "nu", "rho", "nonlinearity", "init", "eval_every", "eval_batch",
+             *(o.name for o in registry.config_options()), "eval_every", "eval_batch",
              "stop_when_solved", "stall_updates", "patience_updates")
 # identity fields added later, with the value a checkpoint without them was made with
 _IDENTITY_DEFAULTS = {"stop_when_solved": False, "stall_updates": 0, "patience_updates": 0}
@@ -103,16 +103,16 @@ class TrainConfig:
     - ``T``: 100 (the delay; sequences have T + 20 steps) / fixed by the data (64, 784)
     - ``hidden_size``: 128 / 100
     - ``optimizer``: "rmsprop" (alpha = 0.99) / "adam"
-    - ``lr``: 1e-3, but 2e-4 for relrnn on copy at T >= 1000 / 1e-4 for the RNN family,
-      1e-3 for the LSTMs
     - ``clip`` (gradient norm; 0 disables): 1.0 / 1.0
     - ``batch``: 10 / 100
     - ``steps`` (updates): 200000 / 200 epochs
     - ``eval_every``: 100 / one epoch
     - ``eval_batch``: 100 validation sequences / 500 (evaluation chunk size)
-    - ``nonlinearity`` (RNN family): modrelu, but tanh for relrnn on copy / modrelu
-    - ``nu``, ``rho`` (relrnn, rellstm): 10, 15 (copy), 15, 15 (denoise) / 10, 10
     - ``checkpoint_every``: ``eval_every``; ``seed``: 0; ``device``: "cpu".
+
+    Defaults that depend on the model, from the table of :mod:`rsa.registry`:
+
+    [generated: rsa.registry.defaults_doc()]
 
     Stopping before ``steps`` (all off by default; see :func:`solved_at`,
     :func:`stalled_at`, :func:`patience_exhausted_at`):
@@ -158,6 +158,11 @@ class TrainConfig:
     patience_updates: int = 0
 
 
+if TrainConfig.__doc__:  # (python -OO strips docstrings)
+    TrainConfig.__doc__ = TrainConfig.__doc__.replace(
+        "    [generated: rsa.registry.defaults_doc()]", registry.defaults_doc())
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns: resolved config, history rows, summary, the trained
@@ -201,10 +206,8 @@ def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> Tra
         raise ValueError(f"unknown config field(s) {unknown}; accepted: {', '.join(names)}")
     c = TrainConfig(**config)
 
-    if c.model not in MODELS:
-        raise ValueError(f"unknown model {c.model!r}; accepted: {', '.join(MODELS)}")
+    model = registry.get(c.model)  # ValueError for an unknown model
     spec = get_task(c.task)
-    lstm = c.model in ("lstm", "rellstm")
     if spec.kind == "sequence":
         c.T = 100 if c.T is None else _int("T", c.T)
     elif c.T is not None and c.T != spec.length:
@@ -219,10 +222,7 @@ def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> Tra
     if c.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {c.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
     if c.lr is None:
-        if seq:
-            c.lr = 2e-4 if (c.task == "copy" and c.model == "relrnn" and c.T >= 1000) else 1e-3
-        else:
-            c.lr = 1e-3 if lstm else 1e-4
+        c.lr = registry.task_default(c.model, "lr", c.task, c.T)
     if isinstance(c.lr, bool) or not isinstance(c.lr, int | float) or not (
             math.isfinite(c.lr) and c.lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {c.lr!r}")
@@ -245,12 +245,9 @@ def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> Tra
                               else c.checkpoint_every)
     c.seed = _int("seed", c.seed, 0)
     _check_device_name(c.device)
-    if c.model in ("relrnn", "rellstm"):
-        nu, rho = {"copy": (10, 15), "denoise": (15, 15)}.get(c.task, (10, 10))
-        c.nu = nu if c.nu is None else c.nu
-        c.rho = rho if c.rho is None else c.rho
-    if not lstm and c.nonlinearity is None:
-        c.nonlinearity = "tanh" if (c.task == "copy" and c.model == "relrnn") else "modrelu"
+    for name in model.defaults:  # the model's options with a per-task default
+        if name in registry.OPTIONS and getattr(c, name) is None:
+            setattr(c, name, registry.task_default(c.model, name, c.task, c.T))
     for name in ("stall_updates", "patience_updates"):
         value = getattr(c, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -262,10 +259,9 @@ def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> Tra
     for name in ("progress", "resume", "stop_at_perfect", "stop_when_solved"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name} must be a bool, got {getattr(c, name)!r}")
-    # let the model factory check nu/rho/nonlinearity/init combinations now, not later
-    with torch.random.fork_rng(devices=[]):  # without touching the caller's RNG
-        build_task_model(c.model, c.task, 1, nu=c.nu, rho=c.rho,
-                         nonlinearity=c.nonlinearity, init=c.init)
+    # the options the model takes and their ranges, checked without building the model
+    registry.check_options(c.model, **{o.name: getattr(c, o.name)
+                                       for o in registry.config_options()})
     return c
 
 
