@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from rsa import io
+from rsa import io, registry
 from rsa.heads import MODELS
 from rsa.train import MODEL_FILE
 
@@ -82,7 +82,7 @@ PLANS["converged"] = Plan(
     transfer_Ts=(100, 200, 500, 1000), transfer_max=5000, stop_when_solved=True,
     stall_updates=5000, digits_patience=650, converged=True)
 STAGES = ("train", "transfer", "gradients", "cost")
-UNFUSED = ("memrnn", "relrnn", "rellstm")  # fused by default; also costed with fused=False
+UNFUSED = registry.FUSED  # fused by default; also costed with fused=False
 
 
 def run_name(task: str, model: str, T: int | None, seed: int, rho: int | None = None,
@@ -135,15 +135,16 @@ def _converged_runs(plan: Plan, scale: str | None = None):
            for seed in plan.seeds for task in ("copy", "denoise") for T in plan.Ts
            for model in MODELS]
     yield from seq
-    for seeds, models in (((0,), MODELS), ((1, 2), ("rnn", "relrnn"))):
+    long_delays = [m for m in MODELS if registry.get(m).long_delays]  # RNN, RelRNN
+    for seeds, models in (((0,), MODELS), ((1, 2), long_delays)):
         for seed in seeds:
             for task in ("copy", "denoise"):
                 for model in models:
                     yield dict(task=task, model=model, T=500, seed=seed, **rules)
     for task in ("copy", "denoise"):
-        for model in ("rnn", "relrnn"):
+        for model in long_delays:
             yield dict(task=task, model=model, T=1000, seed=0, **rules)
-    for model in ("relrnn", "rellstm"):
+    for model in registry.with_option("rho"):
         for rho in plan.rhos:
             yield dict(task="denoise", model=model, T=plan.rho_T, seed=plan.seeds[0],
                        rho=rho, **rules)
@@ -181,7 +182,7 @@ def _train_runs(plan: Plan, scale: str | None = None):
                 for seed in plan.seeds:
                     yield dict(task=task, model=model, T=T, seed=seed, steps=plan.steps,
                                eval_every=plan.eval_every)
-    for model in ("relrnn", "rellstm"):
+    for model in registry.with_option("rho"):
         for rho in plan.rhos:
             yield dict(task="denoise", model=model, T=plan.rho_T, seed=plan.seeds[0],
                        rho=rho, steps=plan.steps, eval_every=plan.eval_every)
@@ -633,7 +634,8 @@ def _stage_gradients(scale: str, plan: Plan, log) -> None:
     rows, t0 = [], time.perf_counter()
     jobs = [("denoise", m, plan.grad_T, None) for m in MODELS] + \
            [("copy", m, plan.grad_T, None) for m in MODELS] + \
-           [("denoise", m, plan.rho_T, rho) for m in ("relrnn", "rellstm") for rho in plan.rhos]
+           [("denoise", m, plan.rho_T, rho) for m in registry.with_option("rho")
+            for rho in plan.rhos]
     for task, model, T, rho in jobs:
         seed = plan.seeds[0]
         name = run_name(task, model, T, seed, rho)

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from rsa import registry
 from rsa.heads import TaskModel, build_task_model
 from rsa.tasks import get_task, load_pixel_data, make_generator, synthetic_batch
 
@@ -274,29 +275,12 @@ def saved_tensor_bytes(model_name: str, T: int, *, batch: int = 10, hidden_size:
 def estimate_memory(model_name: str, T: int, *, batch: int = 10, hidden_size: int = 128,
                     fused: bool = True) -> int:
     """A rough upper estimate, in bytes, of an update's extra memory, used only to skip
-    configurations that would not fit (MemRNN at large T).
+    configurations that would not fit (MemRNN at large T): the budget of the model's
+    entry in :mod:`rsa.registry` over L = T + 20 steps (``memory``, or ``fused_memory``
+    for its fused implementation; the table says what each one counts).
 
-    MemRNN keeps, for each step t, several (B, t, n) float32 tensors for backprop (the
-    stacked memory, the attention pre-activation and its tanh), which we budget as
-    8 B n L^2 bytes over L = T + 20 steps (measured on CPU: 355 MiB at T = 200, B = 10,
-    n = 128, against 495 MiB budgeted); the other models keep O(L (nu + rho) n B),
-    budgeted as 64 B n L (nu + rho + 4) bytes with nu + rho = 25.
-
-    The fused MemRNN (``fused=True``, the default; :mod:`rsa.fused`) keeps only the
-    attention weights, B L^2 floats, and O(B n L) buffers: budgeted as
-    8 B L^2 + 64 B n L bytes. The fused RelRNN (:mod:`rsa.fused_screened`) keeps
-    O(B n L) buffers and, per step, the nu + rho weights and row indices: budgeted as
-    64 B n L + 16 B L (nu + rho) bytes; the fused RelLSTM (:mod:`rsa.fused_rellstm`)
-    the same with its larger buffers (gates, cells), 160 B n L + 16 B L (nu + rho)
-    (measured on CPU: 128 MiB at T = 1000, B = 10, n = 128, against 203 MiB budgeted).
+    Measured on CPU against the budget: MemRNN's plain loop, 355 MiB at T = 200, B = 10,
+    n = 128 (495 MiB budgeted); the fused RelLSTM, 128 MiB at T = 1000, B = 10, n = 128
+    (203 MiB budgeted).
     """
-    L = T + 20
-    if model_name == "memrnn":
-        if fused:
-            return 8 * batch * L * L + 64 * batch * hidden_size * L
-        return 8 * batch * hidden_size * L * L
-    if model_name == "relrnn" and fused:
-        return 64 * batch * hidden_size * L + 16 * batch * L * 25
-    if model_name == "rellstm" and fused:
-        return 160 * batch * hidden_size * L + 16 * batch * L * 25
-    return 64 * batch * hidden_size * L * (25 + 4)
+    return registry.memory_budget(model_name, T + 20, batch, hidden_size, fused)

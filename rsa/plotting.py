@@ -3,7 +3,8 @@
 Every chapter calls :func:`set_style` once; each ``plot_*`` function draws one figure
 and returns it (the chapter glues it under a name and caption, see
 :func:`rsa.book.glue_figure`). Colours are fixed per model, so RelRNN has the same
-colour in every chapter.
+colour in every chapter: the model's colour and label are those of its entry in
+:mod:`rsa.registry`.
 """
 
 from __future__ import annotations
@@ -15,23 +16,39 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.colors import ListedColormap, LogNorm
+from matplotlib.colors import ListedColormap, LogNorm, to_rgb
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from rsa import registry
 
 __all__ = ["PALETTE", "FIGSIZE", "set_style", "model_color", "plot_memory_contents",
            "plot_attention", "plot_cost_vs_T", "plot_curves"]
 
-# One colour per model (seaborn "colorblind"), keyed by lower-case model name.
+
+class _RegistryView(Mapping):
+    """A read-only dict that follows the table of :mod:`rsa.registry`."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def __getitem__(self, key):
+        return self._source()[key]
+
+    def __iter__(self):
+        return iter(self._source())
+
+    def __len__(self) -> int:
+        return len(self._source())
+
+    def __repr__(self) -> str:
+        return repr(self._source())
+
+
+# One colour per model, keyed by lower-case model name: the table's (rsa.registry), as
+# RGB tuples (the book's are seaborn's "colorblind" palette).
+PALETTE = _RegistryView(lambda: {m: to_rgb(c) for m, c in registry.palette().items()})
 _CB = sns.color_palette("colorblind")
-PALETTE = {
-    "rnn": _CB[7],      # grey: the baseline
-    "lstm": _CB[0],     # blue
-    "memrnn": _CB[3],   # red: full attention
-    "relrnn": _CB[2],   # green: relevancy screening
-    "rellstm": _CB[4],  # purple
-    "sab": _CB[5],      # brown (only in the authors' numbers)
-}
 # Memory roles in the raster of plot_memory_contents: buffer S and relevant set R.
 S_COLOR, R_COLOR = _CB[1], _CB[2]
 FIGSIZE = (7.0, 4.0)
@@ -53,7 +70,8 @@ def set_style() -> None:
 
 def model_color(name: str):
     """The fixed colour of a model (``"RelRNN"``, ``"relrnn"``...), None if unknown."""
-    return PALETTE.get(str(name).lower().replace("-", "").replace("_", ""))
+    color = registry.color(name)
+    return None if color is None else to_rgb(color)
 
 
 def _split_variant(name) -> tuple[str, str]:
@@ -497,18 +515,14 @@ __all__ += ["MODEL_LABELS", "model_label", "plot_learning_curves", "plot_transfe
             "plot_accuracy_vs_cost", "plot_test_accuracy", "plot_panels",
             "plot_run_curves", "plot_updates_to_solve"]
 
-# How models are written in legends, and their order (the order of rsa.heads.MODELS).
-MODEL_LABELS = {"rnn": "RNN", "lstm": "LSTM", "memrnn": "MemRNN", "relrnn": "RelRNN",
-                "rellstm": "RelLSTM", "sab": "SAB",
-                "memrnn_unfused": "MemRNN (plain autograd)",
-                "relrnn_unfused": "RelRNN (plain autograd)",
-                "rellstm_unfused": "RelLSTM (plain autograd)"}
+# How models are written in legends, and their order: the table's (rsa.registry).
+MODEL_LABELS = _RegistryView(registry.labels)
 _CHANCE = {"color": "0.35", "ls": ":", "lw": 1.4}
 
 
 def model_label(name) -> str:
     """The printed name of a model (``"relrnn"`` -> ``"RelRNN"``); other names unchanged."""
-    return MODEL_LABELS.get(str(name).lower(), str(name))
+    return registry.label(name) or str(name)
 
 
 def _by_model_order(values) -> list:
