@@ -4,6 +4,9 @@ The one implementation behind the book (``book/``). Modules:
 
 - :mod:`rsa.models`, :mod:`rsa.memory`: RNN, LSTM, MemRNN, RelRNN, RelLSTM and the
   screened memory S ∪ R (chapter *Relevancy screening*);
+- :mod:`rsa.sab`, :mod:`rsa.transformer`: the baselines SAB (sparse attentive
+  backtracking, as released) and a causal Transformer, registered but not yet in
+  :data:`MODELS` nor the experiment plan (chapter *Sparse attentive backtracking*);
 - :mod:`rsa.tasks`, :mod:`rsa.heads`, :mod:`rsa.train`: tasks, read-out + loss,
   training with checkpoint/resume (``python -m rsa train``);
 - :mod:`rsa.measure`, :mod:`rsa.bench`: gradient norms, time and memory
@@ -19,8 +22,10 @@ paper* (``book/paper.md``), what the paper states and what is known of it.
 
 from rsa.heads import MODELS, TaskModel, build_model, build_task_model
 from rsa.models import LSTM, RNN, MemRNN, RelLSTM, RelRNN, Trace
+from rsa.sab import SAB
 from rsa.train import TrainConfig
+from rsa.transformer import Transformer
 
-__all__ = ["RNN", "LSTM", "MemRNN", "RelRNN", "RelLSTM", "Trace", "MODELS", "TaskModel",
-           "build_model", "build_task_model", "TrainConfig"]
+__all__ = ["RNN", "LSTM", "MemRNN", "RelRNN", "RelLSTM", "SAB", "Transformer", "Trace",
+           "MODELS", "TaskModel", "build_model", "build_task_model", "TrainConfig"]
 __version__ = "0.1.0"

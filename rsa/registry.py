@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["PerTask", "Option", "ModelSpec", "OPTIONS", "FAMILIES", "AUTHORS_ONLY",
-           "MODELS", "FUSED", "register", "unregister", "get", "names", "fused_names",
+           "MODELS", "FUSED", "register", "unregister", "get", "names", "registered",
+           "fused_names",
            "with_option", "config_options", "check_options", "task_default",
            "class_default", "describe_default", "defaults_doc", "memory_budget", "label",
            "color", "labels", "palette", "UNFUSED_SUFFIX"]
@@ -113,6 +114,7 @@ class Option:
 FAMILIES = {
     "rnn": "an RNN cell",   # h_t = phi(U x_t + V s_{t-1} + b), V orthogonal at init
     "lstm": "LSTM gates",   # gates i, f, g, o on [s_{t-1}; x_t], Xavier-normal weights
+    "attention": "self-attention layers",  # no recurrence (rsa.Transformer)
 }
 
 # The options, in the order they are checked (and listed by the command line).
@@ -160,7 +162,11 @@ class ModelSpec:
       in bytes, as a function of (batch B, hidden size n, steps L); ``fused_memory`` for
       the fused implementation (:func:`rsa.measure.estimate_memory`);
     - ``long_delays``: trained at the experiment plan's longer delays too (converged
-      plan: T = 1000, and seeds 1, 2 at T = 500).
+      plan: T = 1000, and seeds 1, 2 at T = 500);
+    - ``in_plan``: part of :data:`MODELS` and of the experiment plan (False: a model
+      that can be built, configured, trained and drawn, but whose runs do not exist yet,
+      so the stored experiments and the chapters, which iterate over :data:`MODELS`,
+      leave it out: SAB and the Transformer).
     """
 
     name: str
@@ -175,6 +181,7 @@ class ModelSpec:
     memory: Callable[[int, int, int], int] = _linear_memory
     fused_memory: Callable[[int, int, int], int] | None = None
     long_delays: bool = False
+    in_plan: bool = True
 
     def takes(self, option: str) -> bool:
         """Whether the model takes ``option``."""
@@ -227,10 +234,24 @@ _TABLE = (
               defaults={"lr": _LR_LSTM, "nu": _NU, "rho": _RHO}, fused=True,
               # fused: as RelRNN's with the larger buffers of the gates and cells
               fused_memory=lambda B, n, L: 160 * B * n * L + 16 * B * L * 25),
+    # -- outside the plan (in_plan=False): built, trained and drawn, no runs yet --------
+    ModelSpec("sab", "rsa.sab:SAB", "SAB", "#ca9161",  # brown: the authors' SAB numbers'
+              family="lstm", defaults={"lr": _LR_LSTM},  # the release's copy lr
+              # per step t the (B, m_t, 2n) tanh of the score and the (B, m_t) weights,
+              # m_t <= 1 + t (attn_every_k >= 1): at most 4 B n L^2 bytes, plus the LSTM's
+              memory=lambda B, n, L: 4 * B * n * L * L + _linear_memory(B, n, L),
+              in_plan=False),
+    ModelSpec("transformer", "rsa.transformer:Transformer", "Transformer", "#fbafe4",
+              family="attention", defaults={"lr": _LR_LSTM},  # pink
+              # per layer and head the (B, L, L) attention weights (softmax output and its
+              # use): 2 layers x 4 heads x 2 x 4 bytes, plus linear buffers
+              memory=lambda B, n, L: 64 * B * L * L + _linear_memory(B, n, L),
+              in_plan=False),
 )
 
 # Models the book shows from the authors' numbers only (no class here): label, colour.
-AUTHORS_ONLY = {"sab": ("SAB", "#ca9161")}  # brown
+# (SAB was one until rsa.SAB: its entry keeps the label and colour.)
+AUTHORS_ONLY: dict[str, tuple[str, str]] = {}
 # A model's plain-autograd loop, where it has a fused default: "<name>_unfused".
 UNFUSED_SUFFIX = "_unfused"
 
@@ -276,25 +297,34 @@ def unregister(name: str) -> ModelSpec:
 
 
 def names() -> tuple[str, ...]:
-    """The models' names, in the table's order (the order of legends and tables)."""
-    return tuple(_REGISTRY)
+    """The models of the plan (``in_plan``), in the table's order: :data:`MODELS`, the
+    command line's choices, the order of legends and tables."""
+    return tuple(n for n, s in _REGISTRY.items() if s.in_plan)
+
+
+def registered() -> tuple[str, ...]:
+    """Every model of the table: those of the plan, then those outside it (SAB, the
+    Transformer), each in the table's order. :func:`get`, :func:`rsa.heads.build_model`
+    and :func:`rsa.train.resolve_config` accept all of them."""
+    return names() + tuple(n for n, s in _REGISTRY.items() if not s.in_plan)
 
 
 def get(name: str) -> ModelSpec:
-    """The entry of model ``name``; ValueError naming it and the accepted names."""
-    if name not in names():
+    """The entry of model ``name`` (any registered model, in the plan or not);
+    ValueError naming it and the plan's names."""
+    if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; accepted: {', '.join(names())}")
     return _REGISTRY[name]
 
 
 def fused_names() -> tuple[str, ...]:
     """The models with a fused implementation."""
-    return tuple(n for n, s in _REGISTRY.items() if s.fused)
+    return tuple(n for n in registered() if _REGISTRY[n].fused)
 
 
 def with_option(option: str) -> tuple[str, ...]:
     """The models that take ``option`` (e.g. ``"rho"``: the screened models)."""
-    return tuple(n for n, s in _REGISTRY.items() if s.takes(option))
+    return tuple(n for n in registered() if _REGISTRY[n].takes(option))
 
 
 def config_options() -> tuple[Option, ...]:
@@ -472,7 +502,7 @@ def defaults_doc(indent: str = "    ") -> str:
     """The model-dependent defaults as a reST list (for :class:`rsa.train.TrainConfig`)."""
     lines = []
     for name in (*TRAINING_DEFAULTS, *(o.name for o in config_options())):
-        users = with_option(name) if name in OPTIONS else names()
+        users = with_option(name) if name in OPTIONS else registered()
         only = "" if len(users) == len(_REGISTRY) else f" ({', '.join(users)} only)"
         kept = "" if any(name in s.defaults for s in _REGISTRY.values()) else \
             " (the class's own default: the configuration keeps None)"
@@ -495,18 +525,19 @@ def memory_budget(model: str, L: int, batch: int, hidden_size: int, fused: bool 
 # -- how models are drawn ----------------------------------------------------------------
 
 def labels() -> dict[str, str]:
-    """{name: label} of every model, then of the authors-only models, then of each fused
-    model's plain loop (``"memrnn_unfused"``: ``"MemRNN (plain autograd)"``): the order
-    of legends."""
-    return {**{n: s.label for n, s in _REGISTRY.items()},
+    """{name: label} of every model (the plan's, then those outside it), then of the
+    authors-only models, then of each fused model's plain loop (``"memrnn_unfused"``:
+    ``"MemRNN (plain autograd)"``): the order of legends."""
+    return {**{n: _REGISTRY[n].label for n in registered()},
             **{n: lab for n, (lab, _) in AUTHORS_ONLY.items()},
             **{n + UNFUSED_SUFFIX: f"{_REGISTRY[n].label} (plain autograd)"
                for n in fused_names()}}
 
 
 def palette() -> dict[str, str]:
-    """{name: colour} of every model, then of the authors-only models."""
-    return {**{n: s.color for n, s in _REGISTRY.items()},
+    """{name: colour} of every model (as :func:`labels`), then of the authors-only
+    models."""
+    return {**{n: _REGISTRY[n].color for n in registered()},
             **{n: c for n, (_, c) in AUTHORS_ONLY.items()}}
 
 

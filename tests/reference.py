@@ -92,3 +92,52 @@ def reference_batch(model, x, freeze_attention=False):
     """H (T, B, n) from a loop over batch elements."""
     outs = [reference_forward(model, x[:, b], freeze_attention)[0] for b in range(x.shape[1])]
     return torch.stack([torch.stack(hs) for hs in outs], dim=1)
+
+
+def reference_sab(model, x, freeze_attention=False):
+    """SAB (``rsa.SAB``) on one example x (T, input_size), straight from the equations of
+    rsa/sab.py's docstring: Python lists for the memory, the top-k threshold found by
+    sorting Python floats (the first of tied slots holds the threshold), eps = 1e-7
+    written out.
+
+    Returns (outs, hs, weights, scores, times): outs[t] = [h_t; s_t], hs[t] = h_t,
+    weights[t] and scores[t] the lists a_j and e_j over the memory at step t, times the
+    0-based time index of each slot (-1 for the zero state)."""
+    eps = 1e-7
+    n, k = model.n, model.top_k
+    h = torch.zeros(n, dtype=x.dtype)
+    c = torch.zeros(n, dtype=x.dtype)
+    M, times = [torch.zeros(n, dtype=x.dtype)], [-1]
+    outs, hs, weights, scores = [], [], [], []
+    for t in range(1, x.shape[0] + 1):  # 1-based step
+        if t % model.truncate_length == 0:  # the recurrent path is cut here
+            h, c = h.detach(), c.detach()
+        z = model.U.weight @ x[t - 1] + model.U.bias + model.V.weight @ h + model.V.bias
+        i, f, g, o = z[:n], z[n:2 * n], z[2 * n:3 * n], z[3 * n:]
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        hhat = torch.sigmoid(o) * torch.tanh(c)
+        e = []
+        for m in M:
+            pair = torch.cat([hhat, m])
+            if model.block_attn_grad_past:
+                pair = pair.detach()
+            e.append(model.w @ torch.tanh(pair))
+        if len(M) <= k:
+            a = list(e)  # the raw scores
+        else:
+            order = sorted(range(len(e)), key=lambda j: -float(e[j].detach()))
+            delta = e[order[k - 1]] + eps
+            kept = [(e_j - delta) if float((e_j - delta).detach()) > 0 else 0 * e_j for e_j in e]
+            total = sum(kept) + eps
+            a = [r / total for r in kept]
+        a_used = [a_j.detach() for a_j in a] if freeze_attention else a
+        s = sum(a_j * m for a_j, m in zip(a_used, M, strict=True))
+        h = hhat + s
+        if t % model.attn_every_k == 0:
+            M.append(h)
+            times.append(t - 1)
+        outs.append(torch.cat([h, s]))
+        hs.append(h)
+        weights.append([float(a_j.detach()) for a_j in a])
+        scores.append([float(e_j.detach()) for e_j in e])
+    return outs, hs, weights, scores, list(times)
