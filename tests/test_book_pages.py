@@ -21,10 +21,26 @@ READER_FILES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", INTRO, PAPER,
                 *sorted((ROOT / "rsa").glob("*.py"))]
 
 
-def scorecard_rows() -> list[list[str]]:
+def scorecard_rows(prefix: str = "P") -> list[list[str]]:
+    """The rows of the scorecard's table of the paper's claims (P1, P2, ...) or, with
+    ``prefix="B"``, of the book's own results."""
     text = INTRO.read_text().split("(scorecard)=", 1)[1]
     return [[c.strip() for c in line.strip().strip("|").split("|")]
-            for line in text.splitlines() if re.match(r"\|\s*\d+\s*\|", line)]
+            for line in text.splitlines() if re.match(rf"\|\s*{prefix}\d+\s*\|", line)]
+
+
+def test_the_scorecard_keeps_the_papers_claims_apart_from_the_books_results():
+    text = INTRO.read_text().split("(scorecard)=", 1)[1]
+    claims, ours = text.index("### Claims of the paper"), text.index("### Results of this book")
+    assert claims < ours
+    paper_rows, book_rows = scorecard_rows("P"), scorecard_rows("B")
+    assert len(paper_rows) >= 10 and len(book_rows) >= 5
+    # every claim row is in the first table, every result row in the second
+    assert all(text.index(f"| {r[0]} |") < ours for r in paper_rows)
+    assert all(text.index(f"| {r[0]} |") > ours for r in book_rows)
+    # the claims cite a section of the paper; the book's results do not pretend to
+    assert all(re.search(r"§\d", r[2]) for r in paper_rows)
+    assert not any("§" in cell for r in book_rows for cell in r)
 
 
 def test_every_section_the_scorecard_cites_is_on_the_paper_page():
