@@ -63,7 +63,8 @@ chapter: $(SETUP)
 
 # Regenerate the long results under data/ (hours on a CPU; resumable). The experiments'
 # entry point: see `python -m rsa reproduce --help` for scales and stages; pass them
-# with e.g. `make reproduce REPRODUCE_ARGS="--scale session --stages cost"`.
+# with e.g. `make reproduce REPRODUCE_ARGS="--stages cost"` (the default scale is
+# `converged`, what the experiment chapters read).
 REPRODUCE_ARGS ?=
 reproduce: $(SETUP)
 	$(NICE) $(BIN)/python -m rsa reproduce $(REPRODUCE_ARGS)

@@ -828,8 +828,8 @@ def main(argv=None) -> int:
                     "updates, hours on a CPU), converged (train until solved or stalled, up to "
                     "20 000\nupdates), full (the authors' settings where a machine allows; "
                     "a GPU or days of CPU).")
-    p.add_argument("--scale", default="session", choices=sorted(PLANS),
-                   help="which plan (default: session)")
+    p.add_argument("--scale", default="converged", choices=sorted(PLANS),
+                   help="which plan (default: converged, what the experiment chapters read)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
                    metavar="STAGE",
                    help="stages to run, in this order: " + ", ".join(STAGES)

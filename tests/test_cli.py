@@ -95,7 +95,7 @@ def test_reproduce_help_gives_the_default_scale_and_says_finished_work_is_skippe
     with pytest.raises(SystemExit):
         main(["reproduce", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: session)" in text and "skipped" in text
+    assert "(default: converged" in text and "skipped" in text
 
 
 def test_train_help_says_task_dependent_defaults_as_such(capsys):
