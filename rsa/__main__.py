@@ -49,8 +49,9 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     from rsa.tasks import TASKS
     from rsa.train import OPTIMIZERS
 
-    p.add_argument("--model", default="relrnn", choices=registry.names(),
-                   help="recurrent core (default: relrnn)")
+    p.add_argument("--model", default="relrnn", choices=registry.registered(),
+                   help="recurrent core (default: relrnn); sab and transformer are the "
+                        "baselines outside the experiment plan")
     p.add_argument("--task", default="copy", choices=list(TASKS),
                    help="copy and denoise: synthetic sequences; digits, pdigits: 8x8 digits "
                         "pixel by pixel (plain, permuted); mnist, pmnist: MNIST from "

@@ -143,7 +143,7 @@ def test_a_toy_model_is_its_class_and_one_entry(leaky, tmp_path):
     help_text = _io.StringIO()
     with contextlib.redirect_stdout(help_text), pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "{rnn,lstm,memrnn,relrnn,rellstm,leaky}" in help_text.getvalue()
+    assert "{rnn,lstm,memrnn,relrnn,rellstm,leaky,sab,transformer}" in help_text.getvalue()
     session = plan_runs("session")
     assert {r["task"] for r in session if r["model"] == "leaky"} == \
         {"copy", "denoise", "digits", "pdigits"}
@@ -300,3 +300,18 @@ def test_memory_budgets_are_the_tables():
     assert estimate_memory("rellstm", 100) == 160 * B * n * L + 16 * B * L * 25
     for model, fused in (("rnn", True), ("lstm", False), ("relrnn", False)):
         assert estimate_memory(model, 100, fused=fused) == 64 * B * n * L * 29
+
+
+def test_the_command_line_trains_the_baselines_outside_the_plan(tmp_path):
+    """SAB and the Transformer are not in the plan, but `python -m rsa train` takes them."""
+    import argparse
+
+    from rsa.__main__ import _train_parser
+
+    p = argparse.ArgumentParser()
+    _train_parser(p)
+    for model in ("sab", "transformer"):
+        assert model not in registry.names() and model in registry.registered()
+        assert p.parse_args(["--model", model]).model == model
+    with pytest.raises(SystemExit):
+        p.parse_args(["--model", "gru"])
