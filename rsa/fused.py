@@ -47,7 +47,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-__all__ = ["MemRNNFunction", "memrnn_fused", "fused_forward", "fused_inputs"]
+__all__ = ["MemRNNFunction", "memrnn_fused", "fused_forward", "fused_inputs", "check_sequence"]
 
 
 def _phi(z: torch.Tensor, phi_b: torch.Tensor | None,
@@ -187,16 +187,22 @@ def memrnn_fused(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: torc
     return MemRNNFunction.apply(ux, V, W_q, W_k, v, phi_b)
 
 
+def check_sequence(x: torch.Tensor, input_size: int) -> tuple[int, int]:
+    """(T, B) of a time-major input x (T, B, input_size), T >= 1; ValueError naming the
+    shape otherwise. The one input check of every recurrent core, fused or not."""
+    if x.dim() != 3 or x.shape[-1] != input_size:
+        raise ValueError(f"x must have shape (T, B, {input_size}), got {tuple(x.shape)}")
+    if x.shape[0] < 1:
+        raise ValueError(f"sequence length T must be >= 1, got {x.shape[0]}")
+    return x.shape[0], x.shape[1]
+
+
 def fused_inputs(model, x: torch.Tensor) -> tuple:
     """The arguments of a fused sequence function for ``model(x)`` (MemRNN, RelRNN or
     RelLSTM): ``(U x + b, V, W_q, W_k, v, phi_b)``, phi_b None for tanh and for the
     LSTM. The input drive U x + b is one matmul done by autograd, so U, b and x get
     their gradients from it."""
-    if x.dim() != 3 or x.shape[-1] != model.input_size:
-        raise ValueError(f"x must have shape (T, B, {model.input_size}), got "
-                         f"{tuple(x.shape)}")
-    if x.shape[0] < 1:
-        raise ValueError(f"sequence length T must be >= 1, got {x.shape[0]}")
+    check_sequence(x, model.input_size)
     phi_b = model.phi.b if getattr(model, "nonlinearity", None) == "modrelu" else None
     return model.U(x), model.V.weight, model.W_q.weight, model.W_k.weight, model.v, phi_b
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rsa.fused import check_sequence
 from rsa.fused import fused_forward as memrnn_fused_forward
 from rsa.fused_rellstm import fused_forward as rellstm_fused_forward
 from rsa.fused_screened import fused_forward as relrnn_fused_forward
@@ -174,12 +175,7 @@ class _Recurrent(nn.Module):
         """Run over x (T, B, input_size). Returns H (T, B, n), and a :class:`Trace` if
         ``record``. ``freeze_attention`` detaches alpha in c: the gradient of the
         path-expansion chapter (attention weights held fixed)."""
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"x must have shape (T, B, {self.input_size}), got "
-                             f"{tuple(x.shape)}")
-        T, B, _ = x.shape
-        if T < 1:
-            raise ValueError(f"sequence length T must be >= 1, got {T}")
+        T, B = check_sequence(x, self.input_size)
         n = self.hidden_size
         # the input drive of every step in one matmul; unbind once (indexing Ux[t] per
         # step would make each backward allocate a (T, B, g n) gradient: O(T^2))

@@ -88,6 +88,7 @@ import math
 import torch
 from torch import nn
 
+from rsa.fused import check_sequence
 from rsa.models import Trace
 
 __all__ = ["SAB", "sparsify", "EPS"]
@@ -162,12 +163,7 @@ class SAB(nn.Module):
 
         ``freeze_attention`` detaches the weights in s_t (the attention weights held
         fixed, as for the other models)."""
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"x must have shape (T, B, {self.input_size}), got "
-                             f"{tuple(x.shape)}")
-        T, B, _ = x.shape
-        if T < 1:
-            raise ValueError(f"sequence length T must be >= 1, got {T}")
+        T, B = check_sequence(x, self.input_size)
         n = self.n
         Ux = self.U(x).unbind(0)
         h = c = x.new_zeros(B, n)
