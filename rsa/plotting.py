@@ -571,6 +571,22 @@ def _legend_outside(fig, ax, title=None) -> None:
                   bbox_to_anchor=(1.02, 0.5))
 
 
+def _finish_panel(ax, v, chance, chance_label: str, xlabel: str, col_title: str,
+                  logx: bool = False, logy: bool = False) -> None:
+    """The common end of a learning-curve panel for the value ``v`` of its column: the
+    dotted no-memory level (one number, or {value: level}), log axes, ticks, labels."""
+    level = chance.get(v) if isinstance(chance, Mapping) else chance
+    if level is not None:
+        ax.axhline(level, label=chance_label, **_CHANCE)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    _plain_log_ticks(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_title(col_title.format(v))
+
+
 def plot_learning_curves(table, y: str = "val_accuracy", x: str = "step", col: str = "T",
                          ylabel: str = "validation accuracy", xlabel: str = "updates",
                          col_title: str = "$T$ = {}", logx: bool = False,
@@ -600,16 +616,7 @@ def plot_learning_curves(table, y: str = "val_accuracy", x: str = "step", col: s
             if len(above):
                 ax.plot(above.index, shown[above.index], ls="", marker="^", ms=9,
                         color=model_color(m), mec="black", zorder=4)
-        level = chance.get(v) if isinstance(chance, Mapping) else chance
-        if level is not None:
-            ax.axhline(level, label=chance_label, **_CHANCE)
-        if logx:
-            ax.set_xscale("log")
-        if logy:
-            ax.set_yscale("log")
-        _plain_log_ticks(ax)
-        ax.set_xlabel(xlabel)
-        ax.set_title(col_title.format(v))
+        _finish_panel(ax, v, chance, chance_label, xlabel, col_title, logx=logx, logy=logy)
     axes[0].set_ylabel(ylabel)
     if clip_top is not None and (df[y] > clip_top).any():
         axes[-1].plot([], [], ls="", marker="^", ms=9, color="0.6", mec="black",
@@ -891,16 +898,9 @@ def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = 
                     at = h[h[x] == h["solved_step"].iloc[0]]
                     ax.plot(at[x], at[y], ls="", marker="*", ms=11, color=model_color(m),
                             mec="black", zorder=4)
-        level = chance.get(v) if isinstance(chance, Mapping) else chance
-        if level is not None:
-            ax.axhline(level, label=chance_label, **_CHANCE)
+        _finish_panel(ax, v, chance, chance_label, xlabel, col_title, logy=logy)
         if solved is not None:
             ax.axhline(solved, color="0.3", ls="--", lw=1.0, label=solved_label)
-        if logy:
-            ax.set_yscale("log")
-        _plain_log_ticks(ax)
-        ax.set_xlabel(xlabel)
-        ax.set_title(col_title.format(v))
     axes[0].set_ylabel(ylabel)
     if "solved_step" in df and df["solved_step"].notna().any():
         axes[-1].plot([], [], ls="", marker="*", ms=11, color="0.6", mec="black",
