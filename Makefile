@@ -21,14 +21,15 @@ setup: $(SETUP)
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-# torch first, then the package with its book and dev extras, pinned by constraints.txt,
+# torch first, then the package with its book, dev and cluster extras (the cluster extra,
+# submitit and tensorboard, is optional for users; the tests use it), pinned by constraints.txt,
 # then the venv's python as the `python3` kernel the chapters use. Everything goes into
 # the project's own venv: the package's import name, rsa, is also that of Python-RSA.
 $(SETUP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade-strategy only-if-needed \
 		$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
-	$(BIN)/python -m pip install -c constraints.txt -e ".[book,dev]"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[book,dev,cluster]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 \
 		--display-name "Python 3 (rsa)"
 	touch $@

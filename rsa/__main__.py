@@ -116,6 +116,10 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's choice, usually the number of "
                         "cores)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the history as TensorBoard event files next to "
+                        "history.csv (needs tensorboard: pip install 'rsa[cluster]'; "
+                        "default: off)")
 
 
 def _flag(name: str) -> str:
@@ -157,13 +161,18 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
 
     if a.threads is not None:
         torch.set_num_threads(a.threads)
+    if a.tensorboard:
+        from rsa.scalars import require_tensorboard
+
+        require_tensorboard()
     names = {f.name for f in fields(TrainConfig)}
     config = resolve_config({k: v for k, v in vars(a).items() if k in names})
     if config.out_dir is None:
         config.out_dir = str(Path("runs") / f"{config.task}_{config.model}_T{config.T}"
                                             f"_s{config.seed}")
     try:
-        result = train(config, argv=["python", "-m", "rsa", *argv])
+        result = train(config, argv=["python", "-m", "rsa", *argv],
+                       tensorboard=a.tensorboard)
     except KeyboardInterrupt:
         print(f"interrupted: checkpoint saved in {config.out_dir}; run the same command "
               f"again to resume", file=sys.stderr)

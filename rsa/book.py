@@ -33,8 +33,12 @@ def repo_root() -> Path:
 
 
 def data_dir(name: str | None = None) -> Path:
-    """``data/`` or ``data/<name>/``: where long runs store their results."""
-    d = repo_root() / "data"
+    """``data/`` or ``data/<name>/``: where long runs store their results (``data/`` of
+    the checkout, or ``$RSA_DATA_DIR`` when set: :func:`rsa.io.data_root`, the folder
+    ``python -m rsa reproduce --data-dir`` writes)."""
+    from rsa.io import data_root
+
+    d = data_root()
     return d if name is None else d / name
 
 

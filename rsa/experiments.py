@@ -42,8 +42,8 @@ from rsa.train import MODEL_FILE
 __all__ = ["PLANS", "Plan", "reproduce", "main", "run_name", "plan_runs", "load_stored_runs",
            "runs_table", "plan_status", "ALTERNATIVES"]
 
-DATA = io.REPO_ROOT / "data"
-RUNS = io.REPO_ROOT / "runs"
+DATA = io.data_root()  # data/ of the checkout, or $RSA_DATA_DIR (reproduce --data-dir)
+RUNS = io.runs_root()  # runs/ of the checkout, or $RSA_RUNS_DIR (reproduce --runs-dir)
 RESULT_FILES = ("results.json", "history.csv", "manifest.json")
 
 
@@ -266,7 +266,7 @@ def runs_table(stored: dict):
 
 
 def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
-                 select=None, device: str = "cpu") -> None:
+                 select=None, device: str = "cpu", tensorboard: bool = False) -> None:
     from rsa.train import train
 
     runs = _selected(list(_train_runs(plan, scale)), select)
@@ -289,7 +289,8 @@ def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
             log(f"[train {k}/{len(runs)}] {name}: training {r['steps']} updates")
             t0 = time.perf_counter()
             args = {k: v for k, v in r.items() if k != "variant"}
-            train(out_dir=str(work), progress=False, device=device, **args)
+            train(out_dir=str(work), progress=False, device=device,
+                  tensorboard=tensorboard, **args)
             files = RESULT_FILES + ((MODEL_FILE,) if plan.converged else ())
             for f in files:  # results (and small weights), not checkpoints, go to data/
                 io.atomic_write_bytes(dest / f, (work / f).read_bytes())
@@ -351,7 +352,8 @@ def _transfer_delays(plan: Plan, model: str, T_train: int) -> list[int]:
     return [T for T in Ts if not (model == "memrnn" and T > MEMRNN_TRANSFER_MAX)]
 
 
-def _transfer_rows(folder: Path, run: dict, Ts: list[int]) -> list[dict]:
+def _transfer_rows(folder: Path, run: dict, Ts: list[int],
+                   device: str = "cpu") -> list[dict]:
     """Evaluate the stored model of one converged copy run (``folder/model.pt``) at the
     delays ``Ts``, without training: one batch of 20 sequences from seed 1 per delay,
     as the session stage does. Each row carries the run's ``solved`` flag and
@@ -360,7 +362,7 @@ def _transfer_rows(folder: Path, run: dict, Ts: list[int]) -> list[dict]:
     from rsa.train import load_trained
 
     c, s = run["config"], run["summary"]
-    model = load_trained(folder)
+    model = load_trained(folder, device=device)
     with torch.no_grad():
         rows = evaluate_transfer(model, Ts, batch=20, seed=1)
     return [{"model": c["model"], "seed": c["seed"], "T_train": c["T"], **r,
@@ -383,7 +385,7 @@ def _read_transfer_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _stage_transfer_converged(scale: str, plan: Plan, log) -> None:
+def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") -> None:
     """The transfer stage of a converged plan, incremental: every complete copy run
     stored in ``data/<scale>/copy/`` (:func:`load_stored_runs`) is evaluated from its
     stored weights (``model.pt``) at the delays of :func:`_transfer_delays`. Rows
@@ -425,7 +427,7 @@ def _stage_transfer_converged(scale: str, plan: Plan, log) -> None:
                 runs[name] = old_runs.get(name, state)
             continue
         t1 = time.perf_counter()
-        new = _transfer_rows(folder, run, todo)
+        new = _transfer_rows(folder, run, todo, device)
         rows += new
         added.append(name)
         runs[name] = {**state, "evaluated_utc":
@@ -451,7 +453,7 @@ def _stage_transfer_converged(scale: str, plan: Plan, log) -> None:
          "note": f"every complete copy run stored, from its model.pt, at 1, 2, 5 and 10 "
                  f"x T_train and T = {plan.transfer_max}; memrnn evaluated up to "
                  f"T = {MEMRNN_TRANSFER_MAX} only (O(T^2))"},
-        seed=1, wall_time_s=time.perf_counter() - t0,
+        seed=1, wall_time_s=time.perf_counter() - t0, device=device,
         command=f"python -m rsa reproduce --scale {scale} --stages transfer",
         files=["transfer.csv", "manifest.json"],
         extra={"runs": dict(sorted(runs.items())), "runs_added": added,
@@ -460,12 +462,12 @@ def _stage_transfer_converged(scale: str, plan: Plan, log) -> None:
         f"{len(missing)} of the plan's copy runs not stored yet")
 
 
-def _stage_transfer(scale: str, plan: Plan, log) -> None:
+def _stage_transfer(scale: str, plan: Plan, log, device: str = "cpu") -> None:
     from rsa.tasks import evaluate_transfer
     from rsa.train import load_trained
 
     if plan.converged:
-        _stage_transfer_converged(scale, plan, log)
+        _stage_transfer_converged(scale, plan, log, device)
         return
     out = DATA / scale / "transfer"
     if (out / "transfer.csv").is_file():
@@ -477,7 +479,7 @@ def _stage_transfer(scale: str, plan: Plan, log) -> None:
         for model in MODELS:
             for seed in plan.seeds:
                 name = run_name("copy", model, T_train, seed)
-                m = load_trained(RUNS / scale / name)
+                m = load_trained(RUNS / scale / name, device=device)
                 for T in Ts:
                     if model == "memrnn" and T > 2000:  # O(T^2) evaluation: skip, say so
                         continue
@@ -490,7 +492,7 @@ def _stage_transfer(scale: str, plan: Plan, log) -> None:
     io.write_json(out / "manifest.json", io.build_manifest(
         {"scale": scale, "transfer_Ts": plan.transfer_Ts, "max": plan.transfer_max,
          "batch": 20, "note": "memrnn evaluated up to T = 2000 only (O(T^2))"},
-        seed=1, wall_time_s=time.perf_counter() - t0,
+        seed=1, wall_time_s=time.perf_counter() - t0, device=device,
         command=f"python -m rsa reproduce --scale {scale} --stages transfer",
         files=["transfer.csv", "manifest.json"]))
 
@@ -502,7 +504,9 @@ def _grad_rows(model, task, T, seed):
     from rsa.measure import grad_norms
     from rsa.tasks import make_generator, synthetic_batch
 
-    x, y = synthetic_batch(task, T, 20, make_generator(10_000 + seed))
+    x, y = synthetic_batch(task, T, 20, make_generator(10_000 + seed))  # on the CPU
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
     return [(t + 1, float(v)) for t, v in enumerate(grad_norms(model, x, y))]
 
 
@@ -548,7 +552,7 @@ def _grad_plan_runs(scale: str, plan: Plan) -> tuple[dict, list[dict]]:
     return stored, missing
 
 
-def _grad_run(scale: str, name: str, run: dict) -> list[dict]:
+def _grad_run(scale: str, name: str, run: dict, device: str = "cpu") -> list[dict]:
     """The rows of one stored run: its profile at initialisation and at the end."""
     from rsa.heads import build_task_model
     from rsa.train import load_trained
@@ -558,8 +562,8 @@ def _grad_run(scale: str, name: str, run: dict) -> list[dict]:
         torch.manual_seed(c["seed"])  # the same initialisation train() starts from
         initial = build_task_model(c["model"], c["task"], c["hidden_size"], nu=c["nu"],
                                    rho=c["rho"], nonlinearity=c["nonlinearity"],
-                                   init=c["init"])
-    trained = load_trained(DATA / scale / name)
+                                   init=c["init"]).to(device)
+    trained = load_trained(DATA / scale / name, device=device)
     run_id = {"model": c["model"], "task": c["task"], "T": c["T"], "seed": c["seed"],
               "rho": run["spec"].get("rho")}
     outcome = {"solved": bool(s.get("solved")), "steps_done": s["steps_done"],
@@ -571,7 +575,7 @@ def _grad_run(scale: str, name: str, run: dict) -> list[dict]:
     return rows
 
 
-def _stage_gradients_converged(scale: str, plan: Plan, log) -> None:
+def _stage_gradients_converged(scale: str, plan: Plan, log, device: str = "cpu") -> None:
     """Incremental: measure every stored run of the gradient set not measured yet (or
     trained further since), keep the rows already in ``grad_norms.csv``, append the new
     ones, and rewrite the table and its manifest (atomically) only when something was
@@ -594,7 +598,7 @@ def _stage_gradients_converged(scale: str, plan: Plan, log) -> None:
         return
     t0 = time.perf_counter()
     for name, run in todo:
-        new = _grad_run(scale, name, run)
+        new = _grad_run(scale, name, run, device)
         key = _grad_run_key(new[0])
         rows = [r for r in rows if _grad_run_key(r) != key] + new  # a rerun replaces
         log(f"[gradients] {name} ({run['summary'].get('stop_reason')} after "
@@ -613,19 +617,19 @@ def _stage_gradients_converged(scale: str, plan: Plan, log) -> None:
         {"scale": scale, "T": plan.grad_T, "batch": 20, "loss": "answer steps only",
          "rhos": plan.rhos, "rho_T": plan.rho_T, "note": _GRAD_NOTE,
          "runs": measured, "missing": [s["name"] for s in missing]},
-        seed=plan.seeds[0], wall_time_s=before + time.perf_counter() - t0,
+        seed=plan.seeds[0], wall_time_s=before + time.perf_counter() - t0, device=device,
         command=f"python -m rsa reproduce --scale {scale} --stages gradients",
         files=["grad_norms.csv", "manifest.json"]))
     log(f"[gradients] {len(todo)} run(s) added; {len(measured)} in the table; "
         f"{len(missing)} of the plan's runs not stored yet")
 
 
-def _stage_gradients(scale: str, plan: Plan, log) -> None:
+def _stage_gradients(scale: str, plan: Plan, log, device: str = "cpu") -> None:
     from rsa.heads import build_task_model
     from rsa.train import load_trained, resolve_config
 
     if plan.converged:
-        _stage_gradients_converged(scale, plan, log)
+        _stage_gradients_converged(scale, plan, log, device)
         return
     out = DATA / scale / "gradients"
     if (out / "grad_norms.csv").is_file():
@@ -639,11 +643,11 @@ def _stage_gradients(scale: str, plan: Plan, log) -> None:
     for task, model, T, rho in jobs:
         seed = plan.seeds[0]
         name = run_name(task, model, T, seed, rho)
-        trained = load_trained(RUNS / scale / name)
+        trained = load_trained(RUNS / scale / name, device=device)
         c = resolve_config(model=model, task=task, T=T, seed=seed, rho=rho)
         torch.manual_seed(seed)  # the same initialisation train() starts from
         initial = build_task_model(model, task, c.hidden_size, nu=c.nu, rho=c.rho,
-                                   nonlinearity=c.nonlinearity, init=c.init)
+                                   nonlinearity=c.nonlinearity, init=c.init).to(device)
         for when, m in (("start", initial), ("end", trained)):
             rows += [{"model": model, "task": task, "T": T, "seed": seed, "rho": rho,
                       "when": when, "t": t, "grad_norm": g}
@@ -653,11 +657,11 @@ def _stage_gradients(scale: str, plan: Plan, log) -> None:
     io.write_json(out / "manifest.json", io.build_manifest(
         {"scale": scale, "T": plan.grad_T, "batch": 20, "loss": "answer steps only",
          "rhos": plan.rhos}, seed=plan.seeds[0], wall_time_s=time.perf_counter() - t0,
-        command=f"python -m rsa reproduce --scale {scale} --stages gradients",
+        device=device, command=f"python -m rsa reproduce --scale {scale} --stages gradients",
         files=["grad_norms.csv", "manifest.json"]))
 
 
-def _stage_cost(scale: str, plan: Plan, log) -> None:
+def _stage_cost(scale: str, plan: Plan, log, device: str = "cpu") -> None:
     """cost.csv: every model (MemRNN and RelRNN fused, the defaults); cost_unfused.csv:
     MemRNN (T <= ``unfused_max_T``) and RelRNN with plain autograd (fused=False), the
     authors' kind of code (MemRNN's memory O(T^2 n B))."""
@@ -668,7 +672,8 @@ def _stage_cost(scale: str, plan: Plan, log) -> None:
     files = ["cost.csv", "cost_unfused.csv", "manifest.json"]
     params = {"scale": scale, "Ts": plan.cost_Ts, "unfused_max_T": plan.unfused_max_T,
               "unfused": list(UNFUSED), "batch": 10, "hidden_size": 128, "task": "copy",
-              "repeats": 5, "unfused_repeats": 2, "threads": torch.get_num_threads()}
+              "repeats": 5, "unfused_repeats": 2, "threads": torch.get_num_threads(),
+              "device": device}
     t0 = time.perf_counter()
     done = [f for f in ("cost.csv", "cost_unfused.csv") if (out / f).is_file()]
     for f in done:
@@ -677,11 +682,13 @@ def _stage_cost(scale: str, plan: Plan, log) -> None:
         return
     if "cost.csv" not in done:
         io.write_csv(out / "cost.csv", run_bench(MODELS, plan.cost_Ts, large_batch=0,
-                                                 repeats=params["repeats"], log=log))
+                                                 repeats=params["repeats"], log=log,
+                                                 device=device))
     if "cost_unfused.csv" not in done:
         _cost_unfused(out, plan, params, log)
     io.write_json(out / "manifest.json", io.build_manifest(
-        params, seed=0, wall_time_s=time.perf_counter() - t0, command=command, files=files))
+        params, seed=0, wall_time_s=time.perf_counter() - t0, command=command, files=files,
+        device=device))
 
 
 def _cost_unfused(out, plan: Plan, params: dict, log) -> None:
@@ -690,16 +697,19 @@ def _cost_unfused(out, plan: Plan, params: dict, log) -> None:
     configs = [(model, T, 10) for model in UNFUSED
                for T in plan.cost_Ts
                if T <= (plan.unfused_max_T if model == "memrnn" else max(plan.cost_Ts))]
-    times = update_times(configs, repeats=params["unfused_repeats"], fused=False)
+    device = params["device"]
+    times = update_times(configs, repeats=params["unfused_repeats"], fused=False,
+                         device=device)
     rows = []
     for (model, T, B), t in zip(configs, times, strict=True):
-        p = peak_memory(model, T, fused=False)
+        p = peak_memory(model, T, fused=False, device=device)
         rows.append({"model": f"{model}_unfused", "T": T, "batch": B,
                      "time_ms": 1e3 * t["median_s"],
                      "time_min_ms": 1e3 * min(t["times_s"]),
                      "times_ms": [1e3 * x for x in t["times_s"]],
                      "peak_mib": p["peak_bytes"] / 2**20,
-                     "saved_mib": saved_tensor_bytes(model, T, fused=False) / 2**20,
+                     "saved_mib": saved_tensor_bytes(model, T, fused=False,
+                                                     device=device) / 2**20,
                      "skipped": None, "threads": torch.get_num_threads(),
                      "method": p["method"]})
         log(f"{model}_unfused T={T}: {rows[-1]['time_ms']:.0f} ms, "
@@ -713,15 +723,40 @@ _STAGE_FUNCS = {"train": _stage_train, "transfer": _stage_transfer,
 
 def resolve_device(device: str) -> str:
     """``"auto"``: ``"cuda"`` when a GPU is available, else ``"cpu"``; other names are
-    returned as given (``rsa.train`` checks them)."""
+    returned as given (:func:`check_device` checks them)."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
+def check_device(device: str) -> None:
+    """A ValueError in the words of ``--device`` when ``device`` is not cpu, cuda, cuda:N
+    (or auto), or names a CUDA device this machine does not have."""
+    from rsa.train import DeviceUnavailableError, _device
+
+    try:
+        _device(device)
+    except ValueError:
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}"
+                         ) from None
+    except DeviceUnavailableError as e:
+        raise ValueError(f"--device {device}: {e}".replace(
+            " (device='cpu')", "")) from None
+
+
+def set_deterministic() -> None:
+    """Deterministic algorithms for GPU runs (``reproduce --deterministic``):
+    ``torch.use_deterministic_algorithms(True)`` and the cuBLAS workspace setting it
+    needs (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, set before CUDA starts). Every manifest
+    records whether it was on (``machine.deterministic_algorithms``)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+
 def reproduce(scale: str = "session", stages=STAGES, log=print,
               shard: tuple[int, int] | None = None, select=None,
-              device: str = "cpu") -> None:
+              device: str = "cpu", data_dir=None, runs_dir=None,
+              tensorboard: bool = False) -> None:
     """Run the plan of ``scale`` stage by stage (skipping what is already stored).
 
     ``shard=(i, n)`` trains only every n-th run of the train stage, starting at run i
@@ -729,10 +764,16 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
     ``stages=["train"]`` only, since the later stages read every trained run.
     ``select`` (glob patterns on run names such as ``"copy/*_T100_s0"``) trains only the
     matching runs (shards then split those); it applies to ``stages=["train"]`` only.
-    ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``) is where the train stage
-    trains; each run's summary records where each part of it ran (``segments``).
+    ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``) is where every stage trains
+    or measures; each run's summary records where each part of it ran (``segments``),
+    each stage's manifest the device. ``data_dir`` and ``runs_dir`` replace ``data/``
+    and ``runs/`` (default: :func:`rsa.io.data_root`, :func:`rsa.io.runs_root`; a folder
+    inside site-packages is refused). ``tensorboard`` also writes each training run's
+    history as TensorBoard events in its folder under ``runs_dir`` (:mod:`rsa.scalars`).
     """
+    global DATA, RUNS
     device = resolve_device(device)
+    check_device(device)
     if scale not in PLANS:
         raise ValueError(f"scale must be one of {sorted(PLANS)}, got {scale!r}")
     bad = [s for s in stages if s not in STAGES]
@@ -745,18 +786,30 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
         if list(stages) != ["train"]:
             raise ValueError(f"shard applies to stages ['train'] only, got {list(stages)}")
     plan = PLANS[scale]
-    if select is not None:
-        if list(stages) != ["train"]:
-            raise ValueError(f"select applies to stages ['train'] only, got {list(stages)}")
-        if not _selected(list(_train_runs(plan, scale)), select):
+    if select is not None and list(stages) != ["train"]:
+        raise ValueError(f"select applies to stages ['train'] only, got {list(stages)}")
+    if tensorboard and "train" in stages:
+        from rsa.scalars import require_tensorboard
+
+        require_tensorboard()
+    data = io.check_output_root(DATA if data_dir is None else data_dir, "--data-dir",
+                                io.DATA_ENV)
+    runs = io.check_output_root(RUNS if runs_dir is None else runs_dir, "--runs-dir",
+                                io.RUNS_ENV)
+    saved, (DATA, RUNS) = (DATA, RUNS), (data, runs)
+    try:
+        if select is not None and not _selected(list(_train_runs(plan, scale)), select):
             raise ValueError(f"select {list(select)!r} matches no run of the {scale!r} plan; "
                              f"run names look like {run_name('copy', 'relrnn', 100, 0)!r}")
-    for s in STAGES:
-        if s in stages:
-            if s == "train":
-                _stage_train(scale, plan, log, shard or (0, 1), select, device)
-            else:
-                _STAGE_FUNCS[s](scale, plan, log)
+        for s in STAGES:
+            if s in stages:
+                if s == "train":
+                    _stage_train(scale, plan, log, shard or (0, 1), select, device,
+                                 tensorboard)
+                else:
+                    _STAGE_FUNCS[s](scale, plan, log, device)
+    finally:
+        DATA, RUNS = saved
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -844,19 +897,82 @@ def main(argv=None) -> int:
                         "of these patterns, e.g. 'copy/*_T100_s0' 'digits/*' (default: "
                         "every run of the plan)")
     p.add_argument("--device", default="cpu",
-                   help="where the train stage trains: cpu, cuda, cuda:N, or auto for cuda "
-                        "when available (default: cpu)")
+                   help="where every stage trains or measures: cpu, cuda, cuda:N, or auto "
+                        "for cuda when available (default: cpu)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms (torch.use_deterministic_algorithms, "
+                        "CUBLAS_WORKSPACE_CONFIG=:4096:8), for GPU runs; recorded in every "
+                        "manifest (default: off)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"where results are stored and read (default: ${io.DATA_ENV} if "
+                        f"set, else data/ of the checkout; the chapters read the same "
+                        f"variable)")
+    p.add_argument("--runs-dir", metavar="DIR",
+                   help=f"where training runs work, with their checkpoints (default: "
+                        f"${io.RUNS_ENV} if set, else runs/ of the checkout)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write each run's history as TensorBoard event files next to "
+                        "its history.csv under the runs folder (needs tensorboard: pip "
+                        "install 'rsa[cluster]'; default: off)")
     p.add_argument("--status", action="store_true",
                    help="print how far the plan has run (runs stored, solved, not run "
                         "yet) and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the plan's runs (or those of --select) with their estimated "
+                        "cost on --device (updates x measured time per update), the totals "
+                        "in hours, and exit without running anything")
+    cluster = p.add_argument_group(
+        "cluster", "--executor slurm submits the train stage as one SLURM job array (one "
+        "element per run not stored yet) and each later stage as a job that starts when "
+        "the array has succeeded (afterok), through submitit (pip install 'rsa[cluster]'). "
+        "Jobs get SIGUSR2 before their time limit or a preemption: the run saves a "
+        "checkpoint and is requeued, and resumes from it.")
+    cluster.add_argument("--executor", choices=("local", "slurm"), default="local",
+                         help="local: run here, in this process (default); slurm: submit "
+                              "to SLURM and exit")
+    cluster.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    cluster.add_argument("--gpus", type=int, default=None, metavar="N",
+                         help="GPUs per job (default: 1 when --device is cuda, cuda:N or "
+                              "auto, else 0)")
+    cluster.add_argument("--cpus", type=int, default=None, metavar="N",
+                         help="CPUs per job (default: --threads)")
+    cluster.add_argument("--mem-gb", type=float, default=8, metavar="GB",
+                         help="memory per job (default: 8)")
+    cluster.add_argument("--time-min", type=int, default=24 * 60, metavar="MIN",
+                         help="time limit per job in minutes; a run that needs more is "
+                              "requeued and resumes (default: 1440)")
+    cluster.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                         help="at most N array elements at a time (default: no limit)")
+    cluster.add_argument("--slurm-dir", metavar="DIR",
+                         help="submitit's folder: job scripts, logs, pickles (default: "
+                              "<runs-dir>/slurm/<scale>)")
     a = p.parse_args(argv)
     if a.status:
-        print(plan_status(a.scale))
+        print(plan_status(a.scale, data=a.data_dir))
         return 0
-    torch.set_num_threads(a.threads)
+    log = lambda s: print(s, flush=True)  # noqa: E731
     try:
-        reproduce(a.scale, a.stages, log=lambda s: print(s, flush=True), shard=a.shard,
-                  select=a.select, device=a.device)
+        if a.dry_run:
+            from rsa.cluster import dry_run
+
+            print(dry_run(a.scale, a.device, a.select, data_dir=a.data_dir))
+            return 0
+        if a.executor == "slurm":
+            from rsa.cluster import submit
+
+            submit(a.scale, a.stages, select=a.select, device=a.device,
+                   deterministic=a.deterministic, tensorboard=a.tensorboard,
+                   threads=a.threads, data_dir=a.data_dir, runs_dir=a.runs_dir,
+                   folder=a.slurm_dir, partition=a.partition, gpus=a.gpus, cpus=a.cpus,
+                   mem_gb=a.mem_gb, time_min=a.time_min, max_parallel=a.max_parallel,
+                   shard=a.shard, log=log)
+            return 0
+        torch.set_num_threads(a.threads)
+        if a.deterministic:
+            set_deterministic()
+        reproduce(a.scale, a.stages, log=log, shard=a.shard, select=a.select,
+                  device=a.device, data_dir=a.data_dir, runs_dir=a.runs_dir,
+                  tensorboard=a.tensorboard)
     except ValueError as e:
         p.error(str(e))
     return 0

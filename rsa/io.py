@@ -39,10 +39,39 @@ __all__ = [
     "atomic_open", "atomic_write_text", "atomic_write_bytes", "write_json", "write_csv",
     "atomic_torch_save", "build_manifest", "machine_description", "git_commit",
     "load_json", "load_csv", "load_manifest", "load_run", "portable_path",
-    "portable_command", "file_mode",
+    "portable_command", "file_mode", "data_root", "runs_root", "check_output_root",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_ENV = "RSA_DATA_DIR"  # where the stored results are (default: the checkout's data/)
+RUNS_ENV = "RSA_RUNS_DIR"  # where training runs work (default: the checkout's runs/)
+
+
+def data_root() -> Path:
+    """The folder of the stored results: ``$RSA_DATA_DIR`` when set, else ``data/`` of
+    the checkout. ``python -m rsa reproduce --data-dir`` and the chapters' loaders
+    (:func:`rsa.book.data_dir`) read the same setting."""
+    return Path(os.environ.get(DATA_ENV) or REPO_ROOT / "data")
+
+
+def runs_root() -> Path:
+    """The folder where training runs work (checkpoints, TensorBoard events):
+    ``$RSA_RUNS_DIR`` when set, else ``runs/`` of the checkout."""
+    return Path(os.environ.get(RUNS_ENV) or REPO_ROOT / "runs")
+
+
+def check_output_root(path: str | os.PathLike, flag: str, env: str) -> Path:
+    """``path`` resolved, or a ValueError when it lies inside an installed package's
+    folder (``site-packages``, ``dist-packages``): a pip-installed rsa has no
+    checkout to write ``data/`` and ``runs/`` into, and a package upgrade would delete
+    them. The message names the path, the option ``flag`` and the variable ``env``."""
+    resolved = Path(path).expanduser().resolve()
+    if {"site-packages", "dist-packages"} & set(resolved.parts):
+        raise ValueError(
+            f"refusing to write results to {str(resolved)!r}, inside an installed package "
+            f"(site-packages): rsa is not run from a checkout, so choose a folder with "
+            f"{flag} DIR (or set {env}=DIR)")
+    return resolved
 
 
 def _umask() -> int:
@@ -263,6 +292,7 @@ def machine_description(device: str = "cpu") -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
     }
     with contextlib.suppress(OSError, ValueError, AttributeError):
         desc["memory_gb"] = round(

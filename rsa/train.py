@@ -15,8 +15,9 @@ A run with an output folder writes, atomically (:mod:`rsa.io`):
   time, command line and the command that regenerates the run;
 - ``checkpoint.pt``: model, optimizer, data-generator and torch RNG states, step,
   history and the running sums of the current interval, every ``checkpoint_every``
-  updates, at the end, and when the run is interrupted (Ctrl-C / SIGTERM: the loop
-  finishes the current update, saves, then stops). Running the same command again
+  updates, at the end, and when the run is interrupted (Ctrl-C, SIGTERM, or SLURM's
+  SIGUSR1/SIGUSR2 before preemption or the time limit: the loop finishes the current
+  update, saves, then stops, so that the job can be requeued). Running the same command again
   resumes from it, and the resumed run is identical, update for update, to an
   uninterrupted one (``tests/test_train.py`` checks this exactly).
 
@@ -387,9 +388,16 @@ def _data(c: TrainConfig, device):
 
 # -- interruption --------------------------------------------------------------------------
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
 class _Interrupt:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between updates (main thread only),
-    so the state saved on interruption is always that of a whole number of updates."""
+    """Turns SIGINT/SIGTERM/SIGUSR1/SIGUSR2 (:data:`STOP_SIGNALS`; SLURM sends USR1 or
+    USR2 before a preemption or the time limit) into a flag the loop checks between
+    updates (main thread only), so the state saved on interruption is always that of a
+    whole number of updates. The run then stops with ``SystemExit(128 + signal)``; the
+    handlers that were there before are back by then (:mod:`rsa.cluster` calls
+    submitit's, which requeues the job)."""
 
     def __init__(self):
         self.signum = None
@@ -397,7 +405,7 @@ class _Interrupt:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -557,17 +565,25 @@ def _summary(history, state, steps_per_epoch, n_params, config: TrainConfig):
 
 
 def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = None,
-          **overrides) -> TrainResult:
+          tensorboard: bool = False, **overrides) -> TrainResult:
     """Train a model on a task; see :class:`TrainConfig` for the fields and defaults.
 
     ``train(model="relrnn", task="copy", T=100, steps=2000, out_dir="runs/x")`` or
     ``train(TrainConfig(...))``. With ``out_dir`` and ``resume=True`` an existing
     checkpoint there is resumed (its config must match on the fields that determine the
     result; ``steps`` may be larger). ``argv`` is the command line recorded in the
-    manifest (defaults to ``sys.argv``).
+    manifest (defaults to ``sys.argv``). ``tensorboard=True`` also writes the history as
+    TensorBoard scalars next to ``history.csv`` (:class:`rsa.scalars.Scalars`; the CSV
+    and JSON stay the record).
     """
     c = resolve_config(config, **overrides)
     device = _device(c.device)
+    if tensorboard:
+        from rsa.scalars import Scalars, require_tensorboard
+
+        require_tensorboard()
+        if c.out_dir is None:
+            raise ValueError("tensorboard needs an output folder (out_dir)")
     spec = get_task(c.task)
     out = Path(c.out_dir) if c.out_dir is not None else None
 
@@ -662,7 +678,9 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
         state["segments"].append(segment)
     t_start = time.perf_counter()
     model.train()
-    with _Interrupt() as interrupt, contextlib.closing(bar):
+    board = Scalars(out, purge_step=state["step"] + 1) if tensorboard else None
+    with _Interrupt() as interrupt, contextlib.closing(bar), \
+            contextlib.nullcontext() if board is None else board:
         while state["step"] < c.steps and not state["stopped_early"]:
             x, y = next(stream)
             t0 = time.perf_counter()
@@ -691,6 +709,8 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
                     "val_loss": ev["loss"], "val_accuracy": ev["accuracy"],
                     "wall_time_s": state["wall_time_s"], "train_time_s": train0})
                 state["history"].append(row)
+                if board is not None:
+                    board.add_row(row)
                 state["interval"] = {"loss": 0.0, "accuracy": 0.0, "count": 0}
                 best = state["best_val_accuracy"]
                 if best is None or ev["accuracy"] > best:
