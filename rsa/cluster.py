@@ -118,7 +118,8 @@ def submit(scale: str, stages=experiments.STAGES, *, cluster: str = "slurm",
            tensorboard: bool = False, threads: int = 1, data_dir=None, runs_dir=None,
            folder=None, partition: str | None = None, gpus: int | None = None,
            cpus: int | None = None, mem_gb: float = 8, time_min: int = 24 * 60,
-           max_parallel: int | None = None, shard=None, log=_log) -> dict:
+           max_parallel: int | None = None, max_timeouts: int = 10, shard=None,
+           log=_log) -> dict:
     """Submit the plan of ``scale`` through submitit; returns ``{"array": [jobs],
     "stages": {stage: job}}`` (submitit ``Job`` objects).
 
@@ -128,6 +129,8 @@ def submit(scale: str, stages=experiments.STAGES, *, cluster: str = "slurm",
     machine that submits needs none. ``gpus`` (default 1 for a CUDA or auto device),
     ``cpus`` (default ``threads``), ``mem_gb``, ``time_min``, ``partition`` and
     ``max_parallel`` (array elements at a time) are the SLURM request of every job;
+    a job that reaches ``time_min`` is requeued up to ``max_timeouts`` times
+    (preemptions do not count);
     ``folder`` is submitit's (scripts, logs; default ``<runs>/slurm/<scale>``).
     """
     from rsa.train import _check_device_name
@@ -147,7 +150,8 @@ def submit(scale: str, stages=experiments.STAGES, *, cluster: str = "slurm",
             raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}"
                              ) from None
     for name, value, low in (("--gpus", gpus, 0), ("--cpus", cpus, 1), ("--threads", threads, 1),
-                             ("--time-min", time_min, 1), ("--max-parallel", max_parallel, 1)):
+                             ("--time-min", time_min, 1), ("--max-parallel", max_parallel, 1),
+                             ("--max-timeouts", max_timeouts, 0)):
         if value is not None and value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if mem_gb <= 0:
@@ -166,7 +170,8 @@ def submit(scale: str, stages=experiments.STAGES, *, cluster: str = "slurm",
         gpus = 0 if device == "cpu" else 1
     job = PlanJob(scale, experiments.PLANS[scale], ("train",), device, str(data), str(runs),
                   tensorboard, deterministic, threads)
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    extra = {"slurm_max_num_timeout": max_timeouts} if cluster == "slurm" else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **extra)
     params = {"name": f"rsa-{scale}-train", "timeout_min": time_min, "mem_gb": mem_gb,
               "cpus_per_task": cpus or threads, "tasks_per_node": 1, "nodes": 1}
     if cluster == "slurm":

@@ -21,6 +21,11 @@ results atomically with a ``manifest.json``:
 3. ``gradients``: ||dL/dh_t|| over t (loss on the answer steps) at the start and end of
    training for every model, and for the rho ablation.
 4. ``cost``: time per update and peak memory against T for every model.
+
+Every stage runs on ``--device``; ``--data-dir`` and ``--runs-dir`` (or ``RSA_DATA_DIR``,
+``RSA_RUNS_DIR``) move ``data/`` and ``runs/``; ``--executor slurm`` submits the plan to
+a SLURM cluster and ``--dry-run`` estimates its cost (:mod:`rsa.cluster`; the README's
+*Running the full plan on a cluster*).
 """
 
 from __future__ import annotations
@@ -812,6 +817,20 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
         DATA, RUNS = saved
 
 
+@contextlib.contextmanager
+def _reading(data_dir):
+    """``DATA`` is ``data_dir`` (when given) for the duration: ``--status`` and
+    ``--dry-run`` read the stored results there, and the converged plan's alternatives
+    depend on them."""
+    global DATA
+    saved = DATA
+    DATA = DATA if data_dir is None else Path(data_dir)
+    try:
+        yield
+    finally:
+        DATA = saved
+
+
 def _parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
@@ -843,7 +862,7 @@ def plan_status(scale: str, data=None) -> str:
                      ] if len(table) else table
         seq = task in ("copy", "denoise")
         ok = done[done["solved"]] if len(done) and seq else done.iloc[:0]
-        steps = sorted(int(x) for x in ok["solved_step"])
+        steps = sorted(int(x) for x in ok["solved_step"]) if len(ok) else []
         best = sorted(done["best_val_accuracy"]) if len(done) else []
         rows.append({"task": task, "T": "—" if T != T else int(T),
                      "rho": "—" if rho != rho or rho is None else int(rho), "model": model,
@@ -920,13 +939,13 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true",
                    help="list the plan's runs (or those of --select) with their estimated "
                         "cost on --device (updates x measured time per update), the totals "
-                        "in hours, and exit without running anything")
+                        "in hours, and exit without running anything (default: off)")
     cluster = p.add_argument_group(
-        "cluster", "--executor slurm submits the train stage as one SLURM job array (one "
-        "element per run not stored yet) and each later stage as a job that starts when "
-        "the array has succeeded (afterok), through submitit (pip install 'rsa[cluster]'). "
-        "Jobs get SIGUSR2 before their time limit or a preemption: the run saves a "
-        "checkpoint and is requeued, and resumes from it.")
+        "cluster", "--executor slurm submits the train stage as one SLURM job array (one\n"
+        "element per run not stored yet) and each later stage as a job that starts when\n"
+        "the array has succeeded (afterok), through submitit (pip install 'rsa[cluster]').\n"
+        "Jobs get SIGUSR2 before their time limit or a preemption: the run finishes its\n"
+        "update, saves its checkpoint, is requeued and resumes from it.")
     cluster.add_argument("--executor", choices=("local", "slurm"), default="local",
                          help="local: run here, in this process (default); slurm: submit "
                               "to SLURM and exit")
@@ -941,6 +960,9 @@ def main(argv=None) -> int:
     cluster.add_argument("--time-min", type=int, default=24 * 60, metavar="MIN",
                          help="time limit per job in minutes; a run that needs more is "
                               "requeued and resumes (default: 1440)")
+    cluster.add_argument("--max-timeouts", type=int, default=10, metavar="N",
+                         help="requeue a job at most N times after reaching --time-min "
+                              "(preemptions do not count; default: 10)")
     cluster.add_argument("--max-parallel", type=int, default=None, metavar="N",
                          help="at most N array elements at a time (default: no limit)")
     cluster.add_argument("--slurm-dir", metavar="DIR",
@@ -948,14 +970,16 @@ def main(argv=None) -> int:
                               "<runs-dir>/slurm/<scale>)")
     a = p.parse_args(argv)
     if a.status:
-        print(plan_status(a.scale, data=a.data_dir))
+        with _reading(a.data_dir):
+            print(plan_status(a.scale))
         return 0
     log = lambda s: print(s, flush=True)  # noqa: E731
     try:
         if a.dry_run:
             from rsa.cluster import dry_run
 
-            print(dry_run(a.scale, a.device, a.select, data_dir=a.data_dir))
+            with _reading(a.data_dir):
+                print(dry_run(a.scale, a.device, a.select))
             return 0
         if a.executor == "slurm":
             from rsa.cluster import submit
@@ -965,7 +989,7 @@ def main(argv=None) -> int:
                    threads=a.threads, data_dir=a.data_dir, runs_dir=a.runs_dir,
                    folder=a.slurm_dir, partition=a.partition, gpus=a.gpus, cpus=a.cpus,
                    mem_gb=a.mem_gb, time_min=a.time_min, max_parallel=a.max_parallel,
-                   shard=a.shard, log=log)
+                   max_timeouts=a.max_timeouts, shard=a.shard, log=log)
             return 0
         torch.set_num_threads(a.threads)
         if a.deterministic:

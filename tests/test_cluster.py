@@ -310,7 +310,7 @@ def test_dry_run_cli_on_the_full_plan_gives_totals(capsys):
 # -- TensorBoard --------------------------------------------------------------------------
 
 def test_tensorboard_scalars_are_the_history(tmp_path):
-    pytest.importorskip("tensorboard", reason="the cluster extra: pip install 'rsa[cluster]'")
+    # the cluster extra (make setup installs it): this test needs tensorboard, not skipped
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result = train(**RUN, steps=4, out_dir=str(tmp_path), tensorboard=True)
@@ -332,3 +332,19 @@ def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert "--tensorboard needs the tensorboard package" in err
     assert "pip install 'rsa[cluster]'" in err
     assert not (tmp_path / "results.json").exists()
+
+
+def test_status_and_dry_run_read_the_data_dir_given(tiny, capsys):
+    empty = tiny / "fresh"
+    assert experiments.main(["--scale", "tiny", "--status", "--data-dir", str(empty)]) == 0
+    n = len(experiments.plan_runs("tiny"))
+    assert capsys.readouterr().out.rstrip().endswith(f"0 runs stored (0.0 hours of "
+                                                     f"training, the sum of their wall "
+                                                     f"times), {n} not run yet.")
+    experiments.reproduce("tiny", ["train"], log=lambda s: None, select=["copy/rnn_T3_s0"],
+                          data_dir=empty)
+    assert experiments.main(["--scale", "tiny", "--dry-run", "--data-dir", str(empty)]) == 0
+    m = re.search(r"Plan 'tiny' on cpu: (\d+) runs, 1 stored, (\d+) to run\.",
+                  capsys.readouterr().out)
+    # n runs, and the converged plan's alternative of the stored run (not solved in 4)
+    assert m and (int(m[1]), int(m[2])) == (n + 1, n)

@@ -205,7 +205,7 @@ def test_manifest_contents(tmp_path):
     p = argparse.ArgumentParser()
     _train_parser(p)
     a = vars(p.parse_args(argv[4:]))
-    a.pop("threads")
+    a.pop("threads"), a.pop("tensorboard")  # options of the command, not of the run
     assert resolve_config(a) == resolve_config(r.config)
 
 

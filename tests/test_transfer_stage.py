@@ -22,9 +22,9 @@ def tiny(tmp_path, monkeypatch):
     evaluated = []
     real = experiments._transfer_rows
 
-    def counting(folder, run, Ts):
+    def counting(folder, run, Ts, device="cpu"):
         evaluated.append((folder.relative_to(tmp_path / "data" / "tiny").as_posix(), Ts))
-        return real(folder, run, Ts)
+        return real(folder, run, Ts, device)
 
     monkeypatch.setattr(experiments, "_transfer_rows", counting)
     return tmp_path / "data" / "tiny", evaluated
