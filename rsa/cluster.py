@@ -171,7 +171,11 @@ def submit(scale: str, stages=experiments.STAGES, *, cluster: str = "slurm",
     job = PlanJob(scale, experiments.PLANS[scale], ("train",), device, str(data), str(runs),
                   tensorboard, deterministic, threads)
     extra = {"slurm_max_num_timeout": max_timeouts} if cluster == "slurm" else {}
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **extra)
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **extra)
+    except RuntimeError as e:  # submitit finds no srun: not a SLURM machine
+        raise ValueError(f"--executor {cluster}: {e} (submit from a machine of the "
+                         f"cluster, where srun and sbatch are on PATH)") from None
     params = {"name": f"rsa-{scale}-train", "timeout_min": time_min, "mem_gb": mem_gb,
               "cpus_per_task": cpus or threads, "tasks_per_node": 1, "nodes": 1}
     if cluster == "slurm":

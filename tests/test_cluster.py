@@ -202,6 +202,14 @@ def test_slurm_cpu_jobs_ask_for_no_gpu_and_the_cli_submits(tiny, fake_slurm, cap
     assert (tiny / "runs" / "slurm" / "tiny").is_dir()  # submitit's folder under runs
 
 
+def test_slurm_without_slurm_is_a_clear_error(tiny, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no srun, no sbatch
+    with pytest.raises(ValueError, match=r"--executor slurm: .*srun.*submit from a machine "
+                                         r"of the cluster"):
+        cluster.submit("tiny", ["train"], device="cpu", data_dir=tiny / "data",
+                       runs_dir=tiny / "runs")
+
+
 def test_missing_submitit_is_a_clear_error(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(ValueError, match=r"--executor slurm needs the submitit package.*"
@@ -348,3 +356,31 @@ def test_status_and_dry_run_read_the_data_dir_given(tiny, capsys):
                   capsys.readouterr().out)
     # n runs, and the converged plan's alternative of the stored run (not solved in 4)
     assert m and (int(m[1]), int(m[2])) == (n + 1, n)
+
+
+def test_tensorboard_of_a_resumed_run_holds_each_update_once(tmp_path, monkeypatch):
+    """A crash after the evaluation of update 3 but before its checkpoint (every 2
+    updates): the resumed run redoes update 3, and purges the first event of it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = {**RUN, "checkpoint_every": 2}
+    real, calls = train_mod.train_step, []
+
+    def crashing(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("simulated crash")
+        return real(*args)
+
+    monkeypatch.setattr(train_mod, "train_step", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(**run, steps=6, out_dir=str(tmp_path), tensorboard=True)
+    monkeypatch.setattr(train_mod, "train_step", real)
+    result = train(**run, steps=6, out_dir=str(tmp_path), tensorboard=True)
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    val = [(e.step, e.value) for e in events.Scalars("val/loss")]
+    assert val == [(r["step"], pytest.approx(r["val_loss"], rel=1e-6))
+                   for r in result.history]
+    assert [s for s, _ in val] == [1, 2, 3, 4, 5, 6]
