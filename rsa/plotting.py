@@ -261,7 +261,7 @@ def _curves(data, x, y, hue):
 
 
 # ======================================================================================
-# Theory chapters (book/vanishing.ipynb, book/bounds.ipynb, book/tradeoff.ipynb):
+# Theory chapters (book/vanishing.ipynb, book/bounds.ipynb, book/kappa_d_tradeoff.ipynb):
 # gradient-norm curves, decay rates, maps of the gradient floor, and the cost/gradient
 # tradeoff. Kept apart from the functions above; edited with those chapters.
 # ======================================================================================
@@ -504,7 +504,7 @@ def plot_cost_floor(table, ax=None, references: Mapping | None = None,
 
 # ======================================================================================
 # Experiment chapters (book/copy_denoise.ipynb, book/transfer.ipynb,
-# book/gradients_trained.ipynb, book/tradeoffs.ipynb, book/digits.ipynb): learning
+# book/gradients_trained.ipynb, book/accuracy_vs_cost.ipynb, book/digits.ipynb): learning
 # curves, transfer, gradient profiles of trained networks, scaling with fitted slopes,
 # accuracy against cost, test accuracy. Kept apart from the functions above; edited
 # with those chapters. Only the shared helpers at the top of the file are used here.
