@@ -375,6 +375,27 @@ def _transfer_rows(folder: Path, run: dict, Ts: list[int],
              "steps_done": s["steps_done"]} for r in rows]
 
 
+def _write_stage(out: Path, scale: str, stage: str, parameters: dict, *, seed: int,
+                 wall_time_s: float, tables: dict | None = None,
+                 files: list[str] | None = None, extra: dict | None = None,
+                 device: str = "cpu") -> None:
+    """Write a stage's tables, then its ``manifest.json``, each atomically
+    (:mod:`rsa.io`), so that the manifest never describes a table not yet written.
+
+    ``tables``: {file name: rows} or {file name: (rows, fieldnames)}; ``files``: what
+    the manifest lists (default: the tables and the manifest). The manifest records
+    ``parameters``, ``seed``, ``wall_time_s``, ``extra``, the ``device`` it ran on and
+    the command that regenerates the stage."""
+    tables = tables or {}
+    for name, rows in tables.items():
+        rows, fieldnames = rows if isinstance(rows, tuple) else (rows, None)
+        io.write_csv(out / name, rows, fieldnames=fieldnames)
+    io.write_json(out / "manifest.json", io.build_manifest(
+        parameters, seed=seed, wall_time_s=wall_time_s, device=device,
+        command=f"python -m rsa reproduce --scale {scale} --stages {stage}",
+        files=files if files is not None else [*tables, "manifest.json"], extra=extra))
+
+
 def _read_transfer_rows(path: Path) -> list[dict]:
     """The rows of a converged ``transfer.csv`` (none if it does not exist), with
     ``solved_step`` an int or None (pandas reads a column with blanks as floats)."""
@@ -450,19 +471,18 @@ def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") 
     order = {m: i for i, m in enumerate(MODELS)}
     rows.sort(key=lambda r: (r["T_train"], order.get(r["model"], len(order)), r["seed"],
                              r["T"]))
-    io.write_csv(out / "transfer.csv", rows, fieldnames=TRANSFER_KEY + [
-        "loss", "accuracy", "solved", "solved_step", "steps_done"])
-    io.write_json(out / "manifest.json", io.build_manifest(
+    _write_stage(
+        out, scale, "transfer",
         {"scale": scale, "factors": TRANSFER_FACTORS, "max": plan.transfer_max,
          "memrnn_max": MEMRNN_TRANSFER_MAX, "batch": 20,
          "note": f"every complete copy run stored, from its model.pt, at 1, 2, 5 and 10 "
                  f"x T_train and T = {plan.transfer_max}; memrnn evaluated up to "
                  f"T = {MEMRNN_TRANSFER_MAX} only (O(T^2))"},
         seed=1, wall_time_s=time.perf_counter() - t0, device=device,
-        command=f"python -m rsa reproduce --scale {scale} --stages transfer",
-        files=["transfer.csv", "manifest.json"],
+        tables={"transfer.csv": (rows, TRANSFER_KEY + [
+            "loss", "accuracy", "solved", "solved_step", "steps_done"])},
         extra={"runs": dict(sorted(runs.items())), "runs_added": added,
-               "copy_runs_not_stored": [m["name"] for m in missing]}))
+               "copy_runs_not_stored": [m["name"] for m in missing]})
     log(f"[transfer] {len(added)} run(s) evaluated, {len(runs)} in all; "
         f"{len(missing)} of the plan's copy runs not stored yet")
 
@@ -493,13 +513,12 @@ def _stage_transfer(scale: str, plan: Plan, log, device: str = "cpu") -> None:
                     rows.append({"model": model, "seed": seed, "T_train": T_train, **r})
                     log(f"[transfer] {model} s{seed} trained T={T_train} -> T={T}: "
                         f"acc {r['accuracy']:.3f}")
-    io.write_csv(out / "transfer.csv", rows)
-    io.write_json(out / "manifest.json", io.build_manifest(
+    _write_stage(
+        out, scale, "transfer",
         {"scale": scale, "transfer_Ts": plan.transfer_Ts, "max": plan.transfer_max,
          "batch": 20, "note": "memrnn evaluated up to T = 2000 only (O(T^2))"},
         seed=1, wall_time_s=time.perf_counter() - t0, device=device,
-        command=f"python -m rsa reproduce --scale {scale} --stages transfer",
-        files=["transfer.csv", "manifest.json"]))
+        tables={"transfer.csv": rows})
 
 
 def _grad_rows(model, task, T, seed):
@@ -617,14 +636,13 @@ def _stage_gradients_converged(scale: str, plan: Plan, log, device: str = "cpu")
     before = 0.0
     if (out / "manifest.json").is_file():
         before = io.load_manifest(out).get("wall_time_s") or 0.0
-    io.write_csv(path, rows, fieldnames=_GRAD_COLUMNS)
-    io.write_json(out / "manifest.json", io.build_manifest(
+    _write_stage(
+        out, scale, "gradients",
         {"scale": scale, "T": plan.grad_T, "batch": 20, "loss": "answer steps only",
          "rhos": plan.rhos, "rho_T": plan.rho_T, "note": _GRAD_NOTE,
          "runs": measured, "missing": [s["name"] for s in missing]},
         seed=plan.seeds[0], wall_time_s=before + time.perf_counter() - t0, device=device,
-        command=f"python -m rsa reproduce --scale {scale} --stages gradients",
-        files=["grad_norms.csv", "manifest.json"]))
+        tables={path.name: (rows, _GRAD_COLUMNS)})
     log(f"[gradients] {len(todo)} run(s) added; {len(measured)} in the table; "
         f"{len(missing)} of the plan's runs not stored yet")
 
@@ -658,12 +676,11 @@ def _stage_gradients(scale: str, plan: Plan, log, device: str = "cpu") -> None:
                       "when": when, "t": t, "grad_norm": g}
                      for t, g in _grad_rows(m, task, T, seed)]
         log(f"[gradients] {name}")
-    io.write_csv(out / "grad_norms.csv", rows)
-    io.write_json(out / "manifest.json", io.build_manifest(
+    _write_stage(
+        out, scale, "gradients",
         {"scale": scale, "T": plan.grad_T, "batch": 20, "loss": "answer steps only",
          "rhos": plan.rhos}, seed=plan.seeds[0], wall_time_s=time.perf_counter() - t0,
-        device=device, command=f"python -m rsa reproduce --scale {scale} --stages gradients",
-        files=["grad_norms.csv", "manifest.json"]))
+        device=device, tables={"grad_norms.csv": rows})
 
 
 def _stage_cost(scale: str, plan: Plan, log, device: str = "cpu") -> None:
@@ -673,7 +690,6 @@ def _stage_cost(scale: str, plan: Plan, log, device: str = "cpu") -> None:
     from rsa.bench import run_bench
 
     out = DATA / scale / "cost"
-    command = f"python -m rsa reproduce --scale {scale} --stages cost"
     files = ["cost.csv", "cost_unfused.csv", "manifest.json"]
     params = {"scale": scale, "Ts": plan.cost_Ts, "unfused_max_T": plan.unfused_max_T,
               "unfused": list(UNFUSED), "batch": 10, "hidden_size": 128, "task": "copy",
@@ -691,9 +707,9 @@ def _stage_cost(scale: str, plan: Plan, log, device: str = "cpu") -> None:
                                                  device=device))
     if "cost_unfused.csv" not in done:
         _cost_unfused(out, plan, params, log)
-    io.write_json(out / "manifest.json", io.build_manifest(
-        params, seed=0, wall_time_s=time.perf_counter() - t0, command=command, files=files,
-        device=device))
+    # the tables are written as they are measured (either may be done already)
+    _write_stage(out, scale, "cost", params, seed=0, wall_time_s=time.perf_counter() - t0,
+                 files=files, device=device)
 
 
 def _cost_unfused(out, plan: Plan, params: dict, log) -> None:

@@ -1,7 +1,8 @@
 """Gradient propagation through self-attentive recurrences: the path expansion.
 
 Derived in the chapter *Bounds on gradient propagation* (``book/bounds.ipynb``); the
-four steps are those of *The paper* §3.
+four steps are those of *The paper* §3. The equations carry the labels of the notation
+page (``book/notation.md``), cited below as {eq}`label`.
 
 Indexing. Everything here is 0-based, like ``H``: position k holds the paper's
 h_{k+1}. An *attention pattern* over a sequence of length L is an (L, L) array ``A``
@@ -10,14 +11,18 @@ with ``A[k, j] = alpha_j^{(k)}``, the weight step k puts on the state at positio
 
 Equations implemented:
 
-- (step 1, path expansion; attention frozen) dh_k/dh_i = sum_{i <= j < k} w_{jk} J_k
-  dh_j/dh_i with w_{jk} = (1[j = k-1] + alpha_j^{(k)}) / 2 and J_k = diag(phi'(z_k)) V.
+- (step 1, path expansion, {eq}`eq-path-expansion`; attention frozen)
+  dh_k/dh_i = sum_{i <= j < k} w_{jk} J_k dh_j/dh_i with
+  w_{jk} = (1[j = k-1] + alpha_j^{(k)}) / 2 and J_k = diag(phi'(z_k)) V.
   Stored as ``W[k, j] = w_{jk}`` (row = the step that receives the edge, like ``A``).
-- (step 2, random-orthogonal model J_k = lam Q_k) g(i, i) = 1,
-  g(i, t) = lam^2 sum_{i <= j < t} w_{jt}^2 g(i, j),  g(i, t) = E||dh_t/dh_i u||^2.
-- (step 3) uniform attention: g(i, t) >= lam^2 / (4 (t-1)^2) (t 1-based); with
-  entrywise nonnegative J_k, ||dh_t/dh_i|| >= the largest path product.
-- (step 4) a chain of d edges of attention weight >= 1/kappa: g >= (lam / (2 kappa))^(2d).
+- (step 2, random-orthogonal model J_k = lam Q_k, {eq}`eq-mean-square-gradient`)
+  g(i, i) = 1, g(i, t) = lam^2 sum_{i <= j < t} w_{jt}^2 g(i, j),
+  g(i, t) = E||dh_t/dh_i u||^2.
+- (step 3, {eq}`eq-uniform-and-sparse-bounds`) uniform attention:
+  g(i, t) >= lam^2 / (4 (t-1)^2) (t 1-based); with entrywise nonnegative J_k,
+  ||dh_t/dh_i|| >= the largest path product.
+- (step 4, {eq}`eq-uniform-and-sparse-bounds`) a chain of d edges of attention weight
+  >= 1/kappa: g >= (lam / (2 kappa))^(2d).
 
 Added in the chapters *Bounds* and *The kappa-d tradeoff* (our results, not the paper's):
 
@@ -191,7 +196,8 @@ def pattern_from_trace(trace, b: int = 0) -> np.ndarray:
 # -- step 1: path expansion ------------------------------------------------------------
 def edge_weights(A) -> np.ndarray:
     """Edge weights of the path expansion with attention frozen (*The paper* §3.1):
-    W[k, j] = w_{jk} = (1[j = k-1] + A[k, j]) / 2 for j < k. Rows k >= 1 sum to one.
+    W[k, j] = w_{jk} = (1[j = k-1] + A[k, j]) / 2 for j < k ({eq}`eq-path-expansion`).
+    Rows k >= 1 sum to one.
 
     ``A`` must be an attention pattern: strictly lower triangular, nonnegative, row 0
     zero and rows k >= 1 summing to one (within 1e-4). A network without attention is
@@ -230,7 +236,7 @@ def _path_dp(W, c, i, power):
 
 def path_sum(W, lam, i: int = 0) -> np.ndarray:
     """Sum over paths i -> t of the products of lam_k w_{jk}: f(i, i) = 1,
-    f(i, t) = lam_t sum_{i <= j < t} w_{jt} f(i, j) (*The paper* §3.1).
+    f(i, t) = lam_t sum_{i <= j < t} w_{jt} f(i, j) (*The paper* §3.1; {eq}`eq-path-sum`).
 
     It is dh_t/dh_i exactly when every J_k is the scalar lam_k (n = 1, linear), and an
     upper bound in every other case: if ||J_k||_2 <= lam_k then ||dh_t/dh_i||_2 <=
@@ -245,7 +251,8 @@ def path_sum(W, lam, i: int = 0) -> np.ndarray:
 
 def mean_square_gradient(W, lam, i: int = 0) -> np.ndarray:
     """g(i, t) = E||dh_t/dh_i u||^2 in the random-orthogonal model J_k = lam_k Q_k
-    (*The paper* §3.2): g(i, i) = 1, g(i, t) = lam_t^2 sum_{i <= j < t} w_{jt}^2 g(i, j).
+    (*The paper* §3.2): g(i, i) = 1, g(i, t) = lam_t^2 sum_{i <= j < t} w_{jt}^2 g(i, j)
+    ({eq}`eq-mean-square-gradient`).
 
     Cross terms between paths vanish because E Q_k = 0, so g is the sum over paths of the
     *squared* path products. O(L^2), one numpy dot per step. Returns g(i, t) for
@@ -362,7 +369,8 @@ def bound_no_attention(lam, span):
 
 def bound_uniform(lam, t):
     """lam^2 / (4 (t-1)^2), a lower bound on g(i, t) for every i < t under uniform
-    attention (*The paper* §3.3); RMS gradient >= lam / (2 (t-1)) = Omega(1/t).
+    attention (*The paper* §3.3; {eq}`eq-uniform-and-sparse-bounds`); RMS gradient
+    >= lam / (2 (t-1)) = Omega(1/t).
 
     ``t`` is the paper's 1-based step, t >= 2: position k = t - 1 of ``H``, whose row of
     :func:`uniform_pattern` spreads 1/k over k states. So ``g[k] >= bound_uniform(lam,
@@ -379,8 +387,9 @@ def bound_uniform(lam, t):
 def bound_sparse_chain(lam, kappa, d):
     """(lam / (2 kappa))^(2 d), a lower bound on g(r_0, r_d) when a chain
     r_0 < r_1 < ... < r_d has attention weight alpha_{r_{l-1}}^{(r_l)} >= 1/kappa on every
-    link (*The paper* §3.4): each link has w >= 1/(2 kappa), and g sums nonnegative
-    path terms. RMS gradient >= (lam / (2 kappa))^d, whatever the span r_d - r_0."""
+    link (*The paper* §3.4; {eq}`eq-uniform-and-sparse-bounds`): each link has
+    w >= 1/(2 kappa), and g sums nonnegative path terms. RMS gradient
+    >= (lam / (2 kappa))^d, whatever the span r_d - r_0."""
     lam, kappa = _nonnegative("lam", lam), _nonnegative("kappa", kappa, lo=1.0)
     d = np.asarray(d)
     if not np.issubdtype(d.dtype, np.integer) or np.any(d < 0):
@@ -458,7 +467,8 @@ def uniform_mean_square_gradient(lam, L: int, i: int = 0) -> np.ndarray:
 
 
 def uniform_asymptote(lam, i: int = 0, L: int = 200_000) -> float:
-    """c = lim (t-1)^2 g(i, t) = lam^2 S_i / (4 - lam^2) under full uniform attention,
+    """c = lim (t-1)^2 g(i, t) = lam^2 S_i / (4 - lam^2) under full uniform attention
+    ({eq}`eq-uniform-limit-and-loss`),
     with S_i = sum_{t >= i} g(i, t) summed up to L (the tail is O(1/L): at most 3 / (L - 1)
     for i = 0 and lam <= 1). ``i`` is 0-based, (t - 1) is the 0-based position."""
     lam = _lam_scalar(lam)
@@ -543,7 +553,8 @@ def _per_position(name, value, L):
 
 def mean_square_loss_gradient(W, lam, gamma_sq) -> np.ndarray:
     """G_i = E||dL/dh_i||^2 in the random-orthogonal model, for fixed direct loss
-    gradients gamma_t = dl/dh_t with ||gamma_t||^2 = ``gamma_sq[t]`` (chapter *Bounds*):
+    gradients gamma_t = dl/dh_t with ||gamma_t||^2 = ``gamma_sq[t]`` (chapter *Bounds*;
+    {eq}`eq-uniform-limit-and-loss`):
 
     G_i = ||gamma_i||^2 + sum_{k > i} lam_k^2 w_{ik}^2 G_k  =  sum_{t >= i} g(i, t) ||gamma_t||^2.
 

@@ -18,7 +18,7 @@ from rsa import book, cluster, experiments, io
 from rsa.__main__ import main as rsa_main
 from rsa.train import train
 
-train_mod = importlib.import_module("rsa.train")
+train_mod = importlib.import_module("rsa.train.loop")  # where the loop looks train_step up
 
 # a converged-style plan (incremental stages) small enough for seconds of CPU
 TINY = experiments.Plan(Ts=(3,), seeds=(0,), steps=4, eval_every=1, rhos=(1,), rho_T=3,

@@ -163,7 +163,7 @@ def test_results_and_manifest_record_the_output_folder_relative_to_the_repositor
 
 
 def test_no_progress_widget_warning_in_a_notebook_without_ipywidgets(monkeypatch, recwarn):
-    import rsa.train as train_mod
+    import rsa.train.loop as train_mod
 
     monkeypatch.setattr(train_mod, "_in_notebook", lambda: True)
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # not installed

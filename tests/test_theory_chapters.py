@@ -1,5 +1,5 @@
 """Tests of what the theory chapters (book/vanishing.ipynb, book/bounds.ipynb,
-book/tradeoff.ipynb, and the proposition of book/relevancy_screening.ipynb) add to
+book/kappa_d_tradeoff.ipynb, and the proposition of book/relevancy_screening.ipynb) add to
 rsa.theory: the propositions they prove with their own bounds, checked on random
 instances, each with a perturbed statement that the same check rejects, and their plot
 functions."""

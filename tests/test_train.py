@@ -31,8 +31,10 @@ from rsa.train import (
     train,
 )
 
-# the module, even if the package re-exports the function `train` under the same name
+# the package, even if it re-exports the function `train` under the same name
 train_mod = importlib.import_module("rsa.train")
+# the loop's module: the tests replace its train_step and evaluate
+loop_mod = importlib.import_module("rsa.train.loop")
 
 
 TINY = dict(model="relrnn", task="copy", T=3, hidden_size=6, batch=4, eval_batch=8, nu=2,
@@ -243,12 +245,12 @@ def test_crash_loses_only_work_after_the_last_checkpoint(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return real(*args)
 
-    monkeypatch.setattr(train_mod, "train_step", crashing)
+    monkeypatch.setattr(loop_mod, "train_step", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(**TINY, steps=6, out_dir=str(tmp_path))
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state"]["step"] == 4
     assert io.load_json(tmp_path / "results.json")["complete"] is False
-    monkeypatch.setattr(train_mod, "train_step", real)
+    monkeypatch.setattr(loop_mod, "train_step", real)
     resumed = train(**TINY, steps=6, out_dir=str(tmp_path))
     assert strip_times(resumed.history) == strip_times(full.history)
     assert same_parameters(resumed.model, full.model)
@@ -274,13 +276,13 @@ def test_ctrl_c_saves_the_current_step_and_resumes(tmp_path, monkeypatch,
             signal.raise_signal(signal.SIGINT)  # arrives in the middle of update 3
         return real(*args)
 
-    monkeypatch.setattr(train_mod, "train_step", interrupted)
+    monkeypatch.setattr(loop_mod, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(**TINY, steps=6, out_dir=str(tmp_path))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     # update 3 was completed and saved: nothing is lost
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state"]["step"] == 3
-    monkeypatch.setattr(train_mod, "train_step", real)
+    monkeypatch.setattr(loop_mod, "train_step", real)
     resumed = train(**TINY, steps=6, out_dir=str(tmp_path))
     assert strip_times(resumed.history) == strip_times(full.history)
     assert same_parameters(resumed.model, full.model)
@@ -300,7 +302,7 @@ def test_first_perfect_and_best_step(monkeypatch):
     def fake_evaluate(model, batches):
         return {"loss": 0.1, "accuracy": next(accuracies)}
 
-    monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
+    monkeypatch.setattr(loop_mod, "evaluate", fake_evaluate)
     r = train(**TINY, steps=8)
     assert (r.summary["first_perfect_step"], r.summary["best_step"],
             r.summary["best_val_accuracy"]) == (4, 4, 1.0)
@@ -449,7 +451,7 @@ def _fake_evaluations(monkeypatch, accuracies, losses=None):
         a, l_ = next(values)
         return {"loss": l_, "accuracy": a}
 
-    monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
+    monkeypatch.setattr(loop_mod, "evaluate", fake_evaluate)
 
 
 def test_run_stops_when_solved_and_records_update_and_time(monkeypatch, tmp_path):

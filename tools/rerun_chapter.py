@@ -14,7 +14,7 @@ chapter's parameter check, with a message listing what it accepts.
 Usage (from the repository root)::
 
     python tools/rerun_chapter.py relevancy_screening -p T 200 -p rho 8
-    python tools/rerun_chapter.py book/tradeoffs.ipynb -y "cost_T: [100, 200]"
+    python tools/rerun_chapter.py book/accuracy_vs_cost.ipynb -y "cost_T: [100, 200]"
     make chapter CHAPTER=relevancy_screening PARAMS="-p T 200 -p rho 8"
 """
 

@@ -1,0 +1,404 @@
+"""Figures of the experiment chapters (*Copy and denoise*, *Transfer*, *Gradients of
+trained networks*, *Tradeoffs: accuracy, gradient propagation and cost*, *Pixel
+classification*): learning curves, transfer, gradient profiles of trained networks,
+scaling with fitted slopes, accuracy against cost, test accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import FuncFormatter
+
+from rsa.plotting.lines import plot_value_against_T
+from rsa.plotting.style import (
+    _CB,
+    _CHANCE,
+    _by_model_order,
+    _color,
+    _empty_figure,
+    _fig_ax,
+    _legend_below,
+    _legend_outside,
+    _panels,
+    _plain_log_ticks,
+    _require,
+    _split_variant,
+    _variant_style,
+    model_color,
+    model_label,
+)
+
+
+def _finish_panel(ax, v, chance, chance_label: str, xlabel: str, col_title: str,
+                  logx: bool = False, logy: bool = False) -> None:
+    """The common end of a learning-curve panel for the value ``v`` of its column: the
+    dotted no-memory level (one number, or {value: level}), log axes, ticks, labels."""
+    level = chance.get(v) if isinstance(chance, Mapping) else chance
+    if level is not None:
+        ax.axhline(level, label=chance_label, **_CHANCE)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    _plain_log_ticks(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_title(col_title.format(v))
+
+
+def plot_learning_curves(table, y: str = "val_accuracy", x: str = "step", col: str = "T",
+                         ylabel: str = "validation accuracy", xlabel: str = "updates",
+                         col_title: str = "$T$ = {}", logx: bool = False,
+                         logy: bool = False, chance=None, chance_label: str = "chance",
+                         clip_top: float | None = None, col_order=None):
+    """One panel per value of ``col`` (e.g. the delay T), one line per model.
+
+    ``table``: a long DataFrame with columns ``model``, ``col``, ``x`` and ``y`` (one row
+    per evaluation; rows with the same model, ``col`` and ``x`` are averaged, e.g.
+    seeds). ``chance``: a dotted horizontal line at that level, or {``col`` value:
+    level} for a level per panel, labelled ``chance_label``. ``clip_top``: values above
+    it (a diverging run) are drawn at it as upward triangles, so they do not squash the
+    other curves. ``col_order``: the panels' order (default: sorted).
+    """
+    df = pd.DataFrame(table)
+    _require(df, ["model", col, x, y])
+    values = list(col_order) if col_order is not None else sorted(df[col].unique())
+    fig, axes = _panels(len(values))
+    for ax, v in zip(axes, values, strict=True):
+        g = df[df[col] == v]
+        for m in _by_model_order(g["model"].unique()):
+            h = g[g["model"] == m].groupby(x)[y].mean()
+            shown = h.clip(upper=clip_top) if clip_top is not None else h
+            ax.plot(shown.index, shown.values, marker="o", ms=3.5, label=model_label(m),
+                    color=model_color(m))
+            above = h[h > shown]
+            if len(above):
+                ax.plot(above.index, shown[above.index], ls="", marker="^", ms=9,
+                        color=model_color(m), mec="black", zorder=4)
+        _finish_panel(ax, v, chance, chance_label, xlabel, col_title, logx=logx, logy=logy)
+    axes[0].set_ylabel(ylabel)
+    if clip_top is not None and (df[y] > clip_top).any():
+        axes[-1].plot([], [], ls="", marker="^", ms=9, color="0.6", mec="black",
+                      label=f"above {clip_top:g}")
+    _legend_outside(fig, axes[-1], "model")
+    return fig
+
+
+def plot_transfer(table, x: str = "T", y: str = "accuracy", T_train: int | None = None,
+                  chance: float | None = None, ylabel: str = "accuracy on the answer steps",
+                  xlabel: str = "delay $T$ at test (steps, log scale)", ax=None):
+    """Accuracy of trained models evaluated at longer delays, one line per model, log x.
+
+    ``table``: columns ``model``, ``x``, ``y``. ``T_train``: a dashed vertical line at the
+    training delay; ``chance``: a dotted horizontal line.
+    """
+    df = pd.DataFrame(table)
+    _require(df, ["model", x, y])
+    fig, ax = _fig_ax(ax)
+    plot_value_against_T(df, y, x, ax=ax, agg="mean", style=lambda m: {"marker": "o"})
+    if T_train is not None:
+        ax.axvline(T_train, color="0.5", ls="--", lw=1.2, label=f"trained at $T$ = {T_train}")
+    if chance is not None:
+        ax.axhline(chance, label="chance", **_CHANCE)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(df[x].unique()))
+    _plain_log_ticks(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    _legend_outside(fig, ax)
+    return fig
+
+
+def plot_grad_profiles(table, hue: str = "model", col: str = "task",
+                       style: str | None = "when", x: str = "t", y: str = "grad_norm",
+                       col_title: str = "{}", hue_label=None,
+                       ylabel: str = r"$\|\partial L / \partial h_t\|$ (log scale)",
+                       xlabel: str = "step $t$", sharey: bool = True,
+                       col_order=None, ncols: int | None = None):
+    """Gradient norm against time: one panel per ``col`` value, one line per ``hue`` value.
+
+    ``style`` (e.g. ``when`` in {start, end}): the value ``"start"`` is drawn thin and
+    dashed, any other solid. Lines take the model colour of their ``hue`` value; when
+    ``hue`` is not a model (e.g. rho) they are shades of the panel's model colour (its
+    ``col`` value), light to dark in sorted order. Values <= 0 are dropped (log axis).
+    ``hue_label``: a function formatting a hue value for the legend. ``col_order``: the
+    panels' order (default: models first, in their usual order); ``ncols``: panels per
+    row. A panel named "<model>, <anything>" takes the colours of <model>. Each panel's
+    legend sits below it, where it covers no curve.
+    """
+    df = pd.DataFrame(table)
+    _require(df, [hue, col, x, y] + ([style] if style else []))
+    df = df[df[y] > 0]
+    values = list(col_order) if col_order is not None else _by_model_order(df[col].unique())
+    fig, axes = _panels(len(values), sharey=sharey, ncols=ncols)
+    fmt = hue_label or (model_label if hue == "model" else str)
+    for ax, v in zip(axes, values, strict=True):
+        g = df[df[col] == v]
+        hues = (_by_model_order(g[hue].unique()) if hue == "model"
+                else sorted(g[hue].unique()))
+        base = _color(v) or _CB[0]
+        shades = sns.blend_palette([sns.light_palette(base, 5)[1], base,
+                                    sns.dark_palette(base, 5)[1]], max(len(hues), 2))
+        for k, h in enumerate(hues):
+            color = model_color(h) or shades[k]
+            gh = g[g[hue] == h]
+            groups = (sorted(gh[style].unique(), key=lambda s: s != "start") if style
+                      else [None])
+            for s in groups:
+                line = gh if s is None else gh[gh[style] == s]
+                line = line.sort_values(x)
+                start = s == "start"
+                label = fmt(h) if s is None else f"{fmt(h)}, {s}"
+                ax.plot(line[x], line[y], color=color, lw=1.0 if start else 1.8,
+                        ls="--" if start else "-", alpha=0.8 if start else 1.0,
+                        label=label)
+        ax.set_yscale("log")
+        _plain_log_ticks(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_title(col_title.format(model_label(v)))
+        _legend_below(ax)  # below the panel: never over the curves
+    for ax in axes:
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def plot_scaling(table, y: str, ylabel: str, x: str = "T",
+                 xlabel: str = "delay $T$ (steps; log scale)", fits: Mapping | None = None,
+                 ax=None, title: str | None = None):
+    """A cost against T on log-log axes, one line per model, with fitted power laws.
+
+    ``table``: columns ``model``, ``x``, ``y`` (several rows per point: the median is
+    drawn). ``fits``: {model: (slope, intercept, x_min, x_max)} of ``log10 y = slope
+    log10 x + intercept``, drawn dashed over [x_min, x_max]; the slope goes in the legend.
+    """
+    df = pd.DataFrame(table)
+    _require(df, ["model", x, y])
+    df = df[df[y].notna() & (df[y] > 0)]
+    fig, ax = _fig_ax(ax)
+    plot_value_against_T(df, y, x, ax=ax, fits=fits)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(sorted(df[x].unique()))
+    _plain_log_ticks(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    _legend_outside(fig, ax, "model (fitted slope)" if fits else "model")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_memory_vs_gradient(table, x: str = "log_grad", y: str = "memory_mib",
+                            label: str = "label", color: str = "model",
+                            xlabel: str = r"mean over $t$ of $\log_{10} \|\partial L"
+                                          r" / \partial h_t\|$",
+                            ylabel: str = "memory (MiB, log scale)", ax=None,
+                            title: str | None = None):
+    """Memory against gradient propagation, one annotated point per row (the authors'
+    figure type: memory against the average log gradient norm).
+
+    ``table``: columns ``x``, ``y``, ``label`` (the annotation) and ``color`` (a model
+    name, for the colour). Rows of the same colour are joined by a thin line in the
+    order given (e.g. increasing rho).
+    """
+    df = pd.DataFrame(table)
+    _require(df, [x, y, label, color])
+    fig, ax = _fig_ax(ax)
+    for m in _by_model_order(df[color].unique()):
+        g = df[df[color] == m]
+        c = _color(m)
+        if len(g) > 1:
+            ax.plot(g[x], g[y], color=c, lw=0.8, alpha=0.6)
+        ax.scatter(g[x], g[y], color=c, s=55, edgecolor="black", zorder=3,
+                   label=model_label(m), marker=_variant_style(m)["marker"])
+        for _, r in g.iterrows():
+            ax.annotate(str(r[label]), (r[x], r[y]), xytext=(5, 4),
+                        textcoords="offset points", fontsize="small")
+    ax.set_yscale("log")
+    _plain_log_ticks(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    _legend_outside(fig, ax, "model")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_accuracy_vs_cost(table, x: str = "time_ms", y: str = "accuracy",
+                          col: str = "task", marker: str = "T",
+                          xlabel: str = "time per update (ms, log scale)",
+                          ylabel: str = "final validation accuracy",
+                          chance: float | None = None):
+    """Accuracy reached against the cost of an update: one panel per ``col`` value, one
+    point per row, coloured by model, with a marker shape per ``marker`` value."""
+    df = pd.DataFrame(table)
+    _require(df, ["model", x, y, col, marker])
+    values = sorted(df[col].unique())
+    fig, axes = _panels(len(values))
+    shapes = dict(zip(sorted(df[marker].unique()), "osD^v", strict=False))
+    for ax, v in zip(axes, values, strict=True):
+        g = df[df[col] == v]
+        for m in _by_model_order(g["model"].unique()):
+            for mk, h in g[g["model"] == m].groupby(marker):
+                ax.scatter(h[x], h[y], color=model_color(m), marker=shapes.get(mk, "o"),
+                           s=55, edgecolor="black", zorder=3)
+        if chance is not None:
+            ax.axhline(chance, **_CHANCE)
+        ax.set_xscale("log")
+        _plain_log_ticks(ax)
+        lo, hi = ax.get_xlim()
+        if hi / lo < 10 ** 1.5:  # few decades: label the 2s and 5s as well
+            from matplotlib.ticker import LogLocator
+
+            ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda u, _: f"{u:g}"))
+        ax.set_xlabel(xlabel)
+        ax.set_title(str(v))
+    axes[0].set_ylabel(ylabel)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=model_color(m), mec="black",
+                          label=model_label(m))
+               for m in _by_model_order(df["model"].unique())]
+    # the shapes' key is hollow: a filled grey circle is the RNN (its colour is grey)
+    handles += [plt.Line2D([], [], ls="", marker=s, mfc="white", mec="black",
+                           label=f"{marker} = {k}") for k, s in shapes.items()]
+    if chance is not None:
+        handles.append(plt.Line2D([], [], label="chance", **_CHANCE))
+    axes[-1].legend(handles=handles, fontsize="small", loc="center left",
+                    bbox_to_anchor=(1.02, 0.5))
+    return fig
+
+
+def plot_test_accuracy(table, x: str = "task", y: str = "test_accuracy",
+                       ylabel: str = "test accuracy", chance: float | None = None,
+                       ax=None):
+    """Grouped bars: one group per ``x`` value (e.g. digits, permuted digits), one bar per
+    model, each labelled with its value."""
+    df = pd.DataFrame(table)
+    _require(df, ["model", x, y])
+    fig, ax = _fig_ax(ax)
+    groups = list(dict.fromkeys(df[x]))
+    models = _by_model_order(df["model"].unique())
+    width = 0.8 / len(models)
+    for k, m in enumerate(models):
+        g = df[df["model"] == m].set_index(x).reindex(groups)
+        pos = np.arange(len(groups)) - 0.4 + width * (k + 0.5)
+        bars = ax.bar(pos, g[y].to_numpy(), width, color=model_color(m),
+                      label=model_label(m), edgecolor="black", lw=0.5)
+        ax.bar_label(bars, fmt="%.2f", fontsize="small", padding=2)
+    if chance is not None:
+        ax.axhline(chance, label="chance", **_CHANCE)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    _legend_outside(fig, ax, "model")
+    return fig
+
+
+def plot_panels(tables: Mapping, x: str, y: str, ylabels, xlabel: str,
+                titles=None, marker: str = "o"):
+    """Side-by-side panels with their own y axes, one line per model in each: e.g. the
+    authors' memory numbers next to ours. ``tables``: {panel title: DataFrame with
+    columns ``model``, ``x``, ``y``}; ``ylabels``: one label per panel."""
+    fig, axes = _panels(len(tables), sharey=False)
+    for ax, (name, t), yl in zip(axes, tables.items(), ylabels, strict=True):
+        df = pd.DataFrame(t)
+        _require(df, ["model", x, y])
+        plot_value_against_T(df, y, x, ax=ax, style=lambda m: (
+            _variant_style(m) if _split_variant(m)[1] else {"marker": marker}))
+        ax.set_xticks(sorted(df[x].unique()))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(yl)
+        ax.set_title(name)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = "T",
+                    unit: str = "seed", ylabel: str = "validation accuracy",
+                    xlabel: str = "updates", col_title: str = "$T$ = {}",
+                    chance=None, chance_label: str = "no memory", solved=None,
+                    solved_label: str = "solved", col_order=None, logy: bool = False):
+    """Learning curves of runs of different lengths: one panel per ``col`` value, one
+    thin line per run (a ``unit``, e.g. the seed) coloured by model, each ending where
+    its run stopped. ``solved``: a level (e.g. 0.99) drawn as a dashed line. A column
+    ``solved_step`` in ``table`` (per run, NaN when it was not solved) puts a star at
+    the evaluation where each run was solved. ``chance``: a dotted level, or {``col``
+    value: level}."""
+    df = pd.DataFrame(table)
+    _require(df, ["model", col, x, y, unit])
+    values = list(col_order) if col_order is not None else sorted(df[col].unique())
+    if not values:
+        return _empty_figure(xlabel, ylabel)
+    fig, axes = _panels(len(values))
+    for ax, v in zip(axes, values, strict=True):
+        g = df[df[col] == v]
+        for m in _by_model_order(g["model"].unique()):
+            for k, (_, h) in enumerate(g[g["model"] == m].groupby(unit)):
+                h = h.sort_values(x)
+                ax.plot(h[x], h[y], lw=1.4, alpha=0.85, color=model_color(m),
+                        label=model_label(m) if k == 0 else None)
+                if "solved_step" in h and h["solved_step"].notna().any():
+                    at = h[h[x] == h["solved_step"].iloc[0]]
+                    ax.plot(at[x], at[y], ls="", marker="*", ms=11, color=model_color(m),
+                            mec="black", zorder=4)
+        _finish_panel(ax, v, chance, chance_label, xlabel, col_title, logy=logy)
+        if solved is not None:
+            ax.axhline(solved, color="0.3", ls="--", lw=1.0, label=solved_label)
+    axes[0].set_ylabel(ylabel)
+    if "solved_step" in df and df["solved_step"].notna().any():
+        axes[-1].plot([], [], ls="", marker="*", ms=11, color="0.6", mec="black",
+                      label="solved here")
+    _legend_outside(fig, axes[-1], "model")
+    return fig
+
+
+def plot_updates_to_solve(table, x: str = "T", y: str = "solved_step", col: str = "task",
+                          ylabel: str = "updates to solve (log scale)",
+                          xlabel: str = "delay $T$", budget_y: str = "steps_done"):
+    """Updates each run needed to be solved, against the delay: one panel per ``col``,
+    one point per run coloured by model (models side by side at each ``x``), a line
+    through each model's median over its solved runs; a run that was not solved is an
+    open marker at the updates it trained (column ``budget_y``) with an upward arrow."""
+    df = pd.DataFrame(table)
+    _require(df, ["model", x, y, col, budget_y])
+    values = sorted(df[col].unique())
+    if not values:
+        return _empty_figure(xlabel, ylabel)
+    xs = sorted(df[x].unique())
+    models = _by_model_order(df["model"].unique())
+    fig, axes = _panels(len(values))
+    for ax, v in zip(axes, values, strict=True):
+        g = df[df[col] == v]
+        for k, m in enumerate(models):
+            h = g[g["model"] == m]
+            off = (k - (len(models) - 1) / 2) * 0.12
+            pos = {t: i + off for i, t in enumerate(xs)}
+            ok = h[h[y].notna()]
+            ax.scatter([pos[t] for t in ok[x]], ok[y], color=model_color(m), s=40,
+                       edgecolor="black", zorder=3)
+            med = ok.groupby(x)[y].median()
+            ax.plot([pos[t] for t in med.index], med.values, color=model_color(m), lw=1.2)
+            no = h[h[y].isna()]
+            ax.scatter([pos[t] for t in no[x]], no[budget_y], facecolor="white",
+                       edgecolor=model_color(m), marker="^", s=55, lw=1.6, zorder=3)
+        ax.set_yscale("log")
+        _plain_log_ticks(ax)
+        ax.set_xticks(range(len(xs)), [str(t) for t in xs])
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_xlabel(xlabel)
+        ax.set_title(str(v))
+    axes[0].set_ylabel(ylabel)
+    handles = [plt.Line2D([], [], ls="-", marker="o", color=model_color(m), mec="black",
+                          label=model_label(m)) for m in models]
+    handles.append(plt.Line2D([], [], ls="", marker="^", mfc="white", mec="0.3",
+                              label="not solved (updates trained)"))
+    axes[-1].legend(handles=handles, fontsize="small", loc="center left",
+                    bbox_to_anchor=(1.02, 0.5))
+    return fig

@@ -1,0 +1,471 @@
+"""The training loop: :func:`train` and its parts. One call builds the model, optimizer
+and data (:func:`_prepare`), resumes from the output folder's checkpoint when there is
+one (:mod:`rsa.train.checkpoint`), runs the updates (:func:`_run_updates`: one update
+is :func:`_update`, every ``eval_every`` updates :func:`_record_evaluation` adds a
+history row and applies the stopping rules of :mod:`rsa.train.stopping`), and writes
+the record (:func:`_finish`). Where the run stands is one typed value, :class:`RunState`,
+which is also what the checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rsa import io
+from rsa.heads import TaskModel, build_task_model
+from rsa.tasks import PixelBatches, get_task, load_pixel_data, make_generator, synthetic_batch
+from rsa.train.checkpoint import (
+    CHECKPOINT,
+    MODEL_FILE,
+    _finished_run,
+    _Interrupt,
+    restore,
+    resumable_checkpoint,
+    save_checkpoint,
+    save_model,
+)
+from rsa.train.config import OPTIMIZERS, TrainConfig, _device, config_command, resolve_config
+from rsa.train.stopping import _stop_reason, memoryless_loss, solved_at
+
+# A validation set is drawn from its own stream, so training batches never repeat it.
+VALIDATION_SEED_OFFSET = 1_000_000
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: resolved config, history rows, summary, the trained
+    :class:`~rsa.heads.TaskModel`, the output folder (None if nothing was written), and a
+    ``note`` for the user (e.g. that a finished run was loaded and nothing rewritten)."""
+
+    config: dict
+    history: list[dict]
+    summary: dict
+    model: TaskModel = field(repr=False)
+    out_dir: Path | None = None
+    note: str | None = None
+
+
+# -- where a run stands ------------------------------------------------------------------
+
+@dataclass
+class Interval:
+    """Running sums of the training loss and accuracy since the last history row."""
+
+    loss: float = 0.0
+    accuracy: float = 0.0
+    count: int = 0
+
+
+@dataclass
+class RunState:
+    """Where a run stands after ``step`` updates: the history rows so far, the wall and
+    training times, the running sums of the current interval, the best validation
+    accuracy with its step, the first step with 100 % accuracy, the stopping record, and
+    one segment per call of :func:`train` that trained (where each part of a resumed run
+    ran). The checkpoint stores it as a dict (:meth:`to_checkpoint`)."""
+
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    interval: Interval = field(default_factory=Interval)
+    first_perfect_step: int | None = None
+    best_val_accuracy: float | None = None
+    best_step: int | None = None
+    stopped_early: bool = False
+    segments: list[dict] = field(default_factory=list)
+    stop_reason: str | None = None
+
+    def to_checkpoint(self) -> dict:
+        """The dict the checkpoint's ``state`` holds (``stop_reason`` only once set)."""
+        d = {"step": self.step, "history": self.history, "wall_time_s": self.wall_time_s,
+             "train_time_s": self.train_time_s, "interval": asdict(self.interval),
+             "first_perfect_step": self.first_perfect_step,
+             "best_val_accuracy": self.best_val_accuracy, "best_step": self.best_step,
+             "stopped_early": self.stopped_early, "segments": self.segments}
+        if self.stop_reason is not None:
+            d["stop_reason"] = self.stop_reason
+        return d
+
+    @classmethod
+    def from_checkpoint(cls, d: dict) -> RunState:
+        """The state a checkpoint's ``state`` dict holds (checkpoints made before
+        segments were recorded have none)."""
+        return cls(step=d["step"], history=d["history"], wall_time_s=d["wall_time_s"],
+                   train_time_s=d["train_time_s"], interval=Interval(**d["interval"]),
+                   first_perfect_step=d["first_perfect_step"],
+                   best_val_accuracy=d["best_val_accuracy"], best_step=d["best_step"],
+                   stopped_early=d["stopped_early"], segments=d.get("segments", []),
+                   stop_reason=d.get("stop_reason"))
+
+
+@dataclass
+class _Run:
+    """What one call of :func:`train` trains with, fixed while it runs."""
+
+    config: TrainConfig
+    recorded: dict  # the config as recorded: paths inside the repository made relative
+    device: torch.device
+    model: TaskModel
+    optimizer: torch.optim.Optimizer
+    stream: Any  # training batches, with state_dict() for the checkpoint
+    val: list
+    test: list | None
+    steps_per_epoch: int | None
+    n_params: int
+    out: Path | None
+    manifest: dict | None = None
+    tensorboard: bool = False  # also write the history as TensorBoard scalars
+    board: Any = None  # the open rsa.scalars.Scalars while the loop runs
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.out / CHECKPOINT if self.out is not None else None
+
+
+@dataclass
+class _Clock:
+    """Wall time of a run: ``before`` seconds from earlier calls, plus this call's."""
+
+    before: float
+    start: float = field(default_factory=time.perf_counter)
+
+    def wall(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def this_call(self) -> float:
+        return time.perf_counter() - self.start
+
+
+# -- one update and evaluation -------------------------------------------------------
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """RMSprop(alpha=0.99) or Adam with learning rate ``lr``."""
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.99)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; accepted: {', '.join(OPTIMIZERS)}")
+
+
+def train_step(model: TaskModel, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, clip: float) -> tuple[float, float]:
+    """One training update: forward, loss, backward, clip the gradient norm to ``clip``
+    (0: no clipping), optimizer step. Returns (loss, accuracy) of the batch."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = model.loss(logits, y)
+    loss.backward()
+    if clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return loss.item(), model.accuracy(logits.detach(), y).item()
+
+
+@torch.no_grad()
+def evaluate(model: TaskModel, batches) -> dict[str, float]:
+    """Loss and accuracy over an iterable of (x, y) batches, weighted by batch size."""
+    was_training = model.training
+    model.eval()
+    loss = acc = 0.0
+    count = 0
+    try:
+        for x, y in batches:
+            logits = model(x)
+            b = x.shape[1]
+            loss += model.loss(logits, y).item() * b
+            acc += model.accuracy(logits, y).item() * b
+            count += b
+    finally:
+        model.train(was_training)
+    return {"loss": loss / count, "accuracy": acc / count}
+
+
+
+class _SyntheticStream:
+    """Fresh copy/denoise batches from one seeded generator (state saved for resume)."""
+
+    def __init__(self, task, T, batch, seed, device):
+        self.task, self.T, self.batch, self.device = task, T, batch, device
+        self.generator = make_generator(seed)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return synthetic_batch(self.task, self.T, self.batch, self.generator, self.device)
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+
+
+def _data(c: TrainConfig, device):
+    """(training stream, validation batches (a list), test batches or None, steps/epoch)."""
+    spec = get_task(c.task)
+    if spec.kind == "sequence":
+        stream = _SyntheticStream(spec, c.T, c.batch, c.seed, device)
+        val = [synthetic_batch(spec, c.T, c.eval_batch,
+                               make_generator(c.seed + VALIDATION_SEED_OFFSET), device)]
+        return stream, val, None, None
+    data = load_pixel_data(spec, c.data_dir)
+    stream = PixelBatches(*data.train, c.batch, make_generator(c.seed), device)
+    val = list(data.batches("validation", c.eval_batch, device))
+    test = list(data.batches("test", c.eval_batch, device))
+    return stream, val, test, stream.steps_per_epoch
+
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (where tqdm would draw a widget)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _progress_bar(enabled: bool, **kwargs):
+    """A tqdm progress bar: a widget in a notebook that has ipywidgets, none in one that
+    has not (instead of tqdm's "IProgress not found" warning in the chapter's output),
+    text on a terminal."""
+    from tqdm import tqdm
+
+    if enabled and _in_notebook():
+        try:
+            import ipywidgets  # noqa: F401
+        except ImportError:
+            enabled = False
+        else:
+            from tqdm.notebook import tqdm
+    return tqdm(disable=not enabled, **kwargs)
+
+
+
+
+def _summary(run: _Run, state: RunState) -> dict:
+    history, config = state.history, run.config
+    solved = solved_at(history)
+    solved_row = next((r for r in history if r["step"] == solved), None)
+    s = {
+        "steps_done": state.step,
+        "first_perfect_step": state.first_perfect_step,
+        "best_val_accuracy": state.best_val_accuracy,
+        "best_step": state.best_step,
+        "final_val_loss": history[-1]["val_loss"] if history else None,
+        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "wall_time_s": state.wall_time_s,
+        "train_time_s": state.train_time_s,
+        "stopped_early": state.stopped_early,
+        "stop_reason": state.stop_reason,
+        "solved": solved is not None,
+        "solved_step": solved,
+        "solved_wall_time_s": solved_row["wall_time_s"] if solved_row else None,
+        "solved_train_time_s": solved_row["train_time_s"] if solved_row else None,
+        "n_parameters": run.n_params,
+        "segments": state.segments,
+    }
+    if get_task(config.task).kind == "sequence":
+        s["memoryless_loss"] = memoryless_loss(config.task, config.T)
+    if run.steps_per_epoch:
+        s["epochs"] = state.step / run.steps_per_epoch
+    return s
+
+
+# -- the loop ----------------------------------------------------------------------------
+
+def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = None,
+          tensorboard: bool = False, **overrides) -> TrainResult:
+    """Train a model on a task; see :class:`TrainConfig` for the fields and defaults.
+
+    ``train(model="relrnn", task="copy", T=100, steps=2000, out_dir="runs/x")`` or
+    ``train(TrainConfig(...))``. With ``out_dir`` and ``resume=True`` an existing
+    checkpoint there is resumed (its config must match on the fields that determine the
+    result; ``steps`` may be larger). ``argv`` is the command line recorded in the
+    manifest (defaults to ``sys.argv``). ``tensorboard=True`` also writes the history as
+    TensorBoard scalars next to ``history.csv`` (:class:`rsa.scalars.Scalars`; the CSV
+    and JSON stay the record).
+    """
+    c = resolve_config(config, **overrides)
+    if tensorboard:
+        from rsa.scalars import require_tensorboard
+
+        require_tensorboard()
+        if c.out_dir is None:
+            raise ValueError("tensorboard needs an output folder (out_dir)")
+    run = _prepare(c)
+    run.tensorboard = tensorboard
+    state = RunState()
+    if run.checkpoint is not None and c.resume and run.checkpoint.is_file():
+        ckpt = resumable_checkpoint(run.checkpoint, c, run.recorded, run.device)
+        state = RunState.from_checkpoint(restore(run.checkpoint, ckpt, run.model,
+                                                 run.optimizer, run.stream, run.device))
+        finished = _finished_run(run.out, state, c)
+        if finished is not None:  # nothing to train: the record stays as it is
+            run.model.eval()
+            return TrainResult(finished["config"], finished["history"], finished["summary"],
+                               run.model, run.out, note=(
+                                   f"{run.out} already holds this run, finished after "
+                                   f"{state.step} updates; nothing was trained or "
+                                   f"rewritten (--no-resume starts it over)"))
+    if run.out is not None:
+        run.manifest = io.build_manifest(
+            run.recorded, seed=c.seed, device=str(run.device), argv=argv,
+            command=config_command(TrainConfig(**run.recorded)),
+            files=["results.json", "history.csv", "manifest.json", CHECKPOINT, MODEL_FILE])
+    _run_updates(run, state)
+    return _finish(run, state)
+
+
+def _prepare(c: TrainConfig) -> _Run:
+    """The model (initialised from ``c.seed``), optimizer and data of a run."""
+    device = _device(c.device)
+    torch.manual_seed(c.seed)  # model initialisation
+    model = build_task_model(c.model, get_task(c.task), c.hidden_size, nu=c.nu, rho=c.rho,
+                             nonlinearity=c.nonlinearity, init=c.init).to(device)
+    optimizer = make_optimizer(c.optimizer, model.parameters(), c.lr)
+    stream, val, test, steps_per_epoch = _data(c, device)
+    # what is recorded: paths inside the repository relative to its root
+    recorded = copy.copy(c)
+    recorded.out_dir = None if c.out_dir is None else io.portable_path(c.out_dir)
+    recorded.data_dir = None if c.data_dir is None else io.portable_path(c.data_dir)
+    return _Run(c, asdict(recorded), device, model, optimizer, stream, val, test,
+                steps_per_epoch, sum(p.numel() for p in model.parameters()),
+                Path(c.out_dir) if c.out_dir is not None else None)
+
+
+def _run_updates(run: _Run, state: RunState) -> None:
+    """Train until ``steps`` updates are done or a stopping rule fires: evaluate every
+    ``eval_every`` updates, checkpoint every ``checkpoint_every`` and at the end, and on
+    SIGINT/SIGTERM/SIGUSR1/SIGUSR2 finish the update, save, and stop."""
+    c = run.config
+    bar = _progress_bar(c.progress, total=c.steps, initial=state.step,
+                        desc=f"{c.model} {c.task} T={c.T}", unit="upd", leave=False)
+    segment = _start_segment(run, state)
+    clock = _Clock(state.wall_time_s)
+    run.model.train()
+    if run.tensorboard:
+        from rsa.scalars import Scalars
+
+        run.board = Scalars(run.out, purge_step=state.step + 1)
+    with _Interrupt() as interrupt, contextlib.closing(bar), \
+            contextlib.nullcontext() if run.board is None else run.board:
+        while state.step < c.steps and not state.stopped_early:
+            _update(run, state, clock, segment)
+            bar.update(1)
+            if state.step % c.eval_every == 0:
+                ev = _record_evaluation(run, state, clock)
+                bar.set_postfix(loss=f"{ev['loss']:.4f}", acc=f"{ev['accuracy']:.3f}")
+                _write_results(run, state, complete=False)
+            if state.step % c.checkpoint_every == 0 or interrupt.signum is not None:
+                _save(run, state)
+            if interrupt.signum is not None:
+                _write_results(run, state, complete=False)
+                interrupt.raise_()
+        _save(run, state)
+
+
+def _start_segment(run: _Run, state: RunState) -> dict:
+    """This call's segment (where it ran, from which step), recorded if it trains."""
+    segment = {"start_step": state.step, "end_step": state.step, "wall_time_s": 0.0,
+               "device": str(run.device), "cpu": io._cpu_model(),
+               "torch_threads": torch.get_num_threads()}
+    if state.step < run.config.steps and not state.stopped_early:
+        state.segments.append(segment)
+    return segment
+
+
+def _update(run: _Run, state: RunState, clock: _Clock, segment: dict) -> None:
+    """One training update, added to the interval's sums and to the times."""
+    x, y = next(run.stream)
+    t0 = time.perf_counter()
+    loss, acc = train_step(run.model, run.optimizer, x, y, run.config.clip)
+    state.train_time_s += time.perf_counter() - t0
+    state.interval.loss += loss
+    state.interval.accuracy += acc
+    state.interval.count += 1
+    state.step += 1
+    state.wall_time_s = clock.wall()
+    segment["end_step"] = state.step
+    segment["wall_time_s"] = clock.this_call()
+
+
+def _record_evaluation(run: _Run, state: RunState, clock: _Clock) -> dict[str, float]:
+    """Evaluate on the validation set, add a history row (the interval's mean training
+    loss and accuracy, validation loss and accuracy, times), start a new interval,
+    update the best and first perfect step, and apply the stopping rules. Returns the
+    evaluation."""
+    c, step, iv = run.config, state.step, state.interval
+    ev = evaluate(run.model, run.val)
+    state.wall_time_s = clock.wall()
+    row: dict[str, Any] = {"step": step}
+    if run.steps_per_epoch:
+        row["epoch"] = step / run.steps_per_epoch
+    row.update({
+        "train_loss": iv.loss / iv.count, "train_accuracy": iv.accuracy / iv.count,
+        "val_loss": ev["loss"], "val_accuracy": ev["accuracy"],
+        "wall_time_s": state.wall_time_s, "train_time_s": state.train_time_s})
+    state.history.append(row)
+    if run.board is not None:
+        run.board.add_row(row)
+    state.interval = Interval()
+    if state.best_val_accuracy is None or ev["accuracy"] > state.best_val_accuracy:
+        state.best_val_accuracy, state.best_step = ev["accuracy"], step
+    if ev["accuracy"] >= 1.0 and state.first_perfect_step is None:
+        state.first_perfect_step = step
+    reason = _stop_reason(c, state.history)
+    if reason is not None:
+        state.stop_reason = reason
+        state.stopped_early = step < c.steps
+    return ev
+
+
+def _save(run: _Run, state: RunState) -> None:
+    if run.checkpoint is not None:
+        save_checkpoint(run.checkpoint, run.recorded, run.model, run.optimizer, run.stream,
+                        run.device, state.to_checkpoint())
+
+
+def _write_results(run: _Run, state: RunState, complete: bool,
+                   summary: dict | None = None) -> None:
+    """``results.json``, ``history.csv`` and ``manifest.json``, each atomically."""
+    if run.out is None:
+        return
+    if summary is None:
+        summary = _summary(run, state)
+    io.write_json(run.out / "results.json", {"config": run.recorded, "complete": complete,
+                                             "history": state.history, "summary": summary})
+    io.write_csv(run.out / "history.csv", state.history)
+    run.manifest["wall_time_s"] = state.wall_time_s
+    run.manifest["complete"] = complete
+    io.write_json(run.out / "manifest.json", run.manifest)
+
+
+def _finish(run: _Run, state: RunState) -> TrainResult:
+    """The summary (with a final evaluation off the ``eval_every`` grid, and the test
+    set for classification), the complete record and the trained weights."""
+    if state.stop_reason is None and state.step >= run.config.steps:
+        state.stop_reason = "budget"
+    summary = _summary(run, state)
+    if not state.history or state.history[-1]["step"] != state.step:
+        # a final evaluation off the eval_every grid: reported in the summary only, so
+        # that extending the run later gives the same history as a longer run
+        ev = evaluate(run.model, run.val)
+        summary["final_val_loss"], summary["final_val_accuracy"] = ev["loss"], ev["accuracy"]
+    if run.test is not None:
+        ev = evaluate(run.model, run.test)
+        summary["test_loss"], summary["test_accuracy"] = ev["loss"], ev["accuracy"]
+    _write_results(run, state, complete=True, summary=summary)
+    if run.out is not None:
+        save_model(run.out / MODEL_FILE, run.recorded, run.model)
+    return TrainResult(run.recorded, copy.deepcopy(state.history), summary, run.model,
+                       run.out)
