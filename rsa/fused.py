@@ -135,22 +135,27 @@ def softmax_backward(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def attention_block_backward(M: torch.Tensor, q2: torch.Tensor, a: torch.Tensor,
                              gc: torch.Tensor, P: torch.Tensor, G: torch.Tensor,
-                             gv: torch.Tensor) -> torch.Tensor:
+                             gv: torch.Tensor, accumulate: bool = False) -> torch.Tensor:
     """Steps 4 and 5 of the backward for one step, from G_{c_t} = ``gc`` (B, n), the
     memory ``M`` (m, B, 2n) and ``q2`` = 2 W_q q_t as in :func:`attend`, and alpha_t
-    ``a`` (m, B). Fills and returns ``G`` (m, B, 2n), the gradient of the memory's rows,
-    ``[alpha_tj G_{c_t} | ge_tj sigma (1 - sigma)]`` (key path over 4 v: its sum over j
-    is G_{W_q q_t} / (4 v)), and adds 2 sum_j ge_tj sigma to dL/dv ``gv`` (n,); ``P``
-    (m, B, n): work space."""
+    ``a`` (m, B): the gradient of the memory's rows, ``[alpha_tj G_{c_t} |
+    ge_tj sigma (1 - sigma)]`` (key path over 4 v), written into ``G`` (m, B, 2n), or
+    added to it with ``accumulate`` (full attention, whose memory is a slice of the
+    accumulator); 2 sum_j ge_tj sigma is added to dL/dv ``gv`` (n,). Returns the step's
+    key-path block (m, B, n), whose sum over j is G_{W_q q_t} / (4 v). ``P`` (m, B, n):
+    work space."""
     n = gc.shape[-1]
     m, B = a.shape
     ge = softmax_backward(a, torch.linalg.vecdot(M[..., :n], gc))  # step 4
     sig = torch.add(q2, M[..., n:], out=P).sigmoid_()  # step 5: sigma(P), recomputed
     gv.addmv_(sig.view(m * B, n).t(), ge.view(-1), alpha=2)
     sig.addcmul_(sig, sig, value=-1)  # sigma (1 - sigma) = tanh' / 4
+    if accumulate:
+        G[..., :n].addcmul_(a[..., None], gc)
+        G[..., n:].add_(sig.mul_(ge[..., None]))
+        return sig
     torch.mul(a[..., None], gc, out=G[..., :n])
-    torch.mul(sig, ge[..., None], out=G[..., n:])
-    return G
+    return torch.mul(sig, ge[..., None], out=G[..., n:])
 
 
 def attention_weight_grads(GHK: torch.Tensor, H: torch.Tensor, GQ: torch.Tensor,
@@ -225,7 +230,6 @@ class MemRNNFunction(torch.autograd.Function):
         GQ = torch.zeros(T, B, n, **opts)      # GQ[t] = dL/d(W_q q_{t+1}) / (4 v)
         gv = torch.zeros(n, **opts)
         P = torch.empty(max(T - 1, 1) * B * n, **opts)   # step t's (t, B, n) block
-        G = torch.empty(max(T - 1, 1) * B * n2, **opts)  # its rows' gradient (t, B, 2n)
         v4 = 4 * v
         Wk4, Wq4 = v4[:, None] * W_k, v4[:, None] * W_q  # diag(4 v) W
         gh_t, gk_t = GHK[..., :n].unbind(0), GHK[..., n:].unbind(0)
@@ -239,11 +243,10 @@ class MemRNNFunction(torch.autograd.Function):
             if t == 0:
                 break
             gc = torch.addmm(g_q, dz_t[t], V).mul_(0.5)  # step 3: dL/ds_{t-1} / 2 = dL/dc_t
-            G_t = attention_block_backward(HK[:t], q2_t[t], alpha[t, :t], gc,  # steps 4, 5
-                                           P[:t * B * n].view(t, B, n),
-                                           G[:t * B * n2].view(t, B, n2), gv)
-            GHK[:t].add_(G_t)
-            g_q = torch.sum(G_t[..., n:], 0, out=gq_t[t - 1]) @ Wq4  # q_t = s_{t-2}
+            G_key = attention_block_backward(HK[:t], q2_t[t], alpha[t, :t], gc,  # steps 4,
+                                             P[:t * B * n].view(t, B, n), GHK[:t], gv,  # 5
+                                             accumulate=True)
+            g_q = torch.sum(G_key, 0, out=gq_t[t - 1]) @ Wq4  # q_t = s_{t-2}
         gV = DZ[1:].reshape(-1, n).t() @ s_prev[1:].reshape(-1, n)
         gW_q, gW_k = attention_weight_grads(GHK, H, GQ, s_prev, v4)
         gb = (DZ * sign).sum((0, 1)) if phi_b is not None else None  # sign^3 = sign

@@ -212,9 +212,9 @@ class _AttentionGrad:
         m = a.shape[0]
         P, G, M = self.blocks[m]
         M = torch.index_select(self.rows, 0, idx, out=M).view(m, B, 2 * n)
-        attention_block_backward(M, q2, a, gc, P, G, self.gv)  # steps 4, 5
-        self.grows.index_add_(0, idx, G.view(m * B, 2 * n))   # GHK[j] += G_j
-        torch.sum(G[..., n:], 0, out=gq)
+        G_key = attention_block_backward(M, q2, a, gc, P, G, self.gv)  # steps 4, 5
+        self.grows.index_add_(0, idx, G.view(m * B, 2 * n))  # GHK[j] += G_j
+        torch.sum(G_key, 0, out=gq)
 
 
 class RelRNNFunction(torch.autograd.Function):
