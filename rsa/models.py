@@ -173,20 +173,20 @@ class _Recurrent(nn.Module):
         ``record``. ``freeze_attention`` detaches alpha in c: the gradient of the
         path-expansion chapter (attention weights held fixed)."""
         T, B = check_sequence(x, self.input_size)
+        n = self.hidden_size
         # the input drive of every step in one matmul; unbind once (indexing Ux[t] per
         # step would make each backward allocate a (T, B, g n) gradient: O(T^2))
         Ux = self.U(x).unbind(0)  # T x (B, g n)
         memory = self.new_memory(T, B, x, record)  # R ∪ S, None without attention
-        q = x.new_zeros(B, self.hidden_size)  # s_0 = 0, the query at t = 2
+        q = x.new_zeros(B, n)  # s_0 = 0, the query at t = 2
         s = cell = None  # h_1 = phi(U x_1 + b): no recurrent input
-        states = []
-        for t, ux in enumerate(Ux):
-            if t > 0 and memory is None:
+        states = []  # h_1, ..., h_T
+        for t, ux in enumerate(Ux, start=1):  # step t computes h_t, as in the book
+            if t > 1 and memory is None:
                 s = states[-1]  # s_{t-1} = h_{t-1}
-            elif t > 0:
+            elif t > 1:
                 M = memory.memory()  # (B, m, 2n): [h_j | W_k h_j] for h_j in R ∪ S
-                c, alpha = self.attend(q, M[..., self.hidden_size:],
-                                       M[..., :self.hidden_size], freeze_attention)
+                c, alpha = self.attend(q, M[..., n:], M[..., :n], freeze_attention)
                 s = q = (states[-1] + c) / 2  # s_{t-1} = (h_{t-1} + c_t) / 2, next query
                 memory.add_attention(alpha)  # relevance scores of the states in S
             h, cell = self.cell(ux, s, cell)  # h_t
