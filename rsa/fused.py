@@ -45,8 +45,8 @@ about twice the forward (the recomputation plus the tanh derivative). Measured b
 Why not the screened function of :mod:`rsa.fused_screened` with a buffer that never
 evicts: it gathers each step's memory rows by index and scatters their gradient back
 (``index_select``, ``index_add_``), which full attention does not need (its memory is
-the slice HK[:t]); measured, forward and backward take 1.3x as long at T = 100 and about
-2x at T = 300 (B = 10, n = 128, float32).
+the slice HK[:t]); measured, forward and backward take about 1.5x as long at T = 100
+and at T = 300 (B = 10, n = 128, float32, one thread; medians of 11 interleaved rounds).
 
 Backward, for one step t (G = dL/d·), walking t from T - 1 down to 0 (the step numbers
 tag the lines; the same steps in :mod:`rsa.fused_screened`):
