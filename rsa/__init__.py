@@ -3,7 +3,10 @@
 The one implementation behind the book (``book/``). Modules:
 
 - :mod:`rsa.models`, :mod:`rsa.memory`: RNN, LSTM, MemRNN, RelRNN, RelLSTM and the
-  screened memory S ∪ R (chapter *Relevancy screening*);
+  screened memory S ∪ R (chapter *Relevancy screening*); :mod:`rsa.fused`,
+  :mod:`rsa.fused_screened`, :mod:`rsa.fused_rellstm`: their fused sequence functions;
+- :mod:`rsa.reference`: the specification, a slow per-example reference of every model
+  that the fast code is tested against (shown first by *Relevancy screening*);
 - :mod:`rsa.sab`, :mod:`rsa.transformer`: the baselines SAB (sparse attentive
   backtracking, as released) and a causal Transformer, registered but not yet in
   :data:`MODELS` nor the experiment plan (chapter *Sparse attentive backtracking*);

@@ -1,7 +1,10 @@
-"""MemRNN over a whole sequence in one autograd node, with a hand-written backward.
+"""MemRNN over a whole sequence in one autograd node, with a hand-written backward; and
+the pieces that every fused function (:mod:`rsa.fused_screened`, :mod:`rsa.fused_rellstm`)
+shares with it.
 
 The update is that of :class:`rsa.models.MemRNN` (*The paper* §2, chapter *Relevancy
-screening*), 0-based in time as in the code: h_0 = phi(U x_0 + b), and for t >= 1
+screening*), 0-based in time (row t of a buffer holds h_{t+1} of the book's notation):
+h_0 = phi(U x_0 + b), and for t >= 1
 
     q_t     = s_{t-2}                      (s_{-1} = 0: the first query is 0)
     e_tj    = v . tanh(W_q q_t + W_k h_j)  for j < t
@@ -12,32 +15,57 @@ screening*), 0-based in time as in the code: h_0 = phi(U x_0 + b), and for t >= 
 
 with phi = tanh or modReLU(z) = sign(z) relu(|z| + b_m).
 
+One layout in every fused function, time-major like the models: buffers are (T, B, .),
+row t for step t; the states and their doubled keys share one table HK (T, B, 2n), row
+``[h_t | 2 W_k h_t]``; a step's memory block is (m, B, 2n) over the m states it attends
+(here the slice HK[:t], m = t), its weights alpha_t (m, B). The pieces shared by all
+fused functions, in this module: the attention of one step (:func:`attend`, with
+:func:`attention_scores`), its backward (:func:`softmax_backward`,
+:func:`attention_block_backward`) and the weight gradients of the attention
+(:func:`attention_weight_grads`).
+
+Scores are evaluated from the *doubled* pre-activation P = 2 (W_q q_t + W_k h_j)
+(scaling by 2 is exact in floating point): in float64 e = v . tanh(P / 2), bitwise the
+plain loop's; below, the sigmoid form tanh(P/2) = 2 sigma(P) - 1, e = 2 v . sigma(P) up
+to the constant -sum(v), which drops out of the softmax (torch.tanh is about 4x slower
+than torch.sigmoid on this CPU; the sigmoid form is float32-accurate). The backward
+uses tanh' = 1 - tanh^2 = 4 sigma(P) (1 - sigma(P)), so key and query gradients are
+kept over 4 v.
+
 Why: plain autograd saves, at every step t, the memory (B, t, 2n) and the attention's
 tanh (B, t, n): O(T^2 n B) floats per sequence (7.4 GiB for one update at T = 1000,
 B = 10, n = 128). Here the forward runs without a graph and keeps only O(T n B) buffers
-(the states H, doubled keys 2 W_k H, the s_t, doubled queries 2 W_q q_t, the
-pre-activations for modReLU) plus the attention weights alpha, O(T^2 B). The backward
-walks t from T-1 down to 0 and recomputes the step's attention block (B, t, n) in one
-reused buffer, so no (B, t, n) tensor outlives its step: memory O(T n B + T^2 B)
-(107 MiB for that update), time about twice the forward (the recomputation plus the
-tanh derivative). Measured by ``python tests/test_fused.py``.
+(HK, the s_{t-1}, the doubled queries 2 W_q q_t, the pre-activations for modReLU) plus
+the attention weights alpha, O(T^2 B). The backward walks t from T-1 down to 0 and
+recomputes the step's attention block (t, B, n) in one reused buffer, so no (t, B, n)
+tensor outlives its step: memory O(T n B + T^2 B) (107 MiB for that update), time
+about twice the forward (the recomputation plus the tanh derivative). Measured by
+``python tests/test_fused.py``.
 
-Backward, for one step t (every (B, t, n) operation batched; G_x is dL/dx):
+Why not the screened function of :mod:`rsa.fused_screened` with a buffer that never
+evicts: it gathers each step's memory rows by index and scatters their gradient back
+(``index_select``, ``index_add_``), which full attention does not need (its memory is
+the slice HK[:t]); measured, forward and backward take about 1.5x as long at T = 100
+and at T = 300 (B = 10, n = 128, float32, one thread; medians of 11 interleaved rounds).
 
-- G_{h_t} = dL/dH_t (direct) + G_{s_t}/2 (from s_t = (h_t + c_{t+1})/2)
-  + G_{k_t} W_k + sum_{t' > t} alpha_{t't} G_{c_{t'}}; all terms come from steps > t,
-  so the sum is complete when step t is reached (the last one is one bmm over the
-  stored G_c and alpha's column t).
-- G_{z_t} = G_{h_t} phi'(z_t); G_{s_{t-1}} = G_{z_t} V + G_{q_{t+1}} (s_{t-1} is also
-  the next query), G_{c_t} = G_{s_{t-1}} / 2.
-- G_{alpha_tj} = G_{c_t} . h_j, G_{e_t} = alpha_t (G_{alpha_t} - <alpha_t, G_{alpha_t}>).
-- with A_tj = tanh(W_q q_t + k_j): G_v += sum_j G_{e_tj} A_tj,
-  G_{k_j} += G_{e_tj} v (1 - A_tj^2), G_{W_q q_t} = v sum_j G_{e_tj} (1 - A_tj^2).
+Backward, for one step t (G = dL/d·), walking t from T - 1 down to 0 (the step numbers
+tag the lines; the same steps in :mod:`rsa.fused_screened`):
 
-Scores use the sigmoid form (see :class:`MemRNNFunction`), so ``G_{k_j}`` is kept as
-4 v sum_t G_{e_tj} sigma_tj (1 - sigma_tj): one (B, T, n) accumulator. The weight
-gradients (V, W_q, W_k, v, modReLU's b_m) are single matmuls or sums over all steps at
-the end. ``U x + b`` is computed outside, by autograd, so U, b and x get their
+1. G_{h_t} = dL/dH_t + G_{s_t}/2 + G^val_t + G^key_t (4 v ⊙ W_k): the accumulator
+   GHK[t] = [G^val_t | G^key_t] holds, for every later step t' (all of which attended
+   h_t), alpha_{t't} G_{c_{t'}} (value path) and ge_{t't} sigma (1 - sigma) (key path,
+   over 4 v); all later steps are done when t is reached.
+2. G_{z_t} = G_{h_t} ⊙ phi'(z_t).
+3. G_{s_{t-1}} = G_{z_t} V + G_{q_{t+1}} (s_{t-1} is also the next query);
+   G_{c_t} = G_{s_{t-1}} / 2, which is also h_{t-1}'s share (step 1 at t - 1).
+4. ge_t = alpha_t ⊙ (g_t - <alpha_t, g_t>) with g_tj = G_{c_t} . h_j (softmax
+   backward, :func:`softmax_backward`).
+5. With sigma = sigmoid(P) recomputed: dL/dv += 2 sum_j ge_tj sigma (sum_j ge_tj = 0:
+   alpha_t sums to 1); GHK[j] += [alpha_tj G_{c_t} | ge_tj sigma (1 - sigma)];
+   G_{W_q q_t} = 4 v ⊙ sum_j ge_tj sigma (1 - sigma) (:func:`attention_block_backward`).
+
+The weight gradients (V, W_q, W_k, v, modReLU's b_m) are single matmuls or sums over all
+steps at the end. ``U x + b`` is computed outside, by autograd, so U, b and x get their
 gradients from it.
 """
 
@@ -45,9 +73,10 @@ from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
-from torch.nn import functional as F
 
-__all__ = ["MemRNNFunction", "memrnn_fused", "fused_forward", "fused_inputs", "check_sequence"]
+__all__ = ["MemRNNFunction", "memrnn_fused", "fused_forward", "fused_inputs", "check_sequence",
+           "attend", "attention_scores", "softmax_backward", "attention_block_backward",
+           "attention_weight_grads"]
 
 
 def _phi(z: torch.Tensor, phi_b: torch.Tensor | None,
@@ -76,16 +105,79 @@ def _exact_tanh(dtype: torch.dtype) -> bool:
     return dtype == torch.float64
 
 
+# -- the attention of one step, shared by every fused function ---------------------------
+
+def attention_scores(P: torch.Tensor, v_e: torch.Tensor, exact: bool) -> torch.Tensor:
+    """The scores e_tj (m, B), up to a constant, from the block P = 2 (W_q q_t + W_k h_j)
+    (m, B, n), which is overwritten: v . tanh(P / 2) if ``exact`` (``v_e`` = v), else
+    2 v . sigma(P) (``v_e`` = 2 v)."""
+    return (P.mul_(0.5).tanh_() if exact else P.sigmoid_()) @ v_e
+
+
+def attend(M: torch.Tensor, q2: torch.Tensor, h: torch.Tensor, v_e: torch.Tensor,
+           exact: bool, P: torch.Tensor, out: torch.Tensor):
+    """One step's attention: (s_{t-1}, alpha_t), s_{t-1} = (h_{t-1} + c_t) / 2 written into
+    ``out`` (B, n), alpha_t (m, B). ``M`` (m, B, 2n): the memory's rows [h_j | 2 W_k h_j];
+    ``q2`` = 2 W_q q_t (B, n); ``h`` = h_{t-1}; ``P`` (m, B, n): work space."""
+    n = h.shape[-1]
+    e = attention_scores(torch.add(q2, M[..., n:], out=P), v_e, exact)  # (m, B)
+    a = torch.softmax(e, dim=0)  # alpha_t
+    c = torch.mul(a[..., None], M[..., :n], out=P).sum(0)  # c_t = sum_j alpha_tj h_j
+    return torch.lerp(h, c, 0.5, out=out), a
+
+
+def softmax_backward(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """dL/de = alpha ⊙ (g - <alpha, g>) for alpha = softmax(e) over dim 0 (m, B), from
+    g = dL/dalpha (step 4 of the backward)."""
+    ge = a * g
+    return ge.addcmul_(a, ge.sum(0), value=-1)
+
+
+def attention_block_backward(M: torch.Tensor, q2: torch.Tensor, a: torch.Tensor,
+                             gc: torch.Tensor, P: torch.Tensor, G: torch.Tensor,
+                             gv: torch.Tensor, accumulate: bool = False) -> torch.Tensor:
+    """Steps 4 and 5 of the backward for one step, from G_{c_t} = ``gc`` (B, n), the
+    memory ``M`` (m, B, 2n) and ``q2`` = 2 W_q q_t as in :func:`attend`, and alpha_t
+    ``a`` (m, B): the gradient of the memory's rows, ``[alpha_tj G_{c_t} |
+    ge_tj sigma (1 - sigma)]`` (key path over 4 v), written into ``G`` (m, B, 2n), or
+    added to it with ``accumulate`` (full attention, whose memory is a slice of the
+    accumulator); 2 sum_j ge_tj sigma is added to dL/dv ``gv`` (n,). Returns the step's
+    key-path block (m, B, n), whose sum over j is G_{W_q q_t} / (4 v). ``P`` (m, B, n):
+    work space."""
+    n = gc.shape[-1]
+    m, B = a.shape
+    ge = softmax_backward(a, torch.linalg.vecdot(M[..., :n], gc))  # step 4
+    sig = torch.add(q2, M[..., n:], out=P).sigmoid_()  # step 5: sigma(P), recomputed
+    gv.addmv_(sig.view(m * B, n).t(), ge.view(-1), alpha=2)
+    sig.addcmul_(sig, sig, value=-1)  # sigma (1 - sigma) = tanh' / 4
+    if accumulate:
+        G[..., :n].addcmul_(a[..., None], gc)
+        G[..., n:].add_(sig.mul_(ge[..., None]))
+        return sig
+    torch.mul(a[..., None], gc, out=G[..., :n])
+    return torch.mul(sig, ge[..., None], out=G[..., n:])
+
+
+def attention_weight_grads(GHK: torch.Tensor, H: torch.Tensor, GQ: torch.Tensor,
+                           s_prev: torch.Tensor, v4: torch.Tensor):
+    """(dL/dW_q, dL/dW_k) from the key-path accumulator ``GHK[..., n:]`` (over 4 v) and
+    the states ``H`` (T, B, n), and from ``GQ[t]`` = G_{W_q q_{t+1}} / (4 v) with the
+    queries' states ``s_prev[t]`` = s_{t-1} = q_{t+1} (T, B, n), t = 1 .. T - 2."""
+    T, B, n = H.shape
+    gW_k = (GHK[..., n:] * v4).reshape(-1, n).t() @ H.reshape(T * B, n)
+    gW_q = (GQ[1:-1] * v4).reshape(-1, n).t() @ s_prev[1:-1].reshape(-1, n)
+    return gW_q, gW_k
+
+
+# -- MemRNN ------------------------------------------------------------------------------
+
 class MemRNNFunction(torch.autograd.Function):
     """H = MemRNN(ux) for ux = U x + b (T, B, n); returns H (T, B, n), H[t] = h_t.
 
     Inputs: ``ux`` (T, B, n), ``V``, ``W_q``, ``W_k`` (n, n) weight matrices (``nn.Linear``
     layout: y = x W^T), ``v`` (n,), ``phi_b`` (n,) modReLU bias or None for tanh.
-
-    The attention block is evaluated from the *doubled* pre-activation
-    P = 2 (W_q q_t + W_k h_j) (scaling by 2 is exact in floating point):
-    tanh(P/2) = 2 sigma(P) - 1, so e = 2 v . sigma(P) - sum(v), and the constant drops out
-    of the softmax; tanh' = 1 - tanh^2 = 4 sigma(P) (1 - sigma(P)).
+    Saved for backward: HK (2n), s_prev, Q2 (n each) and, for modReLU, Z (n) per step
+    and example, and alpha (T, T, B).
     """
 
     @staticmethod
@@ -93,89 +185,72 @@ class MemRNNFunction(torch.autograd.Function):
         T, B, n = ux.shape
         opts = dict(dtype=ux.dtype, device=ux.device)
         exact = _exact_tanh(ux.dtype)
-        H = torch.empty(B, T, n, **opts)       # h_t
-        K2 = torch.empty(B, T, n, **opts)      # 2 k_t = 2 W_k h_t
-        S = torch.zeros(B, T, n, **opts)       # S[:, t] = s_{t-1}, the input to V at step t
-        Q2 = torch.zeros(B, T, n, **opts)      # Q2[:, t] = 2 W_q q_t
-        Z = torch.empty(B, T, n, **opts) if phi_b is not None else None  # pre-activations
-        alpha = torch.zeros(B, T, T, **opts)   # alpha[:, t, j], j < t
-        work = torch.empty(B * max(T - 1, 1) * n, **opts)  # the (B, t, n) attention block
-        W_q2, W_k2 = 2 * W_q, 2 * W_k  # exact: 2 (W x) = (2 W) x bit for bit
+        HK = torch.empty(T, B, 2 * n, **opts)   # [h_t | 2 W_k h_t]
+        s_prev = torch.zeros(T, B, n, **opts)   # s_prev[t] = s_{t-1}, the input to V at step t
+        Q2 = torch.zeros(T, B, n, **opts)       # Q2[t] = 2 W_q q_t (q_1 = 0)
+        Z = torch.empty(T, B, n, **opts) if phi_b is not None else None  # z_t, for modReLU'
+        alpha = torch.zeros(T, T, B, **opts)    # alpha[t, j] = alpha_tj, j < t
+        work = torch.empty(max(T - 1, 1) * B * n, **opts)  # step t's (t, B, n) block
+        W_k2, W_q2 = (2 * W_k).t(), (2 * W_q).t()  # exact: 2 (W x) = (2 W) x bit for bit
+        v_e = v if exact else 2 * v
+        # per-step views made once (slicing in the loop costs more than the arithmetic)
+        h_t, k_t, s_t, q2_t = HK[..., :n].unbind(0), HK[..., n:].unbind(0), \
+            s_prev.unbind(0), Q2.unbind(0)
         z = ux[0]
-        h = _phi(z, phi_b)
-        H[:, 0], K2[:, 0] = h, F.linear(h, W_k2)
+        h = _phi(z, phi_b, out=h_t[0])
+        torch.mm(h, W_k2, out=k_t[0])
         if Z is not None:
-            Z[:, 0] = z
-        q = ux.new_zeros(B, n)  # the query of step 1
+            Z[0] = z
         for t in range(1, T):
-            q2 = F.linear(q, W_q2)  # (B, n)
-            P = torch.add(q2[:, None, :], K2[:, :t], out=work[:B * t * n].view(B, t, n))
-            if exact:  # tanh(W_q q + k_j) exactly as rsa.models computes it
-                e = P.mul_(0.5).tanh_() @ v  # (B, t)
-            else:      # 2 v . sigma(P), the same softmax up to rounding
-                e = (P.sigmoid_() @ v).mul_(2)
-            a = torch.softmax(e, dim=1)  # (B, t)
-            c = torch.bmm(a[:, None, :], H[:, :t])[:, 0]  # (B, n)
-            s = (h + c) / 2  # s_{t-1}
-            z = ux[t] + F.linear(s, V)
-            h = _phi(z, phi_b)
-            H[:, t], K2[:, t], S[:, t], Q2[:, t] = h, F.linear(h, W_k2), s, q2
-            alpha[:, t, :t] = a
+            s, a = attend(HK[:t], q2_t[t], h, v_e, exact, work[:t * B * n].view(t, B, n),
+                          out=s_t[t])  # s_{t-1}
+            alpha[t, :t] = a
+            z = torch.addmm(ux[t], s, V.t())  # z_t = U x_t + b + V s_{t-1}
+            h = _phi(z, phi_b, out=h_t[t])
+            torch.mm(h, W_k2, out=k_t[t])
             if Z is not None:
-                Z[:, t] = z
-            q = s
-        ctx.save_for_backward(H, K2, S, Q2, Z, alpha, V, W_q, W_k, v, phi_b)
-        return H.transpose(0, 1).contiguous()  # (T, B, n)
+                Z[t] = z
+            if t + 1 < T:
+                torch.mm(s, W_q2, out=q2_t[t + 1])  # q_{t+1} = s_{t-1}
+        ctx.save_for_backward(HK, s_prev, Q2, Z, alpha, V, W_q, W_k, v, phi_b)
+        return HK[..., :n].contiguous()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gout):  # noqa: D102
-        H, K2, S, Q2, Z, alpha, V, W_q, W_k, v, phi_b = ctx.saved_tensors
-        B, T, n = H.shape
-        opts = dict(dtype=H.dtype, device=H.device)
+        HK, s_prev, Q2, Z, alpha, V, W_q, W_k, v, phi_b = ctx.saved_tensors
+        T, B, n2 = HK.shape
+        n = n2 // 2
+        opts = dict(dtype=HK.dtype, device=HK.device)
+        H = HK[..., :n]
         dphi, sign = _phi_derivative(H, Z, phi_b)
-        DZ = torch.empty(B, T, n, **opts)       # dL/dz_t = dL/d(U x_t + b)
-        GC = torch.zeros(B, T, n, **opts)       # dL/dc_t
-        GQ = torch.zeros(B, T, n, **opts)       # dL/d(W_q q_t) / (4 v)
-        GKs = torch.zeros(B, T, n, **opts)      # dL/dk_j / (4 v): sum_t ge_tj sig_tj (1 - sig_tj)
-        GV = torch.zeros(B, T, n, **opts)       # sum_j ge_tj sig_tj, for dL/dv
-        GE = torch.zeros(B, T, **opts)          # sum_j ge_tj (0 up to rounding)
-        work = torch.empty(B * max(T - 1, 1) * n, **opts)
+        # per state: [dL/dH_t + value path | key path / (4 v)], complete when t is reached
+        GHK = torch.cat([gout, torch.zeros_like(gout)], dim=2)
+        DZ = torch.empty(T, B, n, **opts)      # dL/dz_t
+        GQ = torch.zeros(T, B, n, **opts)      # GQ[t] = dL/d(W_q q_{t+1}) / (4 v)
+        gv = torch.zeros(n, **opts)
+        P = torch.empty(max(T - 1, 1) * B * n, **opts)   # step t's (t, B, n) block
         v4 = 4 * v
         Wk4, Wq4 = v4[:, None] * W_k, v4[:, None] * W_q  # diag(4 v) W
-        gc = torch.zeros(B, n, **opts)          # dL/dc_{t+1} = dL/ds_t / 2, also h_t's share
-        g_q = torch.zeros(B, n, **opts)         # dL/dq_{t+1}, q_{t+1} = s_{t-1}
+        gh_t, gk_t = GHK[..., :n].unbind(0), GHK[..., n:].unbind(0)
+        dz_t, dphi_t, q2_t, gq_t = DZ.unbind(0), dphi.unbind(0), Q2.unbind(0), GQ.unbind(0)
+        gc = None                          # dL/dc_{t+1} = dL/ds_t / 2
+        g_q = torch.zeros(B, n, **opts)    # dL/dq_{t+1}, q_{t+1} = s_{t-1}
         for t in range(T - 1, -1, -1):
-            # dL/dh_t: direct, through s_t, through k_t (all steps > t are done) ...
-            gh = torch.addmm(gout[t] + gc, GKs[:, t], Wk4)
-            if t < T - 1:  # ... and through c_{t'} = sum_j alpha_{t'j} h_j, t' > t
-                gh = gh + torch.bmm(alpha[:, t + 1:, t, None].transpose(1, 2),
-                                    GC[:, t + 1:])[:, 0]
-            dz = gh * dphi[:, t]
-            DZ[:, t] = dz
+            g_h = gh_t[t] if gc is None else gh_t[t].add_(gc)  # step 1
+            gh = torch.addmm(g_h, gk_t[t], Wk4)
+            torch.mul(gh, dphi_t[t], out=dz_t[t])              # step 2
             if t == 0:
                 break
-            gc = torch.addmm(g_q, dz, V) / 2  # dL/ds_{t-1} (via V and query t+1), halved
-            GC[:, t] = gc
-            a = alpha[:, t, :t]  # (B, t)
-            g_alpha = torch.bmm(gc[:, None, :], H[:, :t].transpose(1, 2))[:, 0]  # (B, t)
-            ge = a * (g_alpha - (a * g_alpha).sum(1, keepdim=True))  # softmax backward
-            ge3 = ge[:, None, :]  # (B, 1, t)
-            sig = torch.add(Q2[:, t, None, :], K2[:, :t],
-                            out=work[:B * t * n].view(B, t, n)).sigmoid_()  # recomputed
-            GV[:, t] = torch.bmm(ge3, sig)[:, 0]
-            GE[:, t] = ge.sum(1)
-            sig.addcmul_(sig, sig, value=-1)  # sig (1 - sig) = tanh' / 4
-            GKs[:, :t].addcmul_(sig, ge[..., None])
-            gq = torch.bmm(ge3, sig)[:, 0]  # (B, n)
-            GQ[:, t] = gq
-            g_q = gq @ Wq4  # q_t = s_{t-2}; at t = 1 the query is the constant 0
-        gv = 2 * GV.sum((0, 1)) - GE.sum()  # sum ge tanh = sum ge (2 sig - 1)
-        gV = torch.einsum("bti,btj->ij", DZ[:, 1:], S[:, 1:])
-        gW_k = torch.einsum("bti,btj->ij", v4 * GKs, H)
-        gW_q = torch.einsum("bti,btj->ij", v4 * GQ[:, 2:], S[:, 1:-1])
+            gc = torch.addmm(g_q, dz_t[t], V).mul_(0.5)  # step 3: dL/ds_{t-1} / 2 = dL/dc_t
+            G_key = attention_block_backward(HK[:t], q2_t[t], alpha[t, :t], gc,  # steps 4,
+                                             P[:t * B * n].view(t, B, n), GHK[:t], gv,  # 5
+                                             accumulate=True)
+            g_q = torch.sum(G_key, 0, out=gq_t[t - 1]) @ Wq4  # q_t = s_{t-2}
+        gV = DZ[1:].reshape(-1, n).t() @ s_prev[1:].reshape(-1, n)
+        gW_q, gW_k = attention_weight_grads(GHK, H, GQ, s_prev, v4)
         gb = (DZ * sign).sum((0, 1)) if phi_b is not None else None  # sign^3 = sign
-        return DZ.transpose(0, 1).contiguous(), gV, gW_q, gW_k, gv, gb
+        return DZ, gV, gW_q, gW_k, gv, gb
 
 
 def memrnn_fused(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor,

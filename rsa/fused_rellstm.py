@@ -25,13 +25,13 @@ Everything about the attention is that of the fused RelRNN
 ``[h_t | 2 W_k h_t]`` rows, the screening on time indices after each step
 (``_Attention.screen``), the attention forward of a step (``_Attention.attend``), its
 backward with the attention block recomputed (``_AttentionGrad.step``) and the weight
-gradients of W_q and W_k (``_attention_weight_grads``). What is new is the cell.
+gradients of W_q and W_k (:func:`rsa.fused.attention_weight_grads`). What is new is the cell.
 
 Forward buffers, all O(T B n) (memory O(T B (n + nu + rho)) with the attention weights
 and row indices): HK (T, B, 2n); ZQ (T, B, 5n), row ``[z_t | 2 W_q s_{t-1}]``, whose
 first 4n are overwritten in place by the gates [i_t | f_t | g_t | o_t] once computed
-(the backward needs the gates, not z_t); the cells CELL (T, B, n); S (T, B, n),
-S[t] = s_{t-1}. One ``addmm`` per step gives z_t and the next step's doubled query.
+(the backward needs the gates, not z_t); the cells CELL (T, B, n); s_prev (T, B, n),
+s_prev[t] = s_{t-1}. One ``addmm`` per step gives z_t and the next step's doubled query.
 
 Backward, for one step t (G = dL/d·), walking t from T - 1 down to 0:
 
@@ -62,13 +62,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from rsa.fused import _exact_tanh, fused_inputs
-from rsa.fused_screened import (
-    _Attention,
-    _attention_weight_grads,
-    _AttentionGrad,
-    _check_screening,
-)
+from rsa.fused import _exact_tanh, attention_weight_grads, fused_inputs
+from rsa.fused_screened import _Attention, _AttentionGrad, _check_screening
 
 __all__ = ["RelLSTMFunction", "rellstm_fused", "fused_forward"]
 
@@ -80,7 +75,7 @@ class RelLSTMFunction(torch.autograd.Function):
     ``W_k`` (n, n) weight matrices (``nn.Linear`` layout); ``v`` (n,); ``nu`` >= 1,
     ``rho`` >= 0. Scores are evaluated as in :class:`rsa.fused_screened.RelRNNFunction`
     (exact tanh in float64, the sigmoid form below). Saved for backward: HK (2n), ZQ
-    (5n), CELL (n), S (n) per step and example, the row indices and the alphas.
+    (5n), CELL (n), s_prev (n) per step and example, the row indices and the alphas.
     """
 
     @staticmethod
@@ -91,7 +86,7 @@ class RelLSTMFunction(torch.autograd.Function):
         HK = torch.empty(T, B, 2 * n, **opts)   # [h_t | 2 W_k h_t]
         ZQ = torch.cat([ux, ux.new_zeros(T, B, n)], dim=2)  # [z_t -> gates | 2 W_q s_{t-1}]
         CELL = torch.empty(T, B, n, **opts)     # cell_t
-        S = torch.zeros(T, B, n, **opts)        # S[t] = s_{t-1}, the input to V at step t
+        s_prev = torch.zeros(T, B, n, **opts)   # s_prev[t] = s_{t-1}, the input to V at step t
         VQ = torch.cat([V, 2 * W_q]).t()        # (n, 5n): s -> [V s | 2 W_q s]
         W_k2 = (2 * W_k).t()
         att = _Attention(HK, v, nu, rho, _exact_tanh(ux.dtype))
@@ -99,7 +94,7 @@ class RelLSTMFunction(torch.autograd.Function):
         zq, q2_t = ZQ.unbind(0), ZQ[..., 4 * n:].unbind(0)
         if_t, o_t = ZQ[..., :2 * n].unbind(0), ZQ[..., 3 * n:4 * n].unbind(0)
         i_t, f_t, g_t = (ZQ[..., k * n:(k + 1) * n].unbind(0) for k in range(3))
-        h_t, k_t, s_t = HK[..., :n].unbind(0), HK[..., n:].unbind(0), S.unbind(0)
+        h_t, k_t, s_t = HK[..., :n].unbind(0), HK[..., n:].unbind(0), s_prev.unbind(0)
         cell_t = CELL.unbind(0)
         tc = torch.empty(B, n, **opts)          # tanh(cell_t)
         h = None
@@ -118,13 +113,13 @@ class RelLSTMFunction(torch.autograd.Function):
             if t > 0:
                 att.screen(t)
         ctx.sizes = att.sizes
-        ctx.save_for_backward(HK, ZQ, CELL, S, att.IDX, att.alpha(), V, W_q, W_k, v)
+        ctx.save_for_backward(HK, ZQ, CELL, s_prev, att.IDX, att.alpha(), V, W_q, W_k, v)
         return HK[..., :n].contiguous()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gout):  # noqa: D102
-        HK, ZQ, CELL, S, IDX, ALPHA, V, W_q, W_k, v = ctx.saved_tensors
+        HK, ZQ, CELL, s_prev, IDX, ALPHA, V, W_q, W_k, v = ctx.saved_tensors
         T, B, n2 = HK.shape
         n = n2 // 2
         H = HK[..., :n]
@@ -174,8 +169,8 @@ class RelLSTMFunction(torch.autograd.Function):
             gc = torch.mm(dq[t], VQ4)  # step 4: dL/ds_{t-1} / 2 = dL/dc_t
             att.step(t, gc, q2_t[t - 1], gq_t[t - 1])  # step 5; q_t = s_{t-2}
         DZ = DQ[..., :4 * n]
-        gV = DZ[1:].reshape(-1, 4 * n).t() @ S[1:].reshape(-1, n)
-        gW_q, gW_k = _attention_weight_grads(GHK, H, DQ[..., 4 * n:], S, v4)
+        gV = DZ[1:].reshape(-1, 4 * n).t() @ s_prev[1:].reshape(-1, n)
+        gW_q, gW_k = attention_weight_grads(GHK, H, DQ[..., 4 * n:], s_prev, v4)
         return DZ, gV, gW_q, gW_k, att.gv, None, None
 
 

@@ -43,12 +43,13 @@ Backward, for one step t (G = dL/d·), walking t from T - 1 down to 0:
 3. G_{s_{t-1}} = G_{z_t} V + G_{q_{t+1}}; G_{c_t} = G_{s_{t-1}} / 2 (and G_{s_{t-1}}/2
    is also h_{t-1}'s share, step 1 at t - 1).
 4. ge_t = alpha_t ⊙ (g_t - <alpha_t, g_t>) with g_tj = G_{c_t} . h_j (softmax
-   backward).
+   backward, :func:`rsa.fused.softmax_backward`).
 5. With sigma = sigmoid(2 (W_q q_t + W_k h_j)) recomputed (tanh(x) = 2 sigma(2x) - 1):
    G_{W_q q_t} = 4 v ⊙ sum_j ge_tj sigma (1 - sigma); dL/dv collects
    sum_j ge_tj tanh(...) = sum_j ge_tj (2 sigma - 1) = 2 sum_j ge_tj sigma, since
    sum_j ge_tj = 0 (alpha_t sums to 1); and GHK[j] += [alpha_tj G_{c_t} |
-   ge_tj sigma (1 - sigma)] for each attended h_j (one ``index_add_``).
+   ge_tj sigma (1 - sigma)] for each attended h_j (one ``index_add_``)
+   (:func:`rsa.fused.attention_block_backward`).
 
 The weight gradients (V, W_q, W_k, v, modReLU's b) are single matmuls or sums at the
 end. ``U x + b`` is computed outside, by autograd, as in :mod:`rsa.fused`.
@@ -56,7 +57,7 @@ end. ``U x + b`` is computed outside, by autograd, as in :mod:`rsa.fused`.
 Shared with the fused RelLSTM: the attention forward of a step and the screening after
 it (:class:`_Attention`: steps t >= 1 above, up to s_{t-1}), the attention backward of
 a step (:class:`_AttentionGrad`: steps 4 and 5) and the attention's weight gradients
-(:func:`_attention_weight_grads`). Both models store their states in memory the same
+(:func:`rsa.fused.attention_weight_grads`). Both models store their states in memory the same
 way (the RelLSTM stores its outputs h_t, not its cells), so only the cell, step 2, and
 the shape of V differ.
 """
@@ -66,7 +67,15 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from rsa.fused import _exact_tanh, _phi, _phi_derivative, fused_inputs
+from rsa.fused import (
+    _exact_tanh,
+    _phi,
+    _phi_derivative,
+    attend,
+    attention_block_backward,
+    attention_weight_grads,
+    fused_inputs,
+)
 
 __all__ = ["RelRNNFunction", "relrnn_fused", "fused_forward"]
 
@@ -149,11 +158,8 @@ class _Attention:
         idx = self.idxs[t]
         idx.view(m, B).copy_(self.slot[:m])
         M = torch.index_select(self.rows, 0, idx, out=self.M_m[m]).view(m, B, 2 * n)
-        P = torch.add(q2, M[..., n:], out=self.P_m[m])
-        e = (P.mul_(0.5).tanh_() if self.exact else P.sigmoid_()) @ self.v_e  # (m, B)
-        a = self.alphas[t] = torch.softmax(e, dim=0)
-        c = torch.mul(a[..., None], M[..., :n], out=P).sum(0)  # (B, n)
-        return torch.lerp(h, c, 0.5, out=out)  # s_{t-1} = (h_{t-1} + c_t) / 2
+        s, self.alphas[t] = attend(M, q2, h, self.v_e, self.exact, self.P_m[m], out=out)
+        return s
 
     def screen(self, t: int) -> None:
         """After h_t is in HK: credit alpha_t to S's states (R's scores are frozen) and
@@ -206,27 +212,9 @@ class _AttentionGrad:
         m = a.shape[0]
         P, G, M = self.blocks[m]
         M = torch.index_select(self.rows, 0, idx, out=M).view(m, B, 2 * n)
-        ge = a * torch.linalg.vecdot(M[..., :n], gc)  # softmax backward:
-        ge.addcmul_(a, ge.sum(0), value=-1)           # a (g - <a, g>)
-        sig = torch.add(q2, M[..., n:], out=P).sigmoid_()
-        self.gv.addmv_(sig.view(m * B, n).t(), ge.view(-1), alpha=2)
-        sig.addcmul_(sig, sig, value=-1)  # sigma (1 - sigma) = tanh' / 4
-        G_key = G[..., n:]
-        torch.mul(a[..., None], gc, out=G[..., :n])
-        torch.mul(sig, ge[..., None], out=G_key)
-        self.grows.index_add_(0, idx, G.view(m * B, 2 * n))
+        G_key = attention_block_backward(M, q2, a, gc, P, G, self.gv)  # steps 4, 5
+        self.grows.index_add_(0, idx, G.view(m * B, 2 * n))  # GHK[j] += G_j
         torch.sum(G_key, 0, out=gq)
-
-
-def _attention_weight_grads(GHK: torch.Tensor, H: torch.Tensor, GQ: torch.Tensor,
-                            S: torch.Tensor, v4: torch.Tensor):
-    """(dL/dW_q, dL/dW_k) from the key-path accumulator ``GHK[..., n:]`` (over 4 v) and
-    the states ``H`` (T, B, n), and from ``GQ[t]`` = G_{W_q q_{t+1}} / (4 v) with the
-    queries' states ``S[t]`` = s_{t-1} = q_{t+1} (T, B, n), t = 1 .. T - 2."""
-    T, B, n = H.shape
-    gW_k = (GHK[..., n:] * v4).reshape(-1, n).t() @ H.reshape(T * B, n)
-    gW_q = (GQ[1:-1] * v4).reshape(-1, n).t() @ S[1:-1].reshape(-1, n)
-    return gW_q, gW_k
 
 
 class RelRNNFunction(torch.autograd.Function):
@@ -255,13 +243,13 @@ class RelRNNFunction(torch.autograd.Function):
         opts = dict(dtype=ux.dtype, device=ux.device)
         HK = torch.empty(T, B, 2 * n, **opts)   # [h_t | 2 W_k h_t]
         ZQ = torch.cat([ux, torch.zeros_like(ux)], dim=2)  # [z_t | 2 W_q s_{t-1}]
-        S = torch.zeros(T, B, n, **opts)        # S[t] = s_{t-1}, the input to V at step t
+        s_prev = torch.zeros(T, B, n, **opts)   # s_prev[t] = s_{t-1}, the input to V at step t
         VQ = torch.cat([V, 2 * W_q]).t()        # (n, 2n): s -> [V s | 2 W_q s]
         W_k2 = (2 * W_k).t()
         att = _Attention(HK, v, nu, rho, _exact_tanh(ux.dtype))
         # per-step views made once (slicing in the loop costs more than the arithmetic)
         zq, z_t, q2_t = ZQ.unbind(0), ZQ[..., :n].unbind(0), ZQ[..., n:].unbind(0)
-        h_t, k_t, s_t = HK[..., :n].unbind(0), HK[..., n:].unbind(0), S.unbind(0)
+        h_t, k_t, s_t = HK[..., :n].unbind(0), HK[..., n:].unbind(0), s_prev.unbind(0)
         h = _phi(z_t[0], phi_b, out=h_t[0])
         torch.mm(h, W_k2, out=k_t[0])
         for t in range(1, T):
@@ -271,13 +259,13 @@ class RelRNNFunction(torch.autograd.Function):
             torch.mm(h, W_k2, out=k_t[t])
             att.screen(t)
         ctx.sizes = att.sizes
-        ctx.save_for_backward(HK, ZQ, S, att.IDX, att.alpha(), V, W_q, W_k, v, phi_b)
+        ctx.save_for_backward(HK, ZQ, s_prev, att.IDX, att.alpha(), V, W_q, W_k, v, phi_b)
         return HK[..., :n].contiguous()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gout):  # noqa: D102
-        HK, ZQ, S, IDX, ALPHA, V, W_q, W_k, v, phi_b = ctx.saved_tensors
+        HK, ZQ, s_prev, IDX, ALPHA, V, W_q, W_k, v, phi_b = ctx.saved_tensors
         T, B, n2 = HK.shape
         n = n2 // 2
         H = HK[..., :n]
@@ -303,8 +291,8 @@ class RelRNNFunction(torch.autograd.Function):
             gc = torch.mm(dq[t], VQ4)  # step 3: dL/ds_{t-1} / 2 = dL/dc_t
             att.step(t, gc, q2_t[t - 1], gq_t[t - 1])  # steps 4, 5; q_t = s_{t-2}
         DZ = DQ[..., :n]
-        gV = DZ[1:].reshape(-1, n).t() @ S[1:].reshape(-1, n)
-        gW_q, gW_k = _attention_weight_grads(GHK, H, DQ[..., n:], S, v4)
+        gV = DZ[1:].reshape(-1, n).t() @ s_prev[1:].reshape(-1, n)
+        gW_q, gW_k = attention_weight_grads(GHK, H, DQ[..., n:], s_prev, v4)
         gb = (DZ * sign).sum((0, 1)) if phi_b is not None else None
         return DZ, gV, gW_q, gW_k, att.gv, gb, None, None
 

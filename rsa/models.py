@@ -16,6 +16,13 @@ The self-attentive update (MemRNN, RelRNN) at step t >= 2, with memory M:
 where the query q is s_{t-2} (s_0 = 0) and h_1 = phi(U x_1 + b). MemRNN attends to
 every past state; RelRNN to the screened memory S ∪ R of :mod:`rsa.memory`.
 LSTM and RelLSTM use the same attention with LSTM gates reading [s_{t-1}; x_t].
+
+The pieces: the cell (:class:`_RNNCell`, :class:`_LSTMCell`), the additive attention
+(:meth:`_Recurrent.attend`) and the memory (:class:`rsa.memory.ScreenedMemory`), put
+together by the loop :meth:`_Recurrent.forward`, which the chapter shows next to the
+algorithm. A recorded pass (``record=True``) logs what each step saw through its memory
+(:class:`_RecordingMemory`), outside the loop. The specification all of them (and the
+fused functions) are tested against is :mod:`rsa.reference`.
 """
 
 from __future__ import annotations
@@ -108,33 +115,24 @@ def _check_sizes(input_size, hidden_size):
 
 
 class _Recurrent(nn.Module):
-    """Shared forward loop. Subclasses set ``gates`` (1 for RNN, 4 for LSTM) and
-    ``attention`` (None, "full" or "screened")."""
+    """The loop shared by the five models: a cell (:class:`_RNNCell` or
+    :class:`_LSTMCell`) reading s_{t-1}, and, with ``attention`` ("full" or
+    "screened"), the additive attention (:meth:`attend`) over the memory R ∪ S
+    (:class:`rsa.memory.ScreenedMemory`). ``gates``: rows of U and V per unit (1 for
+    the RNN cell, 4 for the LSTM's)."""
 
     gates = 1
     attention: str | None = None
 
-    def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh",
-                 init: str = "orthogonal", nu: int | None = None, rho: int = 0):
+    def __init__(self, input_size: int, hidden_size: int, *, init: str,
+                 nu: int | None = None, rho: int = 0, **cell_options):
         super().__init__()
         _check_sizes(input_size, hidden_size)
         self.input_size, self.hidden_size = input_size, hidden_size
         n, g = hidden_size, self.gates
         self.U = nn.Linear(input_size, g * n, bias=True)
         self.V = nn.Linear(n, g * n, bias=False)
-        if g == 1:
-            if nonlinearity not in NONLINEARITIES:
-                raise ValueError(
-                    f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-            self.nonlinearity = nonlinearity
-            self.phi = ModReLU(n) if nonlinearity == "modrelu" else nn.Tanh()
-            orthogonal_init(self.V.weight, init)
-        else:
-            if init != "xavier":
-                raise ValueError(f"LSTM models take init='xavier' only, got {init!r}")
-            nn.init.xavier_normal_(self.U.weight)
-            nn.init.xavier_normal_(self.V.weight)
-            nn.init.zeros_(self.U.bias)
+        self._init_cell(init, **cell_options)
         self.init = init
         if self.attention is not None:
             self.W_q = nn.Linear(n, n, bias=False)
@@ -146,17 +144,6 @@ class _Recurrent(nn.Module):
                 if not isinstance(val, int) or isinstance(val, bool) or val < lo:
                     raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
         self.nu, self.rho = nu, rho
-
-    # -- one step ----------------------------------------------------------------------
-    def _cell(self, ux, s, cell):
-        """h_t (and the LSTM cell) from U x_t + b and s_{t-1} (None means s = 0)."""
-        z = ux if s is None else ux + self.V(s)
-        if self.gates == 1:
-            return self.phi(z), None
-        i, f, g, o = z.chunk(4, dim=-1)
-        cell = torch.sigmoid(i) * torch.tanh(g) if cell is None else \
-            torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(cell), cell
 
     def attend(self, q, keys, values, freeze_attention=False):
         """Additive attention: alpha = softmax_j(v^T tanh(W_q q + k_j)), c = sum alpha_j h_j.
@@ -170,7 +157,17 @@ class _Recurrent(nn.Module):
         c = torch.bmm(a[:, None, :], values)[:, 0]  # (B, n)
         return c, alpha
 
-    # -- the loop ------------------------------------------------------------------------
+    def new_memory(self, T: int, B: int, x: torch.Tensor, record: bool = False):
+        """The empty memory R ∪ S of a batch of B sequences of T steps: S holds the nu
+        latest states (every past state for full attention), R at most rho; None for a
+        model without attention. With ``record``, one that logs what each step saw."""
+        if self.attention is None:
+            return None
+        nu = self.nu if self.attention == "screened" else None
+        if record:
+            return _RecordingMemory(nu, self.rho, B, self.hidden_size, x.device, x.dtype, T)
+        return ScreenedMemory(nu, self.rho, B, self.hidden_size, x.device, x.dtype)
+
     def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
         """Run over x (T, B, input_size). Returns H (T, B, n), and a :class:`Trace` if
         ``record``. ``freeze_attention`` detaches alpha in c: the gradient of the
@@ -180,56 +177,98 @@ class _Recurrent(nn.Module):
         # the input drive of every step in one matmul; unbind once (indexing Ux[t] per
         # step would make each backward allocate a (T, B, g n) gradient: O(T^2))
         Ux = self.U(x).unbind(0)  # T x (B, g n)
-        memory = None
-        if self.attention is not None:
-            nu = self.nu if self.attention == "screened" else None
-            memory = ScreenedMemory(nu, self.rho, B, n, x.device, x.dtype)
-            q = x.new_zeros(B, n)  # s_0 = 0, the query at t = 2
-        # slot layout of the trace: [R slots | S slots]
-        slots_R = self.rho if memory is not None else 0
-        slots_S = (self.nu if self.attention == "screened" else max(T - 1, 0)) \
-            if memory is not None else 0
-        states, rec = [], []
-        h = s = cell = None
-        for t in range(T):
-            if t > 0:
-                if memory is None:
-                    s = h
-                else:
-                    M = memory.memory()  # (B, m, 2n): [h_j | W_k h_j]
-                    c, alpha = self.attend(q, M[..., n:], M[..., :n], freeze_attention)
-                    s = (h + c) / 2  # s_{t-1}
-                    q = s
-                    memory.add_attention(alpha)
-            h, cell = self._cell(Ux[t], s, cell)
-            if record:
-                attended = memory is not None and t > 0
-                rec.append(self._record(memory if attended else None,
-                                        alpha if attended else None, slots_R, slots_S, B, x))
+        memory = self.new_memory(T, B, x, record)  # R ∪ S, None without attention
+        q = x.new_zeros(B, n)  # s_0 = 0, the query at t = 2
+        s = cell = None  # h_1 = phi(U x_1 + b): no recurrent input
+        states = []  # h_1, ..., h_T
+        for t, ux in enumerate(Ux, start=1):  # step t computes h_t, as in the book
+            if t > 1 and memory is None:
+                s = states[-1]  # s_{t-1} = h_{t-1}
+            elif t > 1:
+                M = memory.memory()  # (B, m, 2n): [h_j | W_k h_j] for h_j in R ∪ S
+                c, alpha = self.attend(q, M[..., n:], M[..., :n], freeze_attention)
+                s = q = (states[-1] + c) / 2  # s_{t-1} = (h_{t-1} + c_t) / 2, next query
+                memory.add_attention(alpha)  # relevance scores of the states in S
+            h, cell = self.cell(ux, s, cell)  # h_t
             if memory is not None:
-                memory.push(h, self.W_k(h))
+                memory.push(h, self.W_k(h))  # h_t enters S; the oldest may move to R
             states.append(h)
         H = torch.stack(states)  # (T, B, n)
-        if not record:
-            return H
-        alpha, index, score, relevant = (torch.stack(z) for z in zip(*rec, strict=True))
-        return H, Trace(states, alpha, index, score, relevant)
-
-    @staticmethod
-    def _record(memory, alpha, slots_R, slots_S, B, x):
-        K = slots_R + slots_S
-        relevant = torch.zeros(B, K, dtype=torch.bool, device=x.device)
-        relevant[:, :slots_R] = True
-        if memory is None:  # step 1, or a model without attention
-            return (x.new_zeros(B, K), torch.full((B, K), -1, dtype=torch.long,
-                                                  device=x.device),
-                    x.new_zeros(B, K), relevant)
-        index, score, _ = memory.snapshot(slots_R, slots_S)
-        a = memory.scatter_alpha(alpha.detach(), slots_R, slots_S)
-        return a, index, score, relevant
+        return (H, _trace(states, memory, x)) if record else H
 
 
-class RNN(_Recurrent):
+class _RNNCell(_Recurrent):
+    """h_t = phi(U x_t + V s_{t-1} + b), phi = tanh or modReLU, V orthogonal at init."""
+
+    def _init_cell(self, init: str, nonlinearity: str = "tanh") -> None:
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(
+                f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        self.phi = ModReLU(self.hidden_size) if nonlinearity == "modrelu" else nn.Tanh()
+        orthogonal_init(self.V.weight, init)
+
+    def cell(self, ux, s, cell=None):
+        """h_t from ux = U x_t + b and s_{t-1} (None: s = 0); no cell state (None)."""
+        return self.phi(ux if s is None else ux + self.V(s)), None
+
+
+class _LSTMCell(_Recurrent):
+    """LSTM gates i, f, g, o on [s_{t-1}; x_t], Xavier-normal weights, zero bias."""
+
+    gates = 4
+
+    def _init_cell(self, init: str) -> None:
+        if init != "xavier":
+            raise ValueError(f"LSTM models take init='xavier' only, got {init!r}")
+        nn.init.xavier_normal_(self.U.weight)
+        nn.init.xavier_normal_(self.V.weight)
+        nn.init.zeros_(self.U.bias)
+
+    def cell(self, ux, s, cell):
+        """(h_t, cell_t) from ux = U x_t + b, s_{t-1} (None: s = 0) and cell_{t-1}
+        (None: 0, the first step)."""
+        z = ux if s is None else ux + self.V(s)
+        i, f, g, o = z.chunk(4, dim=-1)
+        cell = torch.sigmoid(i) * torch.tanh(g) if cell is None else \
+            torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(cell), cell
+
+
+class _RecordingMemory(ScreenedMemory):
+    """A :class:`ScreenedMemory` that logs, at each step's :meth:`add_attention` (after
+    the attention, before h_t is pushed), the weights, time indices and scores of its
+    slots in a fixed layout [rho R slots | S slots] (nu, or T - 1 for full attention):
+    what a :class:`Trace` holds."""
+
+    def __init__(self, nu, rho, batch, hidden, device, dtype, T: int):
+        super().__init__(nu, rho, batch, hidden, device, dtype)
+        self.slots_R, self.slots_S = rho, nu if nu is not None else max(T - 1, 0)
+        self.log = []
+
+    def add_attention(self, alpha: torch.Tensor) -> None:
+        super().add_attention(alpha)
+        index, score, _ = self.snapshot(self.slots_R, self.slots_S)
+        a = self.scatter_alpha(alpha.detach(), self.slots_R, self.slots_S)
+        self.log.append((a, index, score))
+
+
+def _trace(states: list, memory: _RecordingMemory | None, x: torch.Tensor) -> Trace:
+    """The :class:`Trace` of a recorded forward pass, from its states and the log of its
+    memory (step 1, and every step of a model without attention, saw an empty one)."""
+    T, B = len(states), x.shape[1]
+    slots_R, slots_S = (memory.slots_R, memory.slots_S) if memory is not None else (0, 0)
+    K = slots_R + slots_S
+    empty = (x.new_zeros(B, K), torch.full((B, K), -1, dtype=torch.long, device=x.device),
+             x.new_zeros(B, K))
+    rows = [empty, *(memory.log if memory is not None else [empty] * (T - 1))]
+    alpha, index, score = (torch.stack(z) for z in zip(*rows, strict=True))
+    relevant = torch.zeros(T, B, K, dtype=torch.bool, device=x.device)
+    relevant[..., :slots_R] = True
+    return Trace(states, alpha, index, score, relevant)
+
+
+class RNN(_RNNCell):
     """h_t = phi(U x_t + V h_{t-1} + b), V orthogonal at init (*The paper* §2)."""
 
     def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh",
@@ -260,7 +299,7 @@ class _Fusable(_Recurrent):
         return self._fused_forward(x)
 
 
-class MemRNN(_Fusable):
+class MemRNN(_Fusable, _RNNCell):
     """Self-attentive RNN with full attention over every past state: O(T^2) per sequence.
 
     ``fused=True`` (default): a plain forward (no ``record``, no ``freeze_attention``)
@@ -282,7 +321,7 @@ class MemRNN(_Fusable):
                          fused=fused)
 
 
-class RelRNN(_Fusable):
+class RelRNN(_Fusable, _RNNCell):
     """Relevancy-screened RNN: attention over S (nu recent states) ∪ R (rho relevant).
 
     ``fused=True`` (default): a plain forward (no ``record``, no ``freeze_attention``)
@@ -303,16 +342,14 @@ class RelRNN(_Fusable):
                          nu=nu, rho=rho, fused=fused)
 
 
-class LSTM(_Recurrent):
+class LSTM(_LSTMCell):
     """Standard LSTM, gates i, f, g, o on [h_{t-1}; x_t], Xavier-normal weights."""
-
-    gates = 4
 
     def __init__(self, input_size: int, hidden_size: int, *, init: str = "xavier"):
         super().__init__(input_size, hidden_size, init=init)
 
 
-class RelLSTM(_Fusable):
+class RelLSTM(_Fusable, _LSTMCell):
     """LSTM whose gates read [s_{t-1}; x_t], s_{t-1} = (h_{t-1} + c)/2, with c the
     relevancy-screened attention over LSTM outputs (s_0 = 0).
 
@@ -321,11 +358,10 @@ class RelLSTM(_Fusable):
     :class:`rsa.fused_rellstm.RelLSTMFunction`, which shares the fused RelRNN's
     screening on time indices and attention (forward and hand-written backward) and adds
     the LSTM cell's backward; memory O(T B (n + nu + rho)). ``fused=False`` is the
-    plain-autograd loop over :class:`rsa.memory.ScreenedMemory` (the specification);
+    plain-autograd loop of :class:`_Recurrent` over :class:`rsa.memory.ScreenedMemory`;
     ``record=True`` and ``freeze_attention=True`` always take it.
     """
 
-    gates = 4
     attention = "screened"
     _fused_forward = rellstm_fused_forward
 

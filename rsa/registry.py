@@ -13,9 +13,19 @@ budget and its part in the experiment plan. Everything that names models reads i
 - :mod:`rsa.experiments` (the plan's model lists), :func:`rsa.measure.estimate_memory`
   (:func:`memory_budget`) and :mod:`rsa.plotting` (labels, colours, legend order).
 
-Adding a model: its class, one entry in the table below (or a :func:`register` call
-anywhere before it is used: ``tests/test_registry.py`` does so with a toy model), a
-branch of the per-example reference (``tests/reference.py``) and tests.
+Adding a model touches these files, and no other file of the package
+(``tests/test_registry.py`` does it with a toy model registered at test time, trained
+from the command line):
+
+1. its class: a module of rsa (``rsa/models.py`` for a recurrent core; a fused
+   implementation, if any, in a module of its own like ``rsa/fused_screened.py``), and
+   its name in ``rsa/__init__.py`` if it is public;
+2. one entry in the table below, ``rsa/registry.py`` (or a :func:`register` call
+   anywhere before it is used);
+3. a branch of the per-example reference, ``rsa/reference.py``
+   (:func:`rsa.reference.branch`);
+4. tests: against the reference (the list of models of ``tests/test_models.py``, and
+   ``tests/test_fused*.py`` for a fused implementation).
 
 This module imports neither torch nor another module of rsa: the table names classes as
 ``"module:Class"``, imported when a model is first built, so that any module can read

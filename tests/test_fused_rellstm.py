@@ -1,5 +1,5 @@
 """The fused RelLSTM (rsa/fused_rellstm.py) against the plain-autograd loop of
-rsa/models.py and the slow reference of tests/reference.py, in float64.
+rsa/models.py and the slow reference of rsa/reference.py, in float64.
 
 The plain loop's screening is checked slot by slot against the reference in
 tests/test_models.py. The fused function shares the fused RelRNN's screening on time
@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 import rsa.fused_screened as fs
 from rsa import RelLSTM, RelRNN
 from rsa.fused_rellstm import RelLSTMFunction, rellstm_fused
+from rsa.reference import reference_forward
 from tests.helpers import fused_and_plain, fused_function_args, grads, saved_bytes
-from tests.reference import reference_forward
 from tests.test_fused_screened import CONFIGS, replacements
 
 N_IN, N = 3, 5

@@ -1,4 +1,4 @@
-"""The fast, batched models against the slow reference of tests/reference.py."""
+"""The fast, batched models against the slow reference of rsa/reference.py."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import reference_batch, reference_forward
 
 from rsa import LSTM, RNN, MemRNN, RelLSTM, RelRNN
 from rsa.memory import ScreenedMemory
+from rsa.reference import reference_batch, reference_forward
 
 N_IN, N = 3, 5
 

@@ -17,13 +17,13 @@ from matplotlib.colors import to_rgb
 from torch import nn
 
 import rsa
-from rsa import heads, plotting, registry
+from rsa import heads, plotting, reference, registry
 from rsa.__main__ import main
 from rsa.experiments import plan_runs
 from rsa.measure import estimate_memory
 from rsa.models import ModReLU
 from rsa.registry import ModelSpec, PerTask
-from rsa.train import TrainConfig, resolve_config, train
+from rsa.train import TrainConfig, load_trained, resolve_config, train
 
 PAPER_MODELS = ("rnn", "lstm", "memrnn", "relrnn", "rellstm")
 
@@ -160,6 +160,61 @@ def test_a_toy_model_is_its_class_and_one_entry(leaky, tmp_path):
     assert to_rgb(lines["Leaky"].get_color()) == to_rgb("#000000")
     assert to_rgb(lines["RNN"].get_color()) == plotting.PALETTE["rnn"]
     plt.close(fig)
+
+
+def leaky_reference(model, x, freeze_attention=False):
+    """The toy model's branch of the reference (rsa.reference): its equation on one
+    example x (T, input_size), written out; no attention, so no weights, R or scores."""
+    h, hs = torch.zeros(model.hidden_size, dtype=x.dtype), []
+    for x_t in x:
+        z = model.U.weight @ x_t + model.U.bias + model.V.weight @ h
+        phi = torch.tanh(z) if model.nonlinearity == "tanh" else \
+            torch.sign(z) * torch.relu(z.abs() + model.phi.b)
+        h = (h + phi) / 2
+        hs.append(h)
+    return hs, [{} for _ in hs], [[] for _ in hs], [{} for _ in hs]
+
+
+def test_a_new_model_is_its_class_an_entry_a_reference_branch_and_tests(leaky, tmp_path,
+                                                                         capsys):
+    """What adding a model takes (rsa/registry.py's docstring lists the files): the class
+    and its entry (above), a branch of the reference, and tests; then it trains from the
+    command line and is rebuilt from what the run wrote."""
+    with pytest.raises(TypeError, match="no reference for Leaky; models with one: LSTM"):
+        reference.reference_forward(Leaky(3, 5), torch.zeros(2, 3))
+    reference.branch(Leaky)(leaky_reference)
+    try:
+        # the class against its reference, in float64 (values and gradients)
+        torch.manual_seed(0)
+        core = heads.build_model("leaky", 3, 5, nonlinearity="modrelu").double()
+        x = torch.randn(7, 2, 3, dtype=torch.float64, requires_grad=True)
+        H, H_ref = core(x), reference.reference_batch(core, x)
+        torch.testing.assert_close(H, H_ref, rtol=1e-12, atol=1e-12)
+        wrt = [x, *core.parameters()]
+        for g, g_ref in zip(torch.autograd.grad(H.pow(2).sum(), wrt),
+                            torch.autograd.grad(H_ref.pow(2).sum(), wrt), strict=True):
+            torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+        # trained from the command line with the task's defaults of its entry
+        out = tmp_path / "run"
+        assert main(["train", "--model", "leaky", "--task", "copy", "--T", "3",
+                     "--hidden-size", "6", "--batch", "4", "--steps", "4", "--eval-every",
+                     "2", "--eval-batch", "8", "--out", str(out), "--no-progress"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["steps_done"] == 4
+        run = json.loads((out / "results.json").read_text())
+        assert (run["config"]["model"], run["config"]["lr"]) == ("leaky", 3e-3)
+        assert run["config"]["nonlinearity"] == "modrelu"
+
+        # rebuilt from the run's model.pt, and still its reference's equation
+        trained = load_trained(out)
+        assert isinstance(trained.core, Leaky) and trained.core.nonlinearity == "modrelu"
+        core = trained.core.double()
+        x = torch.randn(5, 3, core.input_size, dtype=torch.float64)
+        torch.testing.assert_close(core(x), reference.reference_batch(core, x),
+                                   rtol=1e-12, atol=1e-12)
+    finally:
+        reference._BRANCHES.pop(Leaky)
 
 
 def test_a_removed_model_is_gone_everywhere(leaky):

@@ -1,5 +1,5 @@
 """rsa.SAB, sparse attentive backtracking as released, against a slow reference written
-from the equations (tests/reference.py: reference_sab), in float64: outputs, states,
+from the equations (rsa/reference.py: reference_sab), in float64: outputs, states,
 attention weights and gradients; the sparsifier's quirks (raw scores while the memory
 holds at most k slots, the k-th slot clamped, ties); the truncation boundary; gradcheck;
 bad inputs; the registry (SAB and the Transformer outside MODELS and the plans); a few
@@ -11,11 +11,11 @@ import math
 
 import pytest
 import torch
-from reference import reference_sab
 from torch import nn
 
 import rsa
 from rsa import experiments, heads, plotting, registry
+from rsa.reference import reference_sab
 from rsa.sab import EPS, SAB, sparsify
 from rsa.train import resolve_config, train
 

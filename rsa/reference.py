@@ -1,35 +1,42 @@
-"""A slow, obviously-correct reference for every model, written straight from the
-equations of paper.md §2: one example at a time, Python lists for the memory, keys
-recomputed from the states every time they are used.
+"""The specification: a slow, obviously-correct reference for every model, written
+straight from the equations of *The paper* §2 (chapter *Relevancy screening*, where it
+is shown first): one example at a time, Python lists for the memories S and R, keys
+recomputed from the states every time they are used, 0-based time (``hs[t]`` is h_{t+1}
+of the book's notation).
 
-It shares the *parameters* of a fast model (so the two can be compared exactly) but
-none of its code.
+It shares the *parameters* of a fast model (so that the two can be compared exactly, in
+float64) but none of its code: the batched loop of :mod:`rsa.models`, the screened
+memory of :mod:`rsa.memory` and the fused functions (:mod:`rsa.fused`,
+:mod:`rsa.fused_screened`, :mod:`rsa.fused_rellstm`) are all tested against it
+(``tests/test_models.py``, ``tests/test_fused*.py``).
+
+Each model class has a *branch*: a function ``(model, x, freeze_attention)`` for one
+example x (T, input_size) returning ``(hs, alphas, R_sets, scores)`` as
+:func:`reference_forward` documents. A new model adds its own with :func:`branch`
+(``tests/test_registry.py`` does so for a toy model).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from rsa.models import LSTM, RNN, MemRNN, RelLSTM, RelRNN
 
-def _phi(model, z):
-    if model.gates == 4:
-        raise AssertionError("LSTM has no phi")
-    if model.nonlinearity == "tanh":
-        return torch.tanh(z)
-    return torch.sign(z) * torch.relu(z.abs() + model.phi.b)
+__all__ = ["branch", "reference_forward", "reference_batch", "reference_sab"]
+
+_BRANCHES: dict[type, Callable] = {}
 
 
-def _cell(model, x_t, s, cell):
-    z = model.U.weight @ x_t + model.U.bias
-    if s is not None:
-        z = z + model.V.weight @ s
-    if model.gates == 1:
-        return _phi(model, z), None
-    n = model.hidden_size
-    i, f, g, o = z[:n], z[n:2 * n], z[2 * n:3 * n], z[3 * n:]
-    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-    cell = i * g if cell is None else f * cell + i * g
-    return o * torch.tanh(cell), cell
+def branch(*classes: type) -> Callable:
+    """Decorator: ``fn`` is the reference of the model classes ``classes`` (and of their
+    subclasses that have none of their own)."""
+    def register(fn: Callable) -> Callable:
+        for cls in classes:
+            _BRANCHES[cls] = fn
+        return fn
+    return register
 
 
 def reference_forward(model, x, freeze_attention=False):
@@ -38,13 +45,48 @@ def reference_forward(model, x, freeze_attention=False):
     Returns (hs, alphas, R_sets, scores): hs the list of h_t; alphas[t] a dict
     {time index: weight} used to compute h_t (empty at t = 0); R_sets[t] the list of
     time indices in R (slot order) while computing h_t; scores[t] the dict of
-    relevance scores after step t's attention.
+    relevance scores after step t's attention. A model without attention returns empty
+    dicts and lists for the last three.
     """
+    for cls in type(model).__mro__:
+        if cls in _BRANCHES:
+            return _BRANCHES[cls](model, x, freeze_attention)
+    raise TypeError(f"no reference for {type(model).__name__}; models with one: "
+                    f"{', '.join(sorted(c.__name__ for c in _BRANCHES))} (add one with "
+                    f"rsa.reference.branch)")
+
+
+def _phi(model, z):
+    if model.nonlinearity == "tanh":
+        return torch.tanh(z)
+    return torch.sign(z) * torch.relu(z.abs() + model.phi.b)  # modReLU
+
+
+def _cell(model, lstm, x_t, s, cell):
+    """h_t (and the LSTM cell) from x_t and s_{t-1} (None: s_0 = 0, the first step)."""
+    z = model.U.weight @ x_t + model.U.bias
+    if s is not None:
+        z = z + model.V.weight @ s
+    if not lstm:
+        return _phi(model, z), None
+    n = model.hidden_size
+    i, f, g, o = z[:n], z[n:2 * n], z[2 * n:3 * n], z[3 * n:]
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    cell = i * g if cell is None else f * cell + i * g
+    return o * torch.tanh(cell), cell
+
+
+@branch(RNN, LSTM, MemRNN, RelRNN, RelLSTM)
+def _paper_models(model, x, freeze_attention=False):
+    """The five models of the paper: an RNN or LSTM cell reading s_{t-1}, which is
+    h_{t-1} without attention, (h_{t-1} + c_t) / 2 with attention over every past state
+    (MemRNN) or over the screened memory R ∪ S (RelRNN, RelLSTM)."""
     T = x.shape[0]
     n = model.hidden_size
-    attention = model.attention
-    nu = model.nu if attention == "screened" else None
-    rho = model.rho if attention == "screened" else 0
+    lstm = isinstance(model, (LSTM, RelLSTM))
+    attention = isinstance(model, (MemRNN, RelRNN, RelLSTM))
+    nu = model.nu if isinstance(model, (RelRNN, RelLSTM)) else None  # None: S unbounded
+    rho = model.rho if isinstance(model, (RelRNN, RelLSTM)) else 0
     hs, alphas, R_sets, scores = [], [], [], []
     S, R, score = [], [], {}
     q = torch.zeros(n, dtype=x.dtype)
@@ -52,7 +94,7 @@ def reference_forward(model, x, freeze_attention=False):
     for t in range(T):
         alpha_t = {}
         if t > 0:
-            if attention is None:
+            if not attention:
                 s = hs[t - 1]
             else:
                 M = R + S
@@ -69,12 +111,12 @@ def reference_forward(model, x, freeze_attention=False):
                     alpha_t[j] = float(a_val[m])
                     if j in S:  # only states in the buffer earn relevance
                         score[j] = score[j] + float(a_val[m])
-        h, cell = _cell(model, x[t], s, cell)
+        h, cell = _cell(model, lstm, x[t], s, cell)
         alphas.append(alpha_t)
         R_sets.append(list(R))
         scores.append(dict(score))
         hs.append(h)
-        if attention is not None:
+        if attention:
             score[t] = 0.0
             if nu is not None and len(S) == nu:
                 old = S.pop(0)
