@@ -23,8 +23,8 @@ results atomically with a ``manifest.json``:
 2. ``transfer``: copy models trained at T evaluated at 2x, 5x, 10x T and up to 5000.
 3. ``gradients``: ||dL/dh_t|| over t (loss on the answer steps) at the start and end of
    training for every model, and for the rho ablation.
-4. ``cost``: time per update and peak memory against T for every model (and the
-   baselines, converged plan).
+4. ``cost``: time per update and peak memory against T for every model (and, in
+   their own rounds with two references, the baselines: converged plan).
 """
 
 from __future__ import annotations
@@ -713,45 +713,67 @@ def _stage_gradients(scale: str, plan: Plan, log) -> None:
         files=["grad_norms.csv", "manifest.json"]))
 
 
-def _cost_models(plan: Plan) -> tuple[str, ...]:
-    """The models of cost.csv: the paper's five and, in the converged plan, the
-    :data:`BASELINES`."""
-    return tuple(MODELS) + (BASELINES if plan.converged else ())
+# The baselines' cost is measured in rounds of its own, with two of the paper's models
+# as references measured in the same rounds (the cost table of the paper's models is not
+# measured again), at the delays up to the authors' largest (SAB's update costs O(T^2)).
+BASELINE_COST_REFS = ("lstm", "rellstm")
+BASELINE_COST_TS = (100, 200, 400, 600, 800)
 
 
 def _stage_cost(scale: str, plan: Plan, log) -> None:
-    """cost.csv: every model of :func:`_cost_models` (MemRNN and RelRNN fused, the
-    defaults), timed in the same interleaved rounds; cost_unfused.csv: MemRNN
-    (T <= ``unfused_max_T``) and RelRNN with plain autograd (fused=False), the authors'
-    kind of code (MemRNN's memory O(T^2 n B)). A cost.csv without one of the models
-    (one added to the plan since) is measured again, every model, so that they share
-    the rounds, and cost_unfused.csv with it (the same machine conditions)."""
+    """cost.csv: every model (MemRNN and RelRNN fused, the defaults); cost_unfused.csv:
+    MemRNN (T <= ``unfused_max_T``) and RelRNN with plain autograd (fused=False), the
+    authors' kind of code (MemRNN's memory O(T^2 n B)). Converged plan:
+    ``cost_baselines/cost.csv`` too (:func:`_cost_baselines`)."""
     from rsa.bench import run_bench
 
+    if plan.converged:
+        _cost_baselines(scale, plan, log)
     out = DATA / scale / "cost"
     command = f"python -m rsa reproduce --scale {scale} --stages cost"
     files = ["cost.csv", "cost_unfused.csv", "manifest.json"]
-    models = _cost_models(plan)
     params = {"scale": scale, "Ts": plan.cost_Ts, "unfused_max_T": plan.unfused_max_T,
               "unfused": list(UNFUSED), "batch": 10, "hidden_size": 128, "task": "copy",
-              "repeats": 5, "unfused_repeats": 2, "threads": torch.get_num_threads(),
-              "models": list(models)}
+              "repeats": 5, "unfused_repeats": 2, "threads": torch.get_num_threads()}
     t0 = time.perf_counter()
     done = [f for f in ("cost.csv", "cost_unfused.csv") if (out / f).is_file()]
-    if "cost.csv" in done and set(io.load_csv(out / "cost.csv")["model"]) != set(models):
-        log(f"[cost] cost.csv lacks some of {', '.join(models)}: both files measured again")
-        done = []
     for f in done:
         log(f"[cost] {f} done")
     if len(done) == 2:
         return
     if "cost.csv" not in done:
-        io.write_csv(out / "cost.csv", run_bench(models, plan.cost_Ts, large_batch=0,
+        io.write_csv(out / "cost.csv", run_bench(MODELS, plan.cost_Ts, large_batch=0,
                                                  repeats=params["repeats"], log=log))
     if "cost_unfused.csv" not in done:
         _cost_unfused(out, plan, params, log)
     io.write_json(out / "manifest.json", io.build_manifest(
         params, seed=0, wall_time_s=time.perf_counter() - t0, command=command, files=files))
+
+
+def _cost_baselines(scale: str, plan: Plan, log) -> None:
+    """``data/<scale>/cost_baselines/cost.csv``: time per update and peak memory of the
+    :data:`BASELINES` and of the references :data:`BASELINE_COST_REFS` (LSTM, RelLSTM),
+    timed in the same interleaved rounds (so that the baselines are compared with the
+    references under the same machine conditions), at :data:`BASELINE_COST_TS`, n = 128,
+    batch 10, copy; 3 timed updates after a warm-up (SAB's update at T = 800 takes
+    seconds)."""
+    from rsa.bench import run_bench
+
+    out = DATA / scale / "cost_baselines"
+    if (out / "cost.csv").is_file():
+        log("[cost] cost_baselines/cost.csv done")
+        return
+    models = BASELINE_COST_REFS + BASELINES
+    params = {"scale": scale, "Ts": BASELINE_COST_TS, "models": list(models),
+              "references": list(BASELINE_COST_REFS), "batch": 10, "hidden_size": 128,
+              "task": "copy", "repeats": 3, "threads": torch.get_num_threads()}
+    t0 = time.perf_counter()
+    io.write_csv(out / "cost.csv", run_bench(models, BASELINE_COST_TS, large_batch=0,
+                                             repeats=params["repeats"], log=log))
+    io.write_json(out / "manifest.json", io.build_manifest(
+        params, seed=0, wall_time_s=time.perf_counter() - t0,
+        command=f"python -m rsa reproduce --scale {scale} --stages cost",
+        files=["cost.csv", "manifest.json"]))
 
 
 def _cost_unfused(out, plan: Plan, params: dict, log) -> None:
@@ -926,7 +948,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=int, metavar="UPDATES",
                    help="with --stages train: cap every run at this many updates, below "
                         "the plan's (stored as stopped by the budget; a later call without "
-                        "it trains such runs further)")
+                        "it trains such runs further; default: the plan's budget)")
     p.add_argument("--device", default="cpu",
                    help="where the train stage trains: cpu, cuda, cuda:N, or auto for cuda "
                         "when available (default: cpu)")

@@ -180,15 +180,10 @@ def test_transfer_delays_cap_the_quadratic_evaluations():
                                                                       5000]
 
 
-def test_the_cost_stage_measures_the_baselines_in_the_converged_plan():
-    assert experiments._cost_models(experiments.PLANS["converged"]) == (
-        *MODELS, "sab", "transformer")
-    assert experiments._cost_models(experiments.PLANS["session"]) == tuple(MODELS)
-
-
-def test_a_cost_table_without_a_model_of_the_plan_is_measured_again(tiny, monkeypatch):
-    """cost.csv of an earlier plan (the paper's five only) is measured again, every model
-    in the same rounds, once the baselines join the plan; then it is kept."""
+def test_the_converged_cost_stage_measures_the_baselines_with_references(tiny, monkeypatch):
+    """A converged plan adds cost_baselines/cost.csv: SAB and the Transformer with the LSTM
+    and RelLSTM as references, timed in the same rounds; cost.csv keeps the paper's
+    models; a second call keeps both."""
     import dataclasses
 
     import rsa.bench
@@ -199,18 +194,18 @@ def test_a_cost_table_without_a_model_of_the_plan_is_measured_again(tiny, monkey
 
     monkeypatch.setattr(rsa.bench, "peak_memory", fake_peak)
     monkeypatch.setattr(rsa.measure, "peak_memory", fake_peak)
-    monkeypatch.setitem(experiments.PLANS, "tiny",
-                        dataclasses.replace(TINY, cost_Ts=(3,), unfused_max_T=3))
-    experiments.reproduce("tiny", ("cost",), log=lambda s: None)
-    assert set(io.load_csv(tiny / "cost" / "cost.csv")["model"]) == set(MODELS)
+    monkeypatch.setattr(experiments, "BASELINE_COST_TS", (3, 4))
     monkeypatch.setitem(experiments.PLANS, "tiny", dataclasses.replace(
         TINY, cost_Ts=(3,), unfused_max_T=3, converged=True))
+    experiments.reproduce("tiny", ("cost",), log=lambda s: None)
+    assert set(io.load_csv(tiny / "cost" / "cost.csv")["model"]) == set(MODELS)
+    base = io.load_csv(tiny / "cost_baselines" / "cost.csv")
+    assert sorted(zip(base["model"], base["T"], strict=True)) == sorted(
+        (m, T) for m in ("lstm", "rellstm", "sab", "transformer") for T in (3, 4))
+    assert ((base["time_min_ms"] > 0) & (base["time_min_ms"] <= base["time_ms"])).all()
+    manifest = io.load_manifest(tiny / "cost_baselines")
+    assert manifest["parameters"]["references"] == ["lstm", "rellstm"]
+    assert manifest["command"].endswith("--stages cost")
     log = []
     experiments.reproduce("tiny", ("cost",), log=log.append)
-    assert "measured again" in log[0], log
-    cost = io.load_csv(tiny / "cost" / "cost.csv")
-    assert sorted(cost["model"]) == sorted((*MODELS, "sab", "transformer"))
-    assert io.load_manifest(tiny / "cost")["parameters"]["models"] == list(cost["model"])
-    log.clear()
-    experiments.reproduce("tiny", ("cost",), log=log.append)
-    assert log and all("done" in line for line in log), log
+    assert len(log) == 3 and all("done" in line for line in log), log
