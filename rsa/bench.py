@@ -70,7 +70,7 @@ def run_bench(models=MODELS, Ts=DEFAULT_TS, *, batch: int = 10, hidden_size: int
     (median), time_min_ms (fastest), times_ms, peak_mib and saved_mib (peak extra memory
     and bytes saved for backward, None without ``memory``), skipped (reason or None),
     threads, method. ``models`` are names of the registry (:data:`rsa.heads.MODELS` and
-    the baselines outside the plan, SAB and the Transformer) or of
+    the baselines outside it, SAB and the Transformer) or of
     :data:`UNFUSED_VARIANTS` (``"memrnn_unfused"``...: the model with ``fused=False``).
     ``max_memory_gb`` defaults to half the available RAM (CPU) or 80 % of the free GPU
     memory. ``log`` (e.g. ``print``) receives one line per row.
