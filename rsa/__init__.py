@@ -8,8 +8,9 @@ The one implementation behind the book (``book/``). Modules:
 - :mod:`rsa.reference`: the specification, a slow per-example reference of every model
   that the fast code is tested against (shown first by *Relevancy screening*);
 - :mod:`rsa.sab`, :mod:`rsa.transformer`: the baselines SAB (sparse attentive
-  backtracking, as released) and a causal Transformer, registered but not yet in
-  :data:`MODELS` nor the experiment plan (chapter *Sparse attentive backtracking*);
+  backtracking, as released) and a causal Transformer, registered outside
+  :data:`MODELS` (the paper's five) and trained by the converged plan as its baselines,
+  :data:`rsa.experiments.BASELINES` (chapter *Sparse attentive backtracking*);
 - :mod:`rsa.tasks`, :mod:`rsa.heads`, :mod:`rsa.train`: tasks, read-out + loss,
   training with checkpoint/resume (``python -m rsa train``);
 - :mod:`rsa.measure`, :mod:`rsa.bench`: gradient norms, time and memory

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from rsa import io
+from rsa import io, registry
 from rsa.heads import _FUSED, MODELS
 from rsa.measure import estimate_memory, peak_memory, saved_tensor_bytes, update_times
 
@@ -69,15 +69,16 @@ def run_bench(models=MODELS, Ts=DEFAULT_TS, *, batch: int = 10, hidden_size: int
     ``large_batch`` (0 skips it). Returns one dict per row: model, T, batch, time_ms
     (median), time_min_ms (fastest), times_ms, peak_mib and saved_mib (peak extra memory
     and bytes saved for backward, None without ``memory``), skipped (reason or None),
-    threads, method. ``models`` are names of :data:`rsa.heads.MODELS` or of
+    threads, method. ``models`` are names of the registry (:data:`rsa.heads.MODELS` and
+    the baselines outside it, SAB and the Transformer) or of
     :data:`UNFUSED_VARIANTS` (``"memrnn_unfused"``...: the model with ``fused=False``).
     ``max_memory_gb`` defaults to half the available RAM (CPU) or 80 % of the free GPU
     memory. ``log`` (e.g. ``print``) receives one line per row.
     """
-    unknown = [m for m in models if m not in MODELS + UNFUSED_VARIANTS]
+    accepted = registry.registered() + UNFUSED_VARIANTS  # the baselines too (SAB...)
+    unknown = [m for m in models if m not in accepted]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; accepted: "
-                         f"{', '.join(MODELS + UNFUSED_VARIANTS)}")
+        raise ValueError(f"unknown model(s) {unknown}; accepted: {', '.join(accepted)}")
     from rsa.train import _device
 
     _device(device)  # fails early if CUDA was asked for and is missing

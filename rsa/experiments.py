@@ -16,11 +16,15 @@ Stages, each resumable (training runs resume from their checkpoints under
 results atomically with a ``manifest.json``:
 
 1. ``train``: copy and denoise for every model and T; the rho ablation (RelRNN and
-   RelLSTM on denoise at rho in {3, 8, 18, 25}); sequential and permuted digits.
+   RelLSTM on denoise at rho in {3, 8, 18, 25}); sequential and permuted digits. The
+   converged plan adds the :data:`BASELINES` (SAB, a causal Transformer) on copy and
+   denoise, seed 0; ``--budget`` caps the updates where a machine cannot give the
+   plan's (a run stopped by it says so and is trained further by a later call).
 2. ``transfer``: copy models trained at T evaluated at 2x, 5x, 10x T and up to 5000.
 3. ``gradients``: ||dL/dh_t|| over t (loss on the answer steps) at the start and end of
    training for every model, and for the rho ablation.
-4. ``cost``: time per update and peak memory against T for every model.
+4. ``cost``: time per update and peak memory against T for every model (and, in
+   their own rounds with two references, the baselines: converged plan).
 
 Every stage runs on ``--device``; ``--data-dir`` and ``--runs-dir`` (or ``RSA_DATA_DIR``,
 ``RSA_RUNS_DIR``) move ``data/`` and ``runs/``; ``--executor slurm`` submits the plan to
@@ -45,7 +49,7 @@ from rsa.heads import MODELS
 from rsa.train import MODEL_FILE
 
 __all__ = ["PLANS", "Plan", "reproduce", "main", "run_name", "plan_runs", "load_stored_runs",
-           "runs_table", "plan_status", "ALTERNATIVES"]
+           "runs_table", "plan_status", "ALTERNATIVES", "BASELINES", "models_in"]
 
 DATA = io.data_root()  # data/ of the checkout, or $RSA_DATA_DIR (reproduce --data-dir)
 RUNS = io.runs_root()  # runs/ of the checkout, or $RSA_RUNS_DIR (reproduce --runs-dir)
@@ -105,6 +109,25 @@ def _name(r: dict) -> str:
                     r.get("variant"))
 
 
+# Baselines outside the paper's five models (registry in_plan=False, so not in MODELS
+# and not in the chapters' loops over MODELS): SAB (the authors' comparison) and a causal
+# Transformer (the book's own), trained on copy and denoise at the converged plan's
+# delays with seed 0, then through the transfer, gradient (SAB) and cost stages.
+BASELINES = ("sab", "transformer")
+
+
+def models_in(names) -> list[str]:
+    """The distinct model names in ``names`` (a column of stored results), in the
+    registry's order (the paper's five, then the baselines): what a chapter shows is
+    what the stored data holds, so adding a model to the plan never breaks it."""
+    order = {m: i for i, m in enumerate(registry.registered())}
+    unknown = sorted(set(names) - set(order))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown} in the data; registered: "
+                         f"{', '.join(order)}")
+    return sorted(set(names), key=order.__getitem__)
+
+
 # The authors' alternatives (their code's options), tried on a copy/denoise cell whose
 # seed-0 run of the converged plan was not solved: tag -> (applies to, overrides).
 ALTERNATIVES = {
@@ -117,7 +140,9 @@ ALTERNATIVES = {
 def _converged_runs(plan: Plan, scale: str | None = None):
     """The converged grid, in the order of priority of what a 2-core machine reaches:
 
-    1. copy and denoise, every model, T in {100, 200}: seed 0 first, then seeds 1, 2;
+    1. copy and denoise, every model, T in {100, 200}: seed 0 first, then the
+       :data:`BASELINES` (SAB, the Transformer) with seed 0, then seeds 1, 2 of the
+       paper's models;
     2. T = 500: every model with seed 0, then seeds 1, 2 of the RNN and RelRNN;
     3. T = 1000: the RNN and RelRNN (linear cost), seed 0;
     4. the rho ablation (RelRNN and RelLSTM on denoise, T = 100, seed 0);
@@ -139,7 +164,11 @@ def _converged_runs(plan: Plan, scale: str | None = None):
     seq = [dict(task=task, model=model, T=T, seed=seed, **rules)
            for seed in plan.seeds for task in ("copy", "denoise") for T in plan.Ts
            for model in MODELS]
-    yield from seq
+    first = len(plan.Ts) * 2 * len(MODELS)  # the seed-0 runs of the paper's models
+    yield from seq[:first]
+    yield from (dict(task=task, model=model, T=T, seed=plan.seeds[0], **rules)
+                for task in ("copy", "denoise") for T in plan.Ts for model in BASELINES)
+    yield from seq[first:]
     long_delays = [m for m in MODELS if registry.get(m).long_delays]  # RNN, RelRNN
     for seeds, models in (((0,), MODELS), ((1, 2), long_delays)):
         for seed in seeds:
@@ -270,19 +299,35 @@ def runs_table(stored: dict):
     return pd.DataFrame(rows)
 
 
+def _stored_enough(results: Path, steps: int) -> bool:
+    """Whether the run stored at ``results`` is complete for a budget of ``steps``: it is
+    complete and did not stop at a smaller budget (a run stopped by a reduced budget,
+    ``reproduce(budget=...)``, is trained further from its checkpoint when the budget
+    grows)."""
+    if not results.is_file():
+        return False
+    stored = io.load_json(results)
+    if not stored.get("complete", False):
+        return False
+    return not (stored.get("summary", {}).get("stop_reason") == "budget"
+                and stored["config"]["steps"] < steps)
+
+
 def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
-                 select=None, device: str = "cpu", tensorboard: bool = False) -> None:
+                 select=None, device: str = "cpu", tensorboard: bool = False,
+                 budget: int | None = None) -> None:
     from rsa.train import train
 
     runs = _selected(list(_train_runs(plan, scale)), select)
+    if budget is not None:  # a reduced budget, stated in each run's config (steps)
+        runs = [{**r, "steps": min(r["steps"], budget)} for r in runs]
     i, n = shard
     for k, r in enumerate(runs, 1):
         if (k - 1) % n != i:  # another shard's run
             continue
         name = _name(r)
         dest = DATA / scale / name
-        if (dest / "results.json").is_file() and io.load_json(dest / "results.json").get(
-                "complete", False):
+        if _stored_enough(dest / "results.json", r["steps"]):
             log(f"[train {k}/{len(runs)}] {name}: done")
             continue
         work = RUNS / scale / name
@@ -346,15 +391,20 @@ def _alive(pid: int) -> bool:
 
 TRANSFER_FACTORS = (1, 2, 5, 10)  # test delays as multiples of the training delay
 MEMRNN_TRANSFER_MAX = 2000  # MemRNN's evaluation costs O(T^2): not beyond this delay
+# The longest test delay per model where evaluation costs O(T^2) in time (MemRNN, and
+# SAB, which scores a memory of T / attn_every_k states at every step: 170 s and 3.3 GB
+# for 20 sequences at T = 2000 on this CPU). The Transformer's attention is O(T^2) too,
+# but torch's fused kernel makes T = 5000 take 14 s and 0.8 GB: it runs to transfer_max.
+TRANSFER_MAX = {"memrnn": MEMRNN_TRANSFER_MAX, "sab": 2000}
 TRANSFER_KEY = ["model", "seed", "T_train", "T"]  # one row of transfer.csv
 
 
 def _transfer_delays(plan: Plan, model: str, T_train: int) -> list[int]:
     """The test delays of a copy model trained at ``T_train``: 1, 2, 5 and 10 times
-    ``T_train`` and ``plan.transfer_max``; MemRNN's only up to
-    :data:`MEMRNN_TRANSFER_MAX`."""
+    ``T_train`` and ``plan.transfer_max``; MemRNN's and SAB's only up to
+    :data:`TRANSFER_MAX`."""
     Ts = sorted({f * T_train for f in TRANSFER_FACTORS} | {plan.transfer_max})
-    return [T for T in Ts if not (model == "memrnn" and T > MEMRNN_TRANSFER_MAX)]
+    return [T for T in Ts if T <= TRANSFER_MAX.get(model, T)]
 
 
 def _transfer_rows(folder: Path, run: dict, Ts: list[int],
@@ -468,16 +518,17 @@ def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") 
         log(f"[transfer] nothing new: {len(runs)} copy runs evaluated, "
             f"{len(missing)} of the plan's copy runs not stored yet")
         return
-    order = {m: i for i, m in enumerate(MODELS)}
+    order = {m: i for i, m in enumerate(registry.registered())}
     rows.sort(key=lambda r: (r["T_train"], order.get(r["model"], len(order)), r["seed"],
                              r["T"]))
     _write_stage(
         out, scale, "transfer",
         {"scale": scale, "factors": TRANSFER_FACTORS, "max": plan.transfer_max,
-         "memrnn_max": MEMRNN_TRANSFER_MAX, "batch": 20,
+         "memrnn_max": MEMRNN_TRANSFER_MAX, "model_max": TRANSFER_MAX, "batch": 20,
          "note": f"every complete copy run stored, from its model.pt, at 1, 2, 5 and 10 "
-                 f"x T_train and T = {plan.transfer_max}; memrnn evaluated up to "
-                 f"T = {MEMRNN_TRANSFER_MAX} only (O(T^2))"},
+                 f"x T_train and T = {plan.transfer_max}; "
+                 + ", ".join(f"{m} evaluated up to T = {T}" for m, T in TRANSFER_MAX.items())
+                 + " only (O(T^2) evaluation)"},
         seed=1, wall_time_s=time.perf_counter() - t0, device=device,
         tables={"transfer.csv": (rows, TRANSFER_KEY + [
             "loss", "accuracy", "solved", "solved_step", "steps_done"])},
@@ -553,13 +604,19 @@ def _grad_run_key(row) -> tuple[str, ...]:
     return tuple("" if row.get(k) is None else str(row[k]) for k in _GRAD_RUN)
 
 
+# Models without recurrent states h_t, so without a gradient profile ||dL/dh_t||: the
+# Transformer (its layers do not return a trace of states; rsa.transformer).
+NO_STATES = ("transformer",)
+
+
 def _grad_plan_runs(scale: str, plan: Plan) -> tuple[dict, list[dict]]:
     """The runs the converged gradient stage measures, as :func:`load_stored_runs` gives
-    them, ``(stored, missing)``: the seed-0 copy and denoise runs at T = ``grad_T`` and
-    the rho ablation. A run whose results are stored but whose ``model.pt`` is not (yet:
+    them, ``(stored, missing)``: the seed-0 copy and denoise runs at T = ``grad_T`` (SAB's
+    among them; not the Transformer's, :data:`NO_STATES`) and the rho ablation. A run
+    whose results are stored but whose ``model.pt`` is not (yet:
     the train stage copies it last) counts as missing."""
     def wanted(spec):
-        if spec["seed"] != plan.seeds[0]:
+        if spec["seed"] != plan.seeds[0] or spec["model"] in NO_STATES:
             return False
         return spec["T"] == (plan.grad_T if spec.get("rho") is None else plan.rho_T)
 
@@ -683,12 +740,22 @@ def _stage_gradients(scale: str, plan: Plan, log, device: str = "cpu") -> None:
         device=device, tables={"grad_norms.csv": rows})
 
 
+# The baselines' cost is measured in rounds of its own, with two of the paper's models
+# as references measured in the same rounds (the cost table of the paper's models is not
+# measured again), at the delays up to the authors' largest (SAB's update costs O(T^2)).
+BASELINE_COST_REFS = ("lstm", "rellstm")
+BASELINE_COST_TS = (100, 200, 400, 600, 800)
+
+
 def _stage_cost(scale: str, plan: Plan, log, device: str = "cpu") -> None:
     """cost.csv: every model (MemRNN and RelRNN fused, the defaults); cost_unfused.csv:
     MemRNN (T <= ``unfused_max_T``) and RelRNN with plain autograd (fused=False), the
-    authors' kind of code (MemRNN's memory O(T^2 n B))."""
+    authors' kind of code (MemRNN's memory O(T^2 n B)). Converged plan:
+    ``cost_baselines/cost.csv`` too (:func:`_cost_baselines`)."""
     from rsa.bench import run_bench
 
+    if plan.converged:
+        _cost_baselines(scale, plan, log, device)
     out = DATA / scale / "cost"
     files = ["cost.csv", "cost_unfused.csv", "manifest.json"]
     params = {"scale": scale, "Ts": plan.cost_Ts, "unfused_max_T": plan.unfused_max_T,
@@ -710,6 +777,30 @@ def _stage_cost(scale: str, plan: Plan, log, device: str = "cpu") -> None:
     # the tables are written as they are measured (either may be done already)
     _write_stage(out, scale, "cost", params, seed=0, wall_time_s=time.perf_counter() - t0,
                  files=files, device=device)
+
+
+def _cost_baselines(scale: str, plan: Plan, log, device: str = "cpu") -> None:
+    """``data/<scale>/cost_baselines/cost.csv``: time per update and peak memory of the
+    :data:`BASELINES` and of the references :data:`BASELINE_COST_REFS` (LSTM, RelLSTM),
+    timed in the same interleaved rounds (so that the baselines are compared with the
+    references under the same machine conditions), at :data:`BASELINE_COST_TS`, n = 128,
+    batch 10, copy; 3 timed updates after a warm-up (SAB's update at T = 800 takes
+    seconds)."""
+    from rsa.bench import run_bench
+
+    out = DATA / scale / "cost_baselines"
+    if (out / "cost.csv").is_file():
+        log("[cost] cost_baselines/cost.csv done")
+        return
+    models = BASELINE_COST_REFS + BASELINES
+    params = {"scale": scale, "Ts": BASELINE_COST_TS, "models": list(models),
+              "references": list(BASELINE_COST_REFS), "batch": 10, "hidden_size": 128,
+              "task": "copy", "repeats": 3, "threads": torch.get_num_threads()}
+    t0 = time.perf_counter()
+    rows = run_bench(models, BASELINE_COST_TS, large_batch=0, repeats=params["repeats"],
+                     log=log, device=device)
+    _write_stage(out, scale, "cost", params, seed=0, wall_time_s=time.perf_counter() - t0,
+                 device=device, tables={"cost.csv": rows})
 
 
 def _cost_unfused(out, plan: Plan, params: dict, log) -> None:
@@ -777,7 +868,7 @@ def set_deterministic() -> None:
 def reproduce(scale: str = "session", stages=STAGES, log=print,
               shard: tuple[int, int] | None = None, select=None,
               device: str = "cpu", data_dir=None, runs_dir=None,
-              tensorboard: bool = False) -> None:
+              tensorboard: bool = False, budget: int | None = None) -> None:
     """Run the plan of ``scale`` stage by stage (skipping what is already stored).
 
     ``shard=(i, n)`` trains only every n-th run of the train stage, starting at run i
@@ -791,6 +882,11 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
     and ``runs/`` (default: :func:`rsa.io.data_root`, :func:`rsa.io.runs_root`; a folder
     inside site-packages is refused). ``tensorboard`` also writes each training run's
     history as TensorBoard events in its folder under ``runs_dir`` (:mod:`rsa.scalars`).
+    ``budget`` caps the updates of every training run below the plan's (a machine that
+    cannot give a run its full budget): a run that reaches it is stored with
+    ``stop_reason`` "budget" and ``steps`` = ``budget`` in its config (so it reads as
+    not solved within ``budget`` updates), and a later call with a larger budget (or
+    none) trains it further from its checkpoint under ``runs/<scale>/``.
     """
     global DATA, RUNS
     device = resolve_device(device)
@@ -807,6 +903,11 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
         if list(stages) != ["train"]:
             raise ValueError(f"shard applies to stages ['train'] only, got {list(stages)}")
     plan = PLANS[scale]
+    if budget is not None:
+        if not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1):
+            raise ValueError(f"budget must be an int >= 1 (updates), got {budget!r}")
+        if list(stages) != ["train"]:
+            raise ValueError(f"budget applies to stages ['train'] only, got {list(stages)}")
     if select is not None and list(stages) != ["train"]:
         raise ValueError(f"select applies to stages ['train'] only, got {list(stages)}")
     if tensorboard and "train" in stages:
@@ -826,7 +927,7 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
             if s in stages:
                 if s == "train":
                     _stage_train(scale, plan, log, shard or (0, 1), select, device,
-                                 tensorboard)
+                                 tensorboard, budget)
                 else:
                     _STAGE_FUNCS[s](scale, plan, log, device)
     finally:
@@ -931,6 +1032,10 @@ def main(argv=None) -> int:
                    help="with --stages train: train only the runs whose name matches one "
                         "of these patterns, e.g. 'copy/*_T100_s0' 'digits/*' (default: "
                         "every run of the plan)")
+    p.add_argument("--budget", type=int, metavar="UPDATES",
+                   help="with --stages train: cap every run at this many updates, below "
+                        "the plan's (stored as stopped by the budget; a later call without "
+                        "it trains such runs further; default: the plan's budget)")
     p.add_argument("--device", default="cpu",
                    help="where every stage trains or measures: cpu, cuda, cuda:N, or auto "
                         "for cuda when available (default: cpu)")
@@ -1012,7 +1117,7 @@ def main(argv=None) -> int:
             set_deterministic()
         reproduce(a.scale, a.stages, log=log, shard=a.shard, select=a.select,
                   device=a.device, data_dir=a.data_dir, runs_dir=a.runs_dir,
-                  tensorboard=a.tensorboard)
+                  tensorboard=a.tensorboard, budget=a.budget)
     except ValueError as e:
         p.error(str(e))
     return 0

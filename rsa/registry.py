@@ -173,10 +173,11 @@ class ModelSpec:
       the fused implementation (:func:`rsa.measure.estimate_memory`);
     - ``long_delays``: trained at the experiment plan's longer delays too (converged
       plan: T = 1000, and seeds 1, 2 at T = 500);
-    - ``in_plan``: part of :data:`MODELS` and of the experiment plan (False: a model
-      that can be built, configured, trained and drawn, but whose runs do not exist yet,
-      so the stored experiments and the chapters, which iterate over :data:`MODELS`,
-      leave it out: SAB and the Transformer).
+    - ``in_plan``: part of :data:`MODELS`, the paper's models, which every plan trains
+      in full (False: a model that can be built, configured, trained and drawn outside
+      :data:`MODELS`; SAB and the Transformer, which the converged plan trains as its
+      baselines, :data:`rsa.experiments.BASELINES`, and the chapters show where the
+      stored data holds them).
     """
 
     name: str
@@ -244,7 +245,7 @@ _TABLE = (
               defaults={"lr": _LR_LSTM, "nu": _NU, "rho": _RHO}, fused=True,
               # fused: as RelRNN's with the larger buffers of the gates and cells
               fused_memory=lambda B, n, L: 160 * B * n * L + 16 * B * L * 25),
-    # -- outside the plan (in_plan=False): built, trained and drawn, no runs yet --------
+    # -- outside MODELS (in_plan=False): the converged plan's baselines -----------------
     ModelSpec("sab", "rsa.sab:SAB", "SAB", "#ca9161",  # brown: the authors' SAB numbers'
               family="lstm", defaults={"lr": _LR_LSTM},  # the release's copy lr
               # per step t the (B, m_t, 2n) tanh of the score and the (B, m_t) weights,

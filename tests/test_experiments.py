@@ -118,3 +118,94 @@ def test_cost_stage_writes_both_tables_and_resumes(tiny, monkeypatch):
     log = []
     experiments.reproduce("tiny", ("cost",), log=log.append)
     assert log and all("done" in line for line in log), log
+
+
+def test_the_baselines_follow_the_seed0_runs_of_the_papers_models():
+    """SAB and the Transformer join copy and denoise at the converged plan's delays with
+    seed 0, right after the paper's five models' seed-0 runs, and nowhere else."""
+    names = [r["name"] for r in experiments.plan_runs("converged")]
+    plan = experiments.PLANS["converged"]
+    paper0 = [experiments.run_name(t, m, T, 0) for t in ("copy", "denoise") for T in plan.Ts
+              for m in MODELS]
+    base = [experiments.run_name(t, m, T, 0) for t in ("copy", "denoise") for T in plan.Ts
+            for m in experiments.BASELINES]
+    assert names[:len(paper0) + len(base)] == paper0 + base
+    assert [n for n in names if any(f"/{m}_" in n for m in experiments.BASELINES)] == base
+    assert all(r["steps"] == plan.steps and r["stop_when_solved"]
+               for r in experiments.plan_runs("converged") if r["name"] in base)
+
+
+def test_a_reduced_budget_is_stated_and_grows_later(tiny):
+    """``budget`` caps the updates, the run says so in its config and stops by the
+    budget; a later call with the plan's budget trains it further from its checkpoint."""
+    select = ["copy/rnn_T3_s0"]
+    experiments.reproduce("tiny", ["train"], log=lambda s: None, select=select, budget=1)
+    run = io.load_run(tiny / "copy/rnn_T3_s0")
+    assert run["config"]["steps"] == 1 and run["summary"]["steps_done"] == 1
+    assert run["summary"]["stop_reason"] == "budget" and not run["summary"]["solved"]
+    log = []
+    experiments.reproduce("tiny", ["train"], log=log.append, select=select, budget=1)
+    assert "done" in log[0], log
+    log.clear()
+    experiments.reproduce("tiny", ["train"], log=log.append, select=select)
+    assert "training 2 updates" in log[0], log
+    run = io.load_run(tiny / "copy/rnn_T3_s0")
+    assert run["config"]["steps"] == 2 and run["summary"]["steps_done"] == 2
+    assert len(run["history"]) == 2  # resumed: the first update's evaluation is kept
+
+
+@pytest.mark.parametrize("budget,stages,match", [
+    (0, ["train"], "budget must be an int >= 1 \\(updates\\), got 0"),
+    ("10", ["train"], "budget must be an int >= 1 \\(updates\\), got '10'"),
+    (10, ["train", "cost"], r"budget applies to stages \['train'\] only"),
+])
+def test_budget_errors(budget, stages, match):
+    with pytest.raises(ValueError, match=match):
+        experiments.reproduce("session", stages, budget=budget)
+
+
+def test_models_in_orders_by_the_registry_and_rejects_unknown_names():
+    assert experiments.models_in(["transformer", "rnn", "sab", "rnn", "rellstm"]) == [
+        "rnn", "rellstm", "sab", "transformer"]
+    assert experiments.models_in([]) == []
+    with pytest.raises(ValueError, match=r"unknown model\(s\) \['gru'\] in the data"):
+        experiments.models_in(["rnn", "gru"])
+
+
+def test_transfer_delays_cap_the_quadratic_evaluations():
+    plan = experiments.PLANS["converged"]
+    assert experiments._transfer_delays(plan, "sab", 100) == [100, 200, 500, 1000]
+    assert experiments._transfer_delays(plan, "memrnn", 200) == [200, 400, 1000, 2000]
+    assert experiments._transfer_delays(plan, "transformer", 200) == [200, 400, 1000, 2000,
+                                                                      5000]
+
+
+def test_the_converged_cost_stage_measures_the_baselines_with_references(tiny, monkeypatch):
+    """A converged plan adds cost_baselines/cost.csv: SAB and the Transformer with the LSTM
+    and RelLSTM as references, timed in the same rounds; cost.csv keeps the paper's
+    models; a second call keeps both."""
+    import dataclasses
+
+    import rsa.bench
+    import rsa.measure
+
+    def fake_peak(*args, **kwargs):
+        return {"peak_bytes": 2**20, "method": "fake"}
+
+    monkeypatch.setattr(rsa.bench, "peak_memory", fake_peak)
+    monkeypatch.setattr(rsa.measure, "peak_memory", fake_peak)
+    monkeypatch.setattr(experiments, "BASELINE_COST_TS", (3, 4))
+    monkeypatch.setitem(experiments.PLANS, "tiny", dataclasses.replace(
+        TINY, cost_Ts=(3,), unfused_max_T=3, converged=True))
+    experiments.reproduce("tiny", ("cost",), log=lambda s: None)
+    assert set(io.load_csv(tiny / "cost" / "cost.csv")["model"]) == set(MODELS)
+    base = io.load_csv(tiny / "cost_baselines" / "cost.csv")
+    assert sorted(zip(base["model"], base["T"], strict=True)) == sorted(
+        (m, T) for m in ("lstm", "rellstm", "sab", "transformer") for T in (3, 4))
+    assert ((base["time_min_ms"] > 0) & (base["time_min_ms"] <= base["time_ms"])).all()
+    manifest = io.load_manifest(tiny / "cost_baselines")
+    assert manifest["parameters"]["references"] == ["lstm", "rellstm"]
+    assert manifest["command"].endswith("--stages cost")
+    log = []
+    experiments.reproduce("tiny", ("cost",), log=log.append)
+    assert len(log) == 3 and all("done" in line for line in log), log

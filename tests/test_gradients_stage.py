@@ -56,7 +56,9 @@ def test_the_set_is_the_seed0_runs_at_grad_T_and_the_ablation():
     assert "denoise/rellstm_T3_rho1_s0" in names and "denoise/relrnn_T3_rho1_s0" in names
     assert not any("_T5_" in n or n.endswith("_s1") for n in names), names
     assert not any(n.startswith(("digits", "pdigits")) for n in names)
-    assert len(names) == 2 * 5 + 2  # 2 tasks x 5 models, and 2 models x 1 rho
+    # 2 tasks x (5 models + SAB), and 2 models x 1 rho; not the Transformer (no states h_t)
+    assert "copy/sab_T3_s0" in names and not any("transformer" in n for n in names)
+    assert len(names) == 2 * 6 + 2
 
 
 def test_incremental_gradient_stage(tiny):

@@ -19,6 +19,7 @@ def tiny(tmp_path, monkeypatch):
     monkeypatch.setitem(experiments.PLANS, "tiny", TINY)
     # MemRNN's cap (2000 in the real plans) inside the tiny delays, so that it shows
     monkeypatch.setattr(experiments, "MEMRNN_TRANSFER_MAX", 6)
+    monkeypatch.setitem(experiments.TRANSFER_MAX, "memrnn", 6)
     evaluated = []
     real = experiments._transfer_rows
 
