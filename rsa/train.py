@@ -52,13 +52,12 @@ from torch import nn
 from rsa import io, registry
 from rsa.heads import TaskModel, build_task_model
 from rsa.tasks import (
-    DIGITS_SPLIT,
-    MNIST_VALIDATION,
     PixelBatches,
     get_task,
     load_pixel_data,
     make_generator,
     synthetic_batch,
+    train_size,
 )
 
 __all__ = ["TrainConfig", "TrainResult", "DeviceUnavailableError", "ResumeError",
@@ -186,7 +185,7 @@ def _int(name, value, low=1):
 
 
 def _n_train(task: str) -> int:
-    return DIGITS_SPLIT["train"] if task in ("digits", "pdigits") else 60000 - MNIST_VALIDATION
+    return train_size(task)
 
 
 def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> TrainConfig:
