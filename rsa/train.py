@@ -10,7 +10,8 @@ A run with an output folder writes, atomically (:mod:`rsa.io`):
   step, mean training loss/accuracy since the last row, validation loss/accuracy, wall
   time) and summary (the step at which validation accuracy first reached 100 %, the best
   accuracy with its step, the final validation and, for classification, test loss and
-  accuracy); ``history.csv``: the same history as a table;
+  accuracy of the final weights and of the best-validation weights, which the
+  checkpoint keeps); ``history.csv``: the same history as a table;
 - ``manifest.json``: parameters, seed, git commit, versions, device, machine, wall
   time, command line and the command that regenerates the run;
 - ``checkpoint.pt``: model, optimizer, data-generator and torch RNG states, step,
@@ -694,6 +695,9 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
                 best = state["best_val_accuracy"]
                 if best is None or ev["accuracy"] > best:
                     state["best_val_accuracy"], state["best_step"] = ev["accuracy"], step
+                    if test is not None:  # pixel tasks: keep the best-validation weights
+                        state["best_model"] = {k: v.detach().cpu().clone()
+                                               for k, v in model.state_dict().items()}
                 if ev["accuracy"] >= 1.0 and state["first_perfect_step"] is None:
                     state["first_perfect_step"] = step
                 reason = _stop_reason(c, state["history"])
@@ -720,11 +724,28 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
     if test is not None:
         ev = evaluate(model, test)
         summary["test_loss"], summary["test_accuracy"] = ev["loss"], ev["accuracy"]
+        summary.update(_best_model_test(model, state, test))
     write_results(complete=True, summary=summary)
     if out is not None:
         io.atomic_torch_save({"format": 1, "config": config_dict,
                               "model": model.state_dict()}, out / MODEL_FILE)
     return TrainResult(config_dict, copy.deepcopy(state["history"]), summary, model, out)
+
+
+def _best_model_test(model: TaskModel, state: dict, test) -> dict:
+    """Test loss and accuracy of the best-validation weights (``best_model_test_*``;
+    None when they were not kept, e.g. a run resumed from a checkpoint made before they
+    were), without changing ``model``."""
+    best = state.get("best_model")
+    if best is None:
+        return {"best_model_test_loss": None, "best_model_test_accuracy": None}
+    final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        model.load_state_dict(best)
+        ev = evaluate(model, test)
+    finally:
+        model.load_state_dict(final)
+    return {"best_model_test_loss": ev["loss"], "best_model_test_accuracy": ev["accuracy"]}
 
 
 _WAY_OUT = ("start over with --no-resume (resume=False), or train into another --out-dir "
