@@ -235,3 +235,20 @@ def test_short_training_run_on_the_stored_digits(tmp_path):
     stored = json.loads((tmp_path / "run" / "results.json").read_text())
     assert stored["complete"] and stored["config"]["task"] == "pmnist10k"
     assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_best_model_test_accuracy_is_that_of_the_best_validation_weights(tmp_path):
+    """The test accuracy reported for the best-validation weights equals the final test
+    accuracy of the same run stopped at its best step, and survives a resume."""
+    common = dict(model="rnn", task="digits", eval_every=3, hidden_size=16, seed=0,
+                  progress=False, lr=0.05)  # unstable: best before the end
+    full = train(steps=24, **common).summary
+    assert full["best_step"] < 24  # else the check below would compare a run with itself
+    upto = train(steps=full["best_step"], **common).summary
+    assert full["best_model_test_accuracy"] == upto["test_accuracy"]
+    assert full["best_model_test_loss"] == upto["test_loss"]
+    out = str(tmp_path / "run")
+    train(steps=12, out_dir=out, **common)
+    resumed = train(steps=24, out_dir=out, **common).summary
+    assert resumed["best_model_test_accuracy"] == full["best_model_test_accuracy"]
+    assert resumed["test_accuracy"] == full["test_accuracy"]
