@@ -97,8 +97,8 @@ class TrainConfig:
     """Everything a run depends on. ``None`` means "the task's default" (the authors'
     settings, the book's page *The paper*, section 5).
 
-    Defaults for copy / denoise, then for the pixel tasks (digits, pdigits, mnist,
-    pmnist):
+    Defaults for copy / denoise, then for the pixel tasks (digits, pdigits, mnist10k,
+    pmnist10k, mnist, pmnist):
 
     - ``T``: 100 (the delay; sequences have T + 20 steps) / fixed by the data (64, 784)
     - ``hidden_size``: 128 / 100
