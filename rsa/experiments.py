@@ -76,6 +76,11 @@ class Plan:
     stop_when_solved: bool = False
     stall_updates: int = 0
     digits_patience: int = 0
+    # 784-step MNIST (mnist10k, pmnist10k; 80 updates an epoch): 0 updates = not planned
+    mnist10k_steps: int = 0
+    mnist10k_eval_every: int = 40
+    mnist10k_patience: int = 0
+    mnist10k_models: tuple[str, ...] = ("rnn", "lstm", "relrnn", "rellstm")
     converged: bool = False  # the grid of _converged_runs, in order of priority
 
 
@@ -89,7 +94,8 @@ PLANS = {
 PLANS["converged"] = Plan(
     Ts=(100, 200), seeds=(0, 1, 2), steps=20000, eval_every=250, digits_steps=2600,
     transfer_Ts=(100, 200, 500, 1000), transfer_max=5000, stop_when_solved=True,
-    stall_updates=5000, digits_patience=650, converged=True)
+    stall_updates=5000, digits_patience=650, mnist10k_steps=160, mnist10k_patience=80,
+    converged=True)
 STAGES = ("train", "transfer", "gradients", "cost")
 UNFUSED = registry.FUSED  # fused by default; also costed with fused=False
 
@@ -146,11 +152,18 @@ def _converged_runs(plan: Plan, scale: str | None = None):
     2. T = 500: every model with seed 0, then seeds 1, 2 of the RNN and RelRNN;
     3. T = 1000: the RNN and RelRNN (linear cost), seed 0;
     4. the rho ablation (RelRNN and RelLSTM on denoise, T = 100, seed 0);
-    5. sequential and permuted 8x8 digits, every model, three seeds.
+    5. sequential and permuted 8x8 digits, every model, three seeds;
+    5b. sequential and permuted MNIST, 784 steps (``mnist10k``, ``pmnist10k``), seed 0,
+        RNN, LSTM, RelRNN, RelLSTM (``plan.mnist10k_models``; MemRNN's update at 784
+        steps costs about 15 s of one CPU core, 20 times the LSTM's: not planned).
 
     Every copy/denoise run trains until solved, stalled or ``plan.steps`` updates; the
     digits until their validation accuracy stops improving (``plan.digits_patience``
-    updates) or ``plan.digits_steps`` updates (200 epochs of 13 updates).
+    updates) or ``plan.digits_steps`` updates (200 epochs of 13 updates); the MNIST runs
+    likewise (``plan.mnist10k_patience`` updates, one epoch) or ``plan.mnist10k_steps``
+    updates (2 epochs of 80 updates, evaluated every half epoch: what a 2-core CPU shared
+    with other training finished in an hour and a quarter; the chapter *Sequential
+    digits and MNIST* says so).
 
     6. *Alternatives*, last: for every copy/denoise run of seed 0 above that is stored
        and was not solved, the same run with each of the authors' alternatives that
@@ -192,6 +205,12 @@ def _converged_runs(plan: Plan, scale: str | None = None):
             for model in MODELS:
                 yield dict(task=task, model=model, seed=seed, steps=plan.digits_steps,
                            patience_updates=plan.digits_patience)
+    if plan.mnist10k_steps:
+        for task in ("mnist10k", "pmnist10k"):
+            for model in plan.mnist10k_models:
+                yield dict(task=task, model=model, seed=plan.seeds[0],
+                           steps=plan.mnist10k_steps, eval_every=plan.mnist10k_eval_every,
+                           patience_updates=plan.mnist10k_patience)
     if scale is None:
         return
     for spec in main:  # 6. alternatives for the unsolved seed-0 runs stored

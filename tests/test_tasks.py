@@ -18,6 +18,7 @@ from rsa.tasks import (
     PixelBatches,
     copy_batch,
     denoise_batch,
+    digits_permutation,
     evaluate_transfer,
     get_task,
     load_digits_data,
@@ -161,7 +162,7 @@ def test_digits_splits_and_layout():
 def test_permuted_digits_use_the_seed_100_permutation():
     d, p = load_digits_data(), load_digits_data(permuted=True)
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(100))
-    assert torch.equal(pixel_permutation(64), perm) and torch.equal(p.permutation, perm)
+    assert torch.equal(digits_permutation(64), perm) and torch.equal(p.permutation, perm)
     assert not torch.equal(perm, torch.arange(64))
     assert torch.equal(p.train[0], d.train[0][:, perm]) and torch.equal(p.train[1], d.train[1])
     assert load_pixel_data("pdigits").name == "pdigits"

@@ -480,10 +480,12 @@ def test_run_stops_when_stalled_but_not_while_it_learns(monkeypatch):
 
 
 def test_patience_stops_a_pixel_run(monkeypatch):
-    _fake_evaluations(monkeypatch, [0.3, 0.5, 0.4, 0.45, 0.5, 0.6])
+    # five validations, then the test set with the final and the best-validation weights
+    _fake_evaluations(monkeypatch, [0.3, 0.5, 0.4, 0.45, 0.5, 0.6, 0.7])
     s = train(model="rnn", task="digits", hidden_size=4, batch=50, steps=12, eval_every=2,
               patience_updates=6, progress=False).summary
     assert (s["steps_done"], s["stop_reason"], s["best_step"]) == (10, "patience", 4)
+    assert (s["test_accuracy"], s["best_model_test_accuracy"]) == (0.6, 0.7)
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -15,7 +15,8 @@ A run with an output folder writes, atomically (:mod:`rsa.io`):
   step, mean training loss/accuracy since the last row, validation loss/accuracy, wall
   time) and summary (the step at which validation accuracy first reached 100 %, the best
   accuracy with its step, the final validation and, for classification, test loss and
-  accuracy); ``history.csv``: the same history as a table;
+  accuracy of the final weights and of the best-validation weights, which the
+  checkpoint keeps); ``history.csv``: the same history as a table;
 - ``manifest.json``: parameters, seed, git commit, versions, device, machine, wall
   time, command line and the command that regenerates the run;
 - ``checkpoint.pt``: model, optimizer, data-generator and torch RNG states, step,

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from rsa import registry
-from rsa.tasks import DIGITS_SPLIT, MNIST_VALIDATION, get_task
+from rsa.tasks import get_task, train_size
 
 OPTIMIZERS = ("rmsprop", "adam")
 # Fields that must match to resume from a checkpoint (steps may grow; device, output
@@ -36,8 +36,8 @@ class TrainConfig:
     """Everything a run depends on. ``None`` means "the task's default" (the authors'
     settings, the book's page *The paper*, section 5).
 
-    Defaults for copy / denoise, then for the pixel tasks (digits, pdigits, mnist,
-    pmnist):
+    Defaults for copy / denoise, then for the pixel tasks (digits, pdigits, mnist10k,
+    pmnist10k, mnist, pmnist):
 
     - ``T``: 100 (the delay; sequences have T + 20 steps) / fixed by the data (64, 784)
     - ``hidden_size``: 128 / 100
@@ -109,7 +109,7 @@ def _int(name, value, low=1):
 
 
 def _n_train(task: str) -> int:
-    return DIGITS_SPLIT["train"] if task in ("digits", "pdigits") else 60000 - MNIST_VALIDATION
+    return train_size(task)
 
 
 def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> TrainConfig:

@@ -84,6 +84,7 @@ class RunState:
     stopped_early: bool = False
     segments: list[dict] = field(default_factory=list)
     stop_reason: str | None = None
+    best_model: dict | None = None  # pixel tasks: the best-validation weights (on CPU)
 
     def to_checkpoint(self) -> dict:
         """The dict the checkpoint's ``state`` holds (``stop_reason`` only once set)."""
@@ -94,6 +95,8 @@ class RunState:
              "stopped_early": self.stopped_early, "segments": self.segments}
         if self.stop_reason is not None:
             d["stop_reason"] = self.stop_reason
+        if self.best_model is not None:
+            d["best_model"] = self.best_model
         return d
 
     @classmethod
@@ -105,7 +108,7 @@ class RunState:
                    first_perfect_step=d["first_perfect_step"],
                    best_val_accuracy=d["best_val_accuracy"], best_step=d["best_step"],
                    stopped_early=d["stopped_early"], segments=d.get("segments", []),
-                   stop_reason=d.get("stop_reason"))
+                   stop_reason=d.get("stop_reason"), best_model=d.get("best_model"))
 
 
 @dataclass
@@ -420,6 +423,9 @@ def _record_evaluation(run: _Run, state: RunState, clock: _Clock) -> dict[str, f
     state.interval = Interval()
     if state.best_val_accuracy is None or ev["accuracy"] > state.best_val_accuracy:
         state.best_val_accuracy, state.best_step = ev["accuracy"], step
+        if run.test is not None:  # pixel tasks: keep the best-validation weights
+            state.best_model = {k: v.detach().cpu().clone()
+                                for k, v in run.model.state_dict().items()}
     if ev["accuracy"] >= 1.0 and state.first_perfect_step is None:
         state.first_perfect_step = step
     reason = _stop_reason(c, state.history)
@@ -450,6 +456,21 @@ def _write_results(run: _Run, state: RunState, complete: bool,
     io.write_json(run.out / "manifest.json", run.manifest)
 
 
+def _best_model_test(model: TaskModel, state: RunState, test) -> dict:
+    """Test loss and accuracy of the best-validation weights (``best_model_test_*``;
+    None when they were not kept, e.g. a run resumed from a checkpoint made before they
+    were), without changing ``model``."""
+    if state.best_model is None:
+        return {"best_model_test_loss": None, "best_model_test_accuracy": None}
+    final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        model.load_state_dict(state.best_model)
+        ev = evaluate(model, test)
+    finally:
+        model.load_state_dict(final)
+    return {"best_model_test_loss": ev["loss"], "best_model_test_accuracy": ev["accuracy"]}
+
+
 def _finish(run: _Run, state: RunState) -> TrainResult:
     """The summary (with a final evaluation off the ``eval_every`` grid, and the test
     set for classification), the complete record and the trained weights."""
@@ -464,6 +485,7 @@ def _finish(run: _Run, state: RunState) -> TrainResult:
     if run.test is not None:
         ev = evaluate(run.model, run.test)
         summary["test_loss"], summary["test_accuracy"] = ev["loss"], ev["accuracy"]
+        summary.update(_best_model_test(run.model, state, run.test))
     _write_results(run, state, complete=True, summary=summary)
     if run.out is not None:
         save_model(run.out / MODEL_FILE, run.recorded, run.model)
