@@ -221,7 +221,7 @@ def test_mnist10k_defaults_and_plan():
     runs = [r for r in plan_runs("converged") if r["task"] in ("mnist10k", "pmnist10k")]
     assert {r["name"] for r in runs} == {f"{t}/{m}_s0" for t in ("mnist10k", "pmnist10k")
                                          for m in ("rnn", "lstm", "relrnn", "rellstm")}
-    assert all(r["steps"] == 160 and r["patience_updates"] == 80 for r in runs)
+    assert all(r["steps"] == 400 and r["patience_updates"] == 80 for r in runs)
 
 
 def test_short_training_run_on_the_stored_digits(tmp_path):
