@@ -154,7 +154,12 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rsa bench`` (see ``--help``)."""
+    """``python -m rsa bench`` (see ``--help``); ``bench population ...``:
+    :func:`rsa.bench_population.main`."""
+    if argv and argv[0] == "population":
+        from rsa.bench_population import main as population_main
+
+        return population_main(argv[1:])
     p = argparse.ArgumentParser(
         prog="python -m rsa bench", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Wall time and peak memory of one training update per model, on the "

@@ -721,7 +721,7 @@ def resolve_device(device: str) -> str:
 
 def reproduce(scale: str = "session", stages=STAGES, log=print,
               shard: tuple[int, int] | None = None, select=None,
-              device: str = "cpu") -> None:
+              device: str = "cpu", populations: bool = False) -> None:
     """Run the plan of ``scale`` stage by stage (skipping what is already stored).
 
     ``shard=(i, n)`` trains only every n-th run of the train stage, starting at run i
@@ -731,6 +731,9 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
     matching runs (shards then split those); it applies to ``stages=["train"]`` only.
     ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``) is where the train stage
     trains; each run's summary records where each part of it ran (``segments``).
+    ``populations`` trains the seeds of one configuration as one population
+    (:func:`rsa.population.stage_train_populations`; the same stored files), and
+    ``shard`` then splits populations.
     """
     device = resolve_device(device)
     if scale not in PLANS:
@@ -753,7 +756,11 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
                              f"run names look like {run_name('copy', 'relrnn', 100, 0)!r}")
     for s in STAGES:
         if s in stages:
-            if s == "train":
+            if s == "train" and populations:
+                from rsa.population import stage_train_populations
+
+                stage_train_populations(scale, plan, log, shard or (0, 1), select, device)
+            elif s == "train":
                 _stage_train(scale, plan, log, shard or (0, 1), select, device)
             else:
                 _STAGE_FUNCS[s](scale, plan, log)
@@ -846,6 +853,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu",
                    help="where the train stage trains: cpu, cuda, cuda:N, or auto for cuda "
                         "when available (default: cpu)")
+    p.add_argument("--populations", action="store_true",
+                   help="train the seeds of one configuration as one population "
+                        "(rsa.population; the same results; default: run by run)")
     p.add_argument("--status", action="store_true",
                    help="print how far the plan has run (runs stored, solved, not run "
                         "yet) and exit")
@@ -856,7 +866,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     try:
         reproduce(a.scale, a.stages, log=lambda s: print(s, flush=True), shard=a.shard,
-                  select=a.select, device=a.device)
+                  select=a.select, device=a.device, populations=a.populations)
     except ValueError as e:
         p.error(str(e))
     return 0

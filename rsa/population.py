@@ -56,7 +56,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from rsa import io
 from rsa.fused import _exact_tanh, _phi, _phi_derivative
@@ -251,7 +250,7 @@ class _PopulationAttentionGrad(_AttentionGrad):
         self.gv_rows = HK.new_zeros(B, self.n)  # B = P b rows; dL/dv_p: 2 sum of run p's
 
     def step(self, t, gc, q2, gq):  # noqa: D102
-        n, B, P = self.n, self.B, self.P
+        n, B = self.n, self.B
         idx, a = self.idxs[t], self.alphas[t]
         m = a.shape[0]
         Pm, G, M = self.blocks[m]
@@ -607,3 +606,68 @@ def train_population(config: TrainConfig | dict | None = None, *, seeds,
             active = [r for r in active if r.training]
     torch.set_rng_state(rng)
     return [r.result for r in runs]
+
+
+# -- the experiment plan in populations ---------------------------------------------------
+
+def population_groups(runs: list[dict]) -> list[list[dict]]:
+    """The plan's runs (dicts of :func:`rsa.experiments._train_runs`) grouped into
+    populations: runs equal but for their seed, in the order of each group's first run."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        key = tuple(sorted((k, v) for k, v in r.items() if k != "seed"))
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
+
+
+def stage_train_populations(scale: str, plan, log, shard: tuple[int, int] = (0, 1),
+                            select=None, device: str = "cpu") -> None:
+    """The train stage of :func:`rsa.experiments.reproduce` with the plan's seeds of one
+    configuration trained as one population (``reproduce --populations``).
+
+    The same runs, work folders (``runs/<scale>/<name>``, with their ``.lock`` claims)
+    and stored files as the run-by-run stage: a run already stored is skipped, a run
+    another process holds is left to it, and only the remaining seeds of a group train
+    together (each resuming from its own checkpoint). ``shard=(i, n)`` takes every n-th
+    population from population i."""
+    from rsa import experiments as ex
+
+    runs = ex._selected(list(ex._train_runs(plan, scale)), select)
+    groups = population_groups(runs)
+    i, n = shard
+    files = ex.RESULT_FILES + ((MODEL_FILE,) if plan.converged else ())
+    for k, group in enumerate(groups, 1):
+        if (k - 1) % n != i:  # another shard's population
+            continue
+        label = f"[population {k}/{len(groups)}]"
+        todo = []
+        for r in group:
+            name = ex._name(r)
+            dest = ex.DATA / scale / name
+            if (dest / "results.json").is_file() and io.load_json(
+                    dest / "results.json").get("complete", False):
+                log(f"{label} {name}: done")
+                continue
+            todo.append((r, name, dest))
+        with contextlib.ExitStack() as claims:
+            mine = []
+            for r, name, dest in todo:
+                work = ex.RUNS / scale / name
+                owner = claims.enter_context(ex._claim(work))
+                if owner is not None:
+                    log(f"{label} {name}: being trained by process {owner}; skipped")
+                    continue
+                mine.append((r, name, dest, work))
+            if not mine:
+                continue
+            log(f"{label} {', '.join(m[1] for m in mine)}: training {mine[0][0]['steps']} "
+                f"updates as one population of {len(mine)}")
+            t0 = time.perf_counter()
+            args = {key: v for key, v in mine[0][0].items() if key not in ("variant", "seed")}
+            train_population(seeds=[m[0]["seed"] for m in mine],
+                             out_dirs=[str(m[3]) for m in mine], progress=False,
+                             device=device, **args)
+            for _, _, dest, work in mine:  # results (and small weights), not checkpoints
+                for f in files:
+                    io.atomic_write_bytes(dest / f, (work / f).read_bytes())
+            log(f"    {time.perf_counter() - t0:.0f} s")

@@ -299,4 +299,55 @@ def test_cli_seeds_writes_one_folder_per_seed(tmp_path, capsys):
         assert results["complete"] and results["config"]["seed"] == seed
     with pytest.raises(SystemExit):
         main(["train", "--model", "rnn", "--seed", "1", "--seeds", "0", "1"])
-    assert "--seed and --seeds" in capsys.readouterr().err
+    assert "not allowed with argument --seed" in capsys.readouterr().err
+
+
+# -- reproduce --populations ----------------------------------------------------------------
+
+def test_reproduce_populations_trains_the_unfinished_seeds_together(tmp_path, monkeypatch):
+    import os
+
+    from rsa import experiments, io
+
+    plan = experiments.Plan(Ts=(3,), seeds=(0, 1, 2, 3), steps=3, eval_every=1, rhos=(1,),
+                            rho_T=3, digits_steps=1, transfer_Ts=(3,), transfer_max=12,
+                            grad_T=3)
+    monkeypatch.setitem(experiments.PLANS, "tinypop", plan)
+
+    def at(root):
+        monkeypatch.setattr(experiments, "DATA", root / "data")
+        monkeypatch.setattr(experiments, "RUNS", root / "runs")
+        return root / "data" / "tinypop"
+
+    select = ["copy/rnn_T3_*", "copy/relrnn_T3_*"]
+    alone = at(tmp_path / "alone")
+    experiments.reproduce("tinypop", ["train"], log=lambda s: None, select=select)
+    data = at(tmp_path / "pop")
+    experiments.reproduce("tinypop", ["train"], log=lambda s: None,
+                          select=["copy/rnn_T3_s0"])           # seed 0 stored already
+    lock = tmp_path / "pop" / "runs" / "tinypop" / "copy" / "rnn_T3_s3" / ".lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(str(os.getpid()))                          # seed 3 held by a process
+    log = []
+    experiments.reproduce("tinypop", ["train"], log=log.append, select=select,
+                          populations=True)
+    text = "\n".join(log)
+    assert "copy/rnn_T3_s0: done" in text
+    assert "copy/rnn_T3_s3: being trained by process" in text
+    assert "copy/rnn_T3_s1, copy/rnn_T3_s2: training 3 updates as one population of 2" \
+        in text
+    assert "as one population of 4" in text                    # the RelRNN seeds
+    assert not (data / "copy" / "rnn_T3_s3").exists()
+    for name in ("copy/rnn_T3_s1", "copy/rnn_T3_s2", "copy/relrnn_T3_s3"):
+        a, b = (io.load_json(d / name / "results.json") for d in (data, alone))
+        assert a["complete"] and a["summary"]["segments"][0]["population"] > 1
+        close_rows(a["history"], b["history"], F32_TOL)
+        assert sorted(p.name for p in (data / name).iterdir()) == \
+            sorted(p.name for p in (alone / name).iterdir())
+    lock.unlink()
+    logs = {0: [], 1: []}
+    for i in (0, 1):  # shards split populations
+        experiments.reproduce("tinypop", ["train"], log=logs[i].append, select=select,
+                              populations=True, shard=(i, 2))
+    assert "rnn_T3_s3: training 3 updates as one population of 1" in "\n".join(logs[0])
+    assert all("done" in line for line in logs[1] if line.startswith("[population")), logs
