@@ -8,7 +8,9 @@ The one implementation behind the book (``book/``). Modules:
   backtracking, as released) and a causal Transformer, registered but not yet in
   :data:`MODELS` nor the experiment plan (chapter *Sparse attentive backtracking*);
 - :mod:`rsa.tasks`, :mod:`rsa.heads`, :mod:`rsa.train`: tasks, read-out + loss,
-  training with checkpoint/resume (``python -m rsa train``);
+  training with checkpoint/resume (``python -m rsa train``); :mod:`rsa.population`:
+  several seeds of one configuration trained as one batched computation
+  (``python -m rsa train --seeds ...``);
 - :mod:`rsa.measure`, :mod:`rsa.bench`: gradient norms, time and memory
   (``python -m rsa bench``);
 - :mod:`rsa.theory`: path expansion, the mean-square-gradient DP and the bounds

@@ -89,6 +89,7 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     seeds.add_argument("--seed", type=int, default=0,
                        help="seed of the initialisation and the data (default: 0)")
     seeds.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                       default=argparse.SUPPRESS,  # not a TrainConfig field
                        help="train these seeds as one population (rsa.population), each "
                             "into --out DIR/s<SEED> (default: its own default folder)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -165,7 +166,7 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
         torch.set_num_threads(a.threads)
     names = {f.name for f in fields(TrainConfig)}
     config = resolve_config({k: v for k, v in vars(a).items() if k in names})
-    if a.seeds is not None:
+    if getattr(a, "seeds", None) is not None:
         return _train_population(config, a.seeds, argv)
     if config.out_dir is None:
         config.out_dir = str(Path("runs") / f"{config.task}_{config.model}_T{config.T}"

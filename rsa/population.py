@@ -188,9 +188,10 @@ def population_forward(models: list[TaskModel], xs: list[torch.Tensor]
                        ) -> list[torch.Tensor]:
     """``[models[p](xs[p]) for p]``: the logits of every run, computed as one batched
     forward where the model has one (:data:`BATCHED`), else run by run."""
-    for test, forward in BATCHED:
-        if test(models[0].core):
-            return forward(models, xs)
+    if len({tuple(x.shape) for x in xs}) == 1:  # (an epoch's last pixel batch may differ)
+        for test, forward in BATCHED:
+            if test(models[0].core):
+                return forward(models, xs)
     return [m(x) for m, x in zip(models, xs, strict=True)]
 
 
