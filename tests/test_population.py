@@ -13,8 +13,8 @@ import signal
 import pytest
 import torch
 
-from rsa.__main__ import main
 from rsa import registry
+from rsa.__main__ import main
 from rsa.heads import build_task_model
 from rsa.population import batched, population_relrnn, seed_dirs, train_population
 from rsa.train import resolve_config, train
