@@ -27,12 +27,14 @@ runs the single-run recurrence
 on stacked weights, U: (P, gn, d), V: (P, gn, n), h_t: (P, B, n), one batched matrix
 product (``torch.baddbmm``) per step for all runs: the same number of operations per
 step as one run, which is the gain where a step costs mostly its fixed overhead (B = 10,
-n = 128 on a CPU; on a GPU, the kernel launches). For the RelRNN (fused, the default)
-the fused function of :mod:`rsa.fused_screened` runs on the P B sequences at once with
-per-run weights (:class:`PopulationRelRNNFunction`): the screening works on rows and
-never looks at the weights, so only its matrix products become batched. Any other model
-(MemRNN, RelLSTM, SAB, models added later) runs its own forward per run inside the
-population: exact, no gain. Clipping and the optimizer step are the single-run
+n = 128 on a CPU; on a GPU, the kernel launches). For the RelRNN and the RelLSTM
+(fused, the default) the fused functions of :mod:`rsa.fused_screened` and
+:mod:`rsa.fused_rellstm` run on the P B sequences at once with per-run weights
+(:class:`PopulationRelRNNFunction`, :class:`PopulationRelLSTMFunction`): the screening
+works on rows and never looks at the weights, so only their matrix products (and the
+sums that give a run's weight gradients) become batched over runs. Any other model
+(MemRNN, SAB, the Transformer, models added later) runs its own forward per run inside
+the population: exact, no gain. Clipping and the optimizer step are the single-run
 ``torch.nn.utils.clip_grad_norm_`` and ``torch.optim`` objects of each run, so
 checkpoints are the single run's, and a run of a population resumes alone or in
 another population.
@@ -65,7 +67,7 @@ from rsa.fused_screened import (
     _check_screening,
 )
 from rsa.heads import TaskModel, build_task_model
-from rsa.models import LSTM, RNN, RelRNN
+from rsa.models import LSTM, RNN, RelLSTM, RelRNN
 from rsa.tasks import get_task
 from rsa.train import (
     _IDENTITY,
@@ -92,7 +94,8 @@ from rsa.train import (
 )
 
 __all__ = ["train_population", "population_step", "population_forward", "batched",
-           "PopulationRelRNNFunction", "seed_dirs"]
+           "PopulationRelRNNFunction", "PopulationRelLSTMFunction", "seed_dirs",
+           "stage_train_populations"]
 
 
 # -- the batched forward -------------------------------------------------------------------
@@ -166,6 +169,20 @@ def _relrnn_forward(models, xs):
     return _readout(models, _relrnn_states(models, _stack(xs)))
 
 
+def _rellstm_forward(models, xs):
+    cores = [m.core for m in models]
+    X = _stack(xs)
+    P, T, B, d = X.shape
+    U = _stack(c.U.weight for c in cores).transpose(1, 2)
+    b = _stack(c.U.bias for c in cores)[:, None, :]
+    ux = torch.baddbmm(b, X.reshape(P, T * B, d), U).view(P, T, B, -1)
+    H = population_rellstm(ux, _stack(c.V.weight for c in cores),
+                           _stack(c.W_q.weight for c in cores),
+                           _stack(c.W_k.weight for c in cores), _stack(c.v for c in cores),
+                           nu=cores[0].nu, rho=cores[0].rho)
+    return _readout(models, H)
+
+
 def _exactly(cls):
     return lambda core: type(core) is cls
 
@@ -175,6 +192,7 @@ BATCHED = [
     (_exactly(RNN), _recurrent_forward),
     (_exactly(LSTM), _recurrent_forward),
     (lambda core: type(core) is RelRNN and core.fused, _relrnn_forward),
+    (lambda core: type(core) is RelLSTM and core.fused, _rellstm_forward),
 ]
 
 
@@ -272,6 +290,22 @@ def _bmm_rows(x: torch.Tensor, W: torch.Tensor, P: int) -> torch.Tensor:
     return torch.bmm(x.view(P, -1, x.shape[-1]), W).view(x.shape[0], W.shape[-1])
 
 
+def _per_run(A: torch.Tensor, Bm: torch.Tensor, P: int) -> torch.Tensor:
+    """sum over (t, b) of A[t, b]^T Bm[t, b] for each run: (P, k, l), from A (T, P B, k)
+    and Bm (T, P B, l) with rows p B + b."""
+    k, l = A.shape[-1], Bm.shape[-1]
+    return torch.bmm(A.reshape(-1, P, A.shape[1] // P, k).transpose(0, 1).reshape(P, -1, k)
+                     .transpose(1, 2),
+                     Bm.reshape(-1, P, Bm.shape[1] // P, l).transpose(0, 1).reshape(P, -1, l))
+
+
+def _population_attention_weight_grads(GHK, H, GQ, S, v4, P):
+    """:func:`rsa.fused_screened._attention_weight_grads` per run: (P, n, n) each."""
+    n = H.shape[-1]
+    v4r = v4.repeat_interleave(H.shape[1] // P, 0)  # (P B, n): each row's run's 4 v
+    return _per_run(GQ[1:-1] * v4r, S[1:-1], P), _per_run(GHK[..., n:] * v4r, H, P)
+
+
 class PopulationRelRNNFunction(torch.autograd.Function):
     """:class:`rsa.fused_screened.RelRNNFunction` for P runs at once.
 
@@ -340,23 +374,122 @@ class PopulationRelRNNFunction(torch.autograd.Function):
             gc = _bmm_rows(dq[t], VQ4, P)
             att.step(t, gc, q2_t[t - 1], gq_t[t - 1])
 
-        def per_run(A, Bm):  # sum over (t, b) of A^T Bm, for each run: (P, k, l)
-            k, l = A.shape[-1], Bm.shape[-1]
-            return torch.bmm(A.reshape(-1, P, B, k).transpose(0, 1).reshape(P, -1, k)
-                             .transpose(1, 2),
-                             Bm.reshape(-1, P, B, l).transpose(0, 1).reshape(P, -1, l))
-
         DZ = DQ[..., :n]
-        gV = per_run(DZ[1:], S[1:])
-        v4r = v4.repeat_interleave(B, 0)  # (P B, n)
-        gW_k = per_run(GHK[..., n:] * v4r, H)
-        gW_q = per_run(DQ[1:-1, :, n:] * v4r, S[1:-1])
+        gV = _per_run(DZ[1:], S[1:], P)
+        gW_q, gW_k = _population_attention_weight_grads(GHK, H, DQ[..., n:], S, v4, P)
         gb = None
         if phi_b is not None:
             gb = (DZ * sign).reshape(T, P, B, n).sum((0, 2))
         gux = DZ.reshape(T, P, B, n).transpose(0, 1)
         gv = 2 * att.gv_rows.view(P, B, n).sum(1)
         return gux, gV, gW_q, gW_k, gv, gb, None, None
+
+
+class PopulationRelLSTMFunction(torch.autograd.Function):
+    """:class:`rsa.fused_rellstm.RelLSTMFunction` for P runs at once, as
+    :class:`PopulationRelRNNFunction` does for the RelRNN: ``ux`` (P, T, B, 4n), ``V``
+    (P, 4n, n), ``W_q``, ``W_k`` (P, n, n), ``v`` (P, n); returns H (P, T, B, n)."""
+
+    @staticmethod
+    def forward(ctx, ux, V, W_q, W_k, v, nu, rho):  # noqa: D102
+        P, T, B, n4 = ux.shape
+        n, PB = n4 // 4, P * B
+        opts = dict(dtype=ux.dtype, device=ux.device)
+        uxt = ux.transpose(0, 1).reshape(T, PB, n4)
+        HK = torch.empty(T, PB, 2 * n, **opts)
+        ZQ = torch.cat([uxt, uxt.new_zeros(T, PB, n)], dim=2)
+        CELL = torch.empty(T, PB, n, **opts)
+        S = torch.zeros(T, PB, n, **opts)
+        VQ = torch.cat([V, 2 * W_q], dim=1).transpose(1, 2)  # (P, n, 5n)
+        W_k2 = (2 * W_k).transpose(1, 2)
+        att = _PopulationAttention(HK, v, nu, rho, _exact_tanh(ux.dtype), P)
+        zq, q2_t = ZQ.unbind(0), ZQ[..., 4 * n:].unbind(0)
+        if_t, o_t = ZQ[..., :2 * n].unbind(0), ZQ[..., 3 * n:4 * n].unbind(0)
+        i_t, f_t, g_t = (ZQ[..., k * n:(k + 1) * n].unbind(0) for k in range(3))
+        h_t, k_t, s_t = HK[..., :n].unbind(0), HK[..., n:].unbind(0), S.unbind(0)
+        cell_t = CELL.unbind(0)
+        tc = torch.empty(PB, n, **opts)
+        h = None
+        for t in range(T):
+            if t > 0:
+                s = att.attend(t, q2_t[t - 1], h, out=s_t[t])
+                zq[t].view(P, B, 5 * n).baddbmm_(s.view(P, B, n), VQ)
+            if_t[t].sigmoid_()
+            g_t[t].tanh_()
+            o_t[t].sigmoid_()
+            cell = torch.mul(i_t[t], g_t[t], out=cell_t[t])
+            if t > 0:
+                cell.addcmul_(f_t[t], cell_t[t - 1])
+            h = torch.mul(o_t[t], torch.tanh(cell, out=tc), out=h_t[t])
+            k_t[t].copy_(_bmm_rows(h, W_k2, P))
+            if t > 0:
+                att.screen(t)
+        ctx.sizes, ctx.P = att.sizes, P
+        ctx.save_for_backward(HK, ZQ, CELL, S, att.IDX, att.alpha(), V, W_q, W_k, v)
+        return HK[..., :n].reshape(T, P, B, n).transpose(0, 1).contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gout):  # noqa: D102
+        HK, ZQ, CELL, S, IDX, ALPHA, V, W_q, W_k, v = ctx.saved_tensors
+        P = ctx.P
+        T, PB, n2 = HK.shape
+        n, B = n2 // 2, PB // P
+        H = HK[..., :n]
+        I, F, G, O = (ZQ[..., k * n:(k + 1) * n] for k in range(4))
+        A = ZQ[..., :4 * n]
+        KZ = torch.addcmul(A, A, A, value=-1)
+        tc = CELL.tanh()
+        DH = torch.addcmul(O, O, tc * tc, value=-1)
+        KZ[..., 3 * n:].mul_(tc)
+        del tc
+        KZ[..., :n].mul_(G)
+        KZ[1:, :, n:2 * n].mul_(CELL[:-1])
+        KZ[0, :, n:2 * n] = 0
+        torch.addcmul(I, I, G * G, value=-1, out=KZ[..., 2 * n:3 * n])
+        g = gout.transpose(0, 1).reshape(T, PB, n)
+        GHK = torch.cat([g, torch.zeros_like(g)], dim=2)
+        DQ = torch.empty(T, PB, 5 * n, dtype=HK.dtype, device=HK.device)
+        DQ[-1, :, 4 * n:] = 0
+        att = _PopulationAttentionGrad(HK, GHK, IDX, ALPHA, ctx.sizes, P)
+        v4 = 4 * v
+        Wk4 = v4[:, :, None] * W_k
+        VQ4 = torch.cat([V, v4[:, :, None] * W_q], dim=1).mul_(0.5)  # (P, 5n, n)
+        gh_t, gk_t = GHK[..., :n].unbind(0), GHK[..., n:].unbind(0)
+        dq, gq_t = DQ.unbind(0), DQ[..., 4 * n:].unbind(0)
+        dz3_t = DQ[..., :3 * n].unflatten(-1, (3, n)).unbind(0)
+        dzo_t = DQ[..., 3 * n:4 * n].unbind(0)
+        k3_t = KZ[..., :3 * n].unflatten(-1, (3, n)).unbind(0)
+        ko_t, dh_t, f_t = KZ[..., 3 * n:].unbind(0), DH.unbind(0), F.unbind(0)
+        q2_t = ZQ[..., 4 * n:].unbind(0)
+        gc = gcell = None
+        for t in range(T - 1, -1, -1):
+            g_h = gh_t[t] if gc is None else gh_t[t].add_(gc)
+            gh = g_h + _bmm_rows(gk_t[t], Wk4, P)
+            dcell = gh * dh_t[t]
+            if gcell is not None:
+                dcell.addcmul_(gcell, f_t[t + 1])
+            torch.mul(dcell[:, None, :], k3_t[t], out=dz3_t[t])
+            torch.mul(gh, ko_t[t], out=dzo_t[t])
+            if t == 0:
+                break
+            gcell = dcell
+            gc = _bmm_rows(dq[t], VQ4, P)
+            att.step(t, gc, q2_t[t - 1], gq_t[t - 1])
+        DZ = DQ[..., :4 * n]
+        gV = _per_run(DZ[1:], S[1:], P)
+        gW_q, gW_k = _population_attention_weight_grads(GHK, H, DQ[..., 4 * n:], S, v4, P)
+        gv = 2 * att.gv_rows.view(P, B, n).sum(1)
+        gux = DZ.reshape(T, P, B, 4 * n).transpose(0, 1)
+        return gux, gV, gW_q, gW_k, gv, None, None
+
+
+def population_rellstm(ux, V, W_q, W_k, v, *, nu=10, rho=15) -> torch.Tensor:
+    """Outputs H (P, T, B, n) of P RelLSTMs (:class:`PopulationRelLSTMFunction`)."""
+    if ux.dim() != 4 or ux.shape[1] < 1:
+        raise ValueError(f"ux must have shape (P, T >= 1, B, 4n), got {tuple(ux.shape)}")
+    _check_screening(nu, rho)
+    return PopulationRelLSTMFunction.apply(ux, V, W_q, W_k, v, nu, rho)
 
 
 def population_relrnn(ux, V, W_q, W_k, v, phi_b=None, *, nu=10, rho=15) -> torch.Tensor:

@@ -122,15 +122,17 @@ def test_population_equals_single_runs_float64(model, float64):
 
 
 def test_batched_models():
-    """RNN, LSTM and the fused RelRNN run one batched forward; the others per run."""
+    """RNN, LSTM and the fused RelRNN and RelLSTM run one batched forward; the others
+    per run."""
     def kind(name, **kw):
         return batched(build_task_model(name, "copy", 8, **kw))
-    assert kind("rnn") and kind("lstm") and kind("relrnn") and kind("rnn",
-                                                                    nonlinearity="modrelu")
-    assert not kind("memrnn") and not kind("rellstm") and not kind("relrnn", fused=False)
+    assert kind("rnn") and kind("lstm") and kind("relrnn") and kind("rellstm") and \
+        kind("rnn", nonlinearity="modrelu")
+    assert not kind("memrnn") and not kind("rellstm", fused=False) and \
+        not kind("relrnn", fused=False) and not kind("sab")
 
 
-@pytest.mark.parametrize("model", ["rnn", "lstm", "relrnn"])
+@pytest.mark.parametrize("model", ["rnn", "lstm", "relrnn", "rellstm"])
 def test_population_forward_equals_each_model(model, float64):
     """The batched forward gives each run's logits; batches of different sizes (the
     last batch of a pixel epoch) fall back to each run's own forward."""
@@ -177,6 +179,31 @@ def test_population_relrnn_gradients_match_single_fused(nonlinearity, float64):
             assert (t.grad[p] - s.grad).abs().max() < 1e-12
 
 
+def test_population_rellstm_gradients_match_single_fused(float64):
+    """The batched fused RelLSTM, as the RelRNN above (memory full: T > nu + rho)."""
+    from rsa.fused_rellstm import rellstm_fused
+    from rsa.population import population_rellstm
+
+    P, T, B, n = 3, 9, 4, 5
+    g = torch.Generator().manual_seed(0)
+
+    def leaf(*shape):
+        return (torch.randn(*shape, generator=g) * 0.5).requires_grad_()
+
+    inputs = [leaf(P, T, B, 4 * n), leaf(P, 4 * n, n), leaf(P, n, n), leaf(P, n, n),
+              leaf(P, n)]
+    H = population_rellstm(*inputs, nu=2, rho=3)
+    out = torch.randn(H.shape, generator=g)
+    (H * out).sum().backward()
+    for p in range(P):
+        single = [t.detach()[p].clone().requires_grad_() for t in inputs]
+        Hp = rellstm_fused(*single, nu=2, rho=3)
+        assert (Hp - H[p]).abs().max() < 1e-12
+        (Hp * out[p]).sum().backward()
+        for t, s in zip(inputs, single, strict=True):
+            assert (t.grad[p] - s.grad).abs().max() < 1e-12
+
+
 # -- stopping early, interruption, resume -------------------------------------------------
 
 def test_one_run_stops_early_the_others_go_on(tmp_path, float64):
@@ -205,7 +232,7 @@ def python_sigint_handler():
     signal.signal(signal.SIGINT, previous)
 
 
-@pytest.mark.parametrize("model", ["rnn", "relrnn", "memrnn"])
+@pytest.mark.parametrize("model", ["rnn", "relrnn", "rellstm", "memrnn"])
 def test_interrupted_population_resumes(model, tmp_path, monkeypatch, float64,
                                         python_sigint_handler):
     config = dict(TINY, model=model, steps=6, clip=0.5, **OPTIONS.get(model, {}))
@@ -279,7 +306,7 @@ def test_results_files_as_a_single_run_writes_them(tmp_path):
 F32_TOL = 3e-5  # after 5 updates (lr 3e-3); measured: at most 3e-6 (RelRNN), 4e-7 (RNN)
 
 
-@pytest.mark.parametrize("model", ["rnn", "lstm", "relrnn"])
+@pytest.mark.parametrize("model", ["rnn", "lstm", "relrnn", "rellstm"])
 def test_population_float32_within_tolerance(model):
     config = dict(TINY, model=model, steps=5, **OPTIONS.get(model, {}))
     pop = train_population(seeds=SEEDS, **config)
