@@ -27,14 +27,15 @@ runs the single-run recurrence
 on stacked weights, U: (P, gn, d), V: (P, gn, n), h_t: (P, B, n), one batched matrix
 product (``torch.baddbmm``) per step for all runs: the same number of operations per
 step as one run, which is the gain where a step costs mostly its fixed overhead (B = 10,
-n = 128 on a CPU; on a GPU, the kernel launches). For the RelRNN and the RelLSTM
-(fused, the default) the fused functions of :mod:`rsa.fused_screened` and
-:mod:`rsa.fused_rellstm` run on the P B sequences at once with per-run weights
-(:class:`PopulationRelRNNFunction`, :class:`PopulationRelLSTMFunction`): the screening
-works on rows and never looks at the weights, so only their matrix products (and the
-sums that give a run's weight gradients) become batched over runs. Any other model
-(MemRNN, SAB, the Transformer, models added later) runs its own forward per run inside
-the population: exact, no gain. Clipping and the optimizer step are the single-run
+n = 128 on a CPU; on a GPU, the kernel launches). For the MemRNN, RelRNN and RelLSTM
+(fused, the default) the fused functions of :mod:`rsa.fused`, :mod:`rsa.fused_screened`
+and :mod:`rsa.fused_rellstm` run on the P B sequences at once with per-run weights
+(:class:`PopulationMemRNNFunction`, :class:`PopulationRelRNNFunction`,
+:class:`PopulationRelLSTMFunction`): attention and screening work on rows and never
+look at the weights, so only the matrix products with a run's weights (and the sums
+that give its weight gradients) become batched over runs. Any other model (SAB, the
+Transformer, the plain-autograd loops, models added later) runs its own forward per run
+inside the population: exact, no gain. Clipping and the optimizer step are the single-run
 ``torch.nn.utils.clip_grad_norm_`` and ``torch.optim`` objects of each run, so
 checkpoints are the single run's, and a run of a population resumes alone or in
 another population.
@@ -67,7 +68,7 @@ from rsa.fused_screened import (
     _check_screening,
 )
 from rsa.heads import TaskModel, build_task_model
-from rsa.models import LSTM, RNN, RelLSTM, RelRNN
+from rsa.models import LSTM, RNN, MemRNN, RelLSTM, RelRNN
 from rsa.tasks import get_task
 from rsa.train import (
     _IDENTITY,
@@ -94,7 +95,8 @@ from rsa.train import (
 )
 
 __all__ = ["train_population", "population_step", "population_forward", "batched",
-           "PopulationRelRNNFunction", "PopulationRelLSTMFunction", "seed_dirs",
+           "PopulationMemRNNFunction", "PopulationRelRNNFunction",
+           "PopulationRelLSTMFunction", "seed_dirs",
            "stage_train_populations"]
 
 
@@ -169,6 +171,21 @@ def _relrnn_forward(models, xs):
     return _readout(models, _relrnn_states(models, _stack(xs)))
 
 
+def _memrnn_forward(models, xs):
+    cores = [m.core for m in models]
+    X = _stack(xs)
+    P, T, B, d = X.shape
+    U = _stack(c.U.weight for c in cores).transpose(1, 2)
+    b = _stack(c.U.bias for c in cores)[:, None, :]
+    ux = torch.baddbmm(b, X.reshape(P, T * B, d), U).view(P, T, B, -1)
+    phi_b = _stack(c.phi.b for c in cores) if cores[0].nonlinearity == "modrelu" else None
+    H = population_memrnn(ux, _stack(c.V.weight for c in cores),
+                          _stack(c.W_q.weight for c in cores),
+                          _stack(c.W_k.weight for c in cores), _stack(c.v for c in cores),
+                          phi_b)
+    return _readout(models, H)
+
+
 def _rellstm_forward(models, xs):
     cores = [m.core for m in models]
     X = _stack(xs)
@@ -193,6 +210,7 @@ BATCHED = [
     (_exactly(LSTM), _recurrent_forward),
     (lambda core: type(core) is RelRNN and core.fused, _relrnn_forward),
     (lambda core: type(core) is RelLSTM and core.fused, _rellstm_forward),
+    (lambda core: type(core) is MemRNN and core.fused, _memrnn_forward),
 ]
 
 
@@ -482,6 +500,124 @@ class PopulationRelLSTMFunction(torch.autograd.Function):
         gv = 2 * att.gv_rows.view(P, B, n).sum(1)
         gux = DZ.reshape(T, P, B, 4 * n).transpose(0, 1)
         return gux, gV, gW_q, gW_k, gv, None, None
+
+
+class PopulationMemRNNFunction(torch.autograd.Function):
+    """:class:`rsa.fused.MemRNNFunction` for P runs at once: ``ux`` (P, T, B, n),
+    ``V``, ``W_q``, ``W_k`` (P, n, n), ``v`` (P, n), ``phi_b`` (P, n) or None; returns H
+    (P, T, B, n). The P B sequences are the batch (row p B + b); the attention over all
+    past states is per row, so only the products with a run's weights (and its weight
+    gradients) are batched over runs."""
+
+    @staticmethod
+    def forward(ctx, ux, V, W_q, W_k, v, phi_b):  # noqa: D102
+        P, T, B, n = ux.shape
+        PB = P * B
+        opts = dict(dtype=ux.dtype, device=ux.device)
+        exact = _exact_tanh(ux.dtype)
+        uxt = ux.transpose(0, 1).reshape(T, PB, n)
+        phi_rows = None if phi_b is None else phi_b.repeat_interleave(B, 0)
+        H = torch.empty(PB, T, n, **opts)
+        K2 = torch.empty(PB, T, n, **opts)
+        S = torch.zeros(PB, T, n, **opts)
+        Q2 = torch.zeros(PB, T, n, **opts)
+        Z = torch.empty(PB, T, n, **opts) if phi_b is not None else None
+        alpha = torch.zeros(PB, T, T, **opts)
+        work = torch.empty(PB * max(T - 1, 1) * n, **opts)
+        W_q2, W_k2 = (2 * W_q).transpose(1, 2), (2 * W_k).transpose(1, 2)  # (P, n, n)
+        Vt = V.transpose(1, 2)
+        v_rows = v.repeat_interleave(B, 0)[:, :, None]  # (P B, n, 1)
+        if not exact:
+            v_rows = 2 * v_rows
+        z = uxt[0]
+        h = _phi(z, phi_rows)
+        H[:, 0], K2[:, 0] = h, _bmm_rows(h, W_k2, P)
+        if Z is not None:
+            Z[:, 0] = z
+        q = uxt.new_zeros(PB, n)
+        for t in range(1, T):
+            q2 = _bmm_rows(q, W_q2, P)
+            Pm = torch.add(q2[:, None, :], K2[:, :t], out=work[:PB * t * n].view(PB, t, n))
+            A = Pm.mul_(0.5).tanh_() if exact else Pm.sigmoid_()
+            e = torch.bmm(A, v_rows)[..., 0]  # (P B, t): each row with its run's v
+            a = torch.softmax(e, dim=1)
+            c = torch.bmm(a[:, None, :], H[:, :t])[:, 0]
+            s = (h + c) / 2
+            z = uxt[t] + _bmm_rows(s, Vt, P)
+            h = _phi(z, phi_rows)
+            H[:, t], K2[:, t], S[:, t], Q2[:, t] = h, _bmm_rows(h, W_k2, P), s, q2
+            alpha[:, t, :t] = a
+            if Z is not None:
+                Z[:, t] = z
+            q = s
+        ctx.P = P
+        ctx.save_for_backward(H, K2, S, Q2, Z, alpha, V, W_q, W_k, v, phi_b, phi_rows)
+        return H.view(P, B, T, n).transpose(1, 2).contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gout):  # noqa: D102
+        H, K2, S, Q2, Z, alpha, V, W_q, W_k, v, phi_b, phi_rows = ctx.saved_tensors
+        P = ctx.P
+        PB, T, n = H.shape
+        B = PB // P
+        opts = dict(dtype=H.dtype, device=H.device)
+        gout = gout.transpose(1, 2).reshape(PB, T, n)  # (P B, T, n)
+        dphi, sign = _phi_derivative(H, Z, None if phi_rows is None else phi_rows[:, None])
+        DZ = torch.empty(PB, T, n, **opts)
+        GC = torch.zeros(PB, T, n, **opts)
+        GQ = torch.zeros(PB, T, n, **opts)
+        GKs = torch.zeros(PB, T, n, **opts)
+        GV = torch.zeros(PB, T, n, **opts)
+        GE = torch.zeros(PB, T, **opts)
+        work = torch.empty(PB * max(T - 1, 1) * n, **opts)
+        v4 = 4 * v
+        Wk4, Wq4 = v4[:, :, None] * W_k, v4[:, :, None] * W_q  # (P, n, n)
+        gc = torch.zeros(PB, n, **opts)
+        g_q = torch.zeros(PB, n, **opts)
+        for t in range(T - 1, -1, -1):
+            gh = gout[:, t] + gc + _bmm_rows(GKs[:, t], Wk4, P)
+            if t < T - 1:
+                gh = gh + torch.bmm(alpha[:, t + 1:, t, None].transpose(1, 2),
+                                    GC[:, t + 1:])[:, 0]
+            dz = gh * dphi[:, t]
+            DZ[:, t] = dz
+            if t == 0:
+                break
+            gc = (g_q + _bmm_rows(dz, V, P)) / 2
+            GC[:, t] = gc
+            a = alpha[:, t, :t]
+            g_alpha = torch.bmm(gc[:, None, :], H[:, :t].transpose(1, 2))[:, 0]
+            ge = a * (g_alpha - (a * g_alpha).sum(1, keepdim=True))
+            ge3 = ge[:, None, :]
+            sig = torch.add(Q2[:, t, None, :], K2[:, :t],
+                            out=work[:PB * t * n].view(PB, t, n)).sigmoid_()
+            GV[:, t] = torch.bmm(ge3, sig)[:, 0]
+            GE[:, t] = ge.sum(1)
+            sig.addcmul_(sig, sig, value=-1)
+            GKs[:, :t].addcmul_(sig, ge[..., None])
+            gq = torch.bmm(ge3, sig)[:, 0]
+            GQ[:, t] = gq
+            g_q = _bmm_rows(gq, Wq4, P)
+
+        def runs(X):  # (P B, T, k) -> (P, B T, k)
+            return X.reshape(P, -1, X.shape[-1])
+
+        gv = 2 * runs(GV).sum(1) - GE.view(P, -1).sum(1)[:, None]
+        gV = torch.bmm(runs(DZ[:, 1:]).transpose(1, 2), runs(S[:, 1:]))
+        v4r = v4.repeat_interleave(B, 0)[:, None, :]  # (P B, 1, n)
+        gW_k = torch.bmm(runs(v4r * GKs).transpose(1, 2), runs(H))
+        gW_q = torch.bmm(runs(v4r * GQ[:, 2:]).transpose(1, 2), runs(S[:, 1:-1]))
+        gb = (DZ * sign).view(P, -1, n).sum(1) if phi_b is not None else None
+        gux = DZ.view(P, B, T, n).transpose(1, 2)
+        return gux, gV, gW_q, gW_k, gv, gb
+
+
+def population_memrnn(ux, V, W_q, W_k, v, phi_b=None) -> torch.Tensor:
+    """States H (P, T, B, n) of P MemRNNs (:class:`PopulationMemRNNFunction`)."""
+    if ux.dim() != 4 or ux.shape[1] < 1:
+        raise ValueError(f"ux must have shape (P, T >= 1, B, n), got {tuple(ux.shape)}")
+    return PopulationMemRNNFunction.apply(ux, V, W_q, W_k, v, phi_b)
 
 
 def population_rellstm(ux, V, W_q, W_k, v, *, nu=10, rho=15) -> torch.Tensor:

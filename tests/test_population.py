@@ -122,17 +122,17 @@ def test_population_equals_single_runs_float64(model, float64):
 
 
 def test_batched_models():
-    """RNN, LSTM and the fused RelRNN and RelLSTM run one batched forward; the others
-    per run."""
+    """RNN, LSTM and the fused MemRNN, RelRNN and RelLSTM run one batched forward; the
+    others per run."""
     def kind(name, **kw):
         return batched(build_task_model(name, "copy", 8, **kw))
     assert kind("rnn") and kind("lstm") and kind("relrnn") and kind("rellstm") and \
-        kind("rnn", nonlinearity="modrelu")
-    assert not kind("memrnn") and not kind("rellstm", fused=False) and \
-        not kind("relrnn", fused=False) and not kind("sab")
+        kind("memrnn") and kind("rnn", nonlinearity="modrelu")
+    assert not kind("memrnn", fused=False) and not kind("rellstm", fused=False) and \
+        not kind("relrnn", fused=False) and not kind("sab") and not kind("transformer")
 
 
-@pytest.mark.parametrize("model", ["rnn", "lstm", "relrnn", "rellstm"])
+@pytest.mark.parametrize("model", ["rnn", "lstm", "memrnn", "relrnn", "rellstm"])
 def test_population_forward_equals_each_model(model, float64):
     """The batched forward gives each run's logits; batches of different sizes (the
     last batch of a pixel epoch) fall back to each run's own forward."""
@@ -150,11 +150,15 @@ def test_population_forward_equals_each_model(model, float64):
             assert (m(x) - z).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("model", ["relrnn", "memrnn"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "modrelu"])
-def test_population_relrnn_gradients_match_single_fused(nonlinearity, float64):
-    """The batched fused RelRNN: states and every gradient equal the single fused
-    function's, run by run (to 1e-12), with modReLU too and memory full (T > nu + rho)."""
+def test_population_fused_gradients_match_single_fused(model, nonlinearity, float64):
+    """The batched fused RelRNN and MemRNN: states and every gradient equal the single
+    fused function's, run by run (to 1e-12), with modReLU too, RelRNN's memory full
+    (T > nu + rho)."""
+    from rsa.fused import memrnn_fused
     from rsa.fused_screened import relrnn_fused
+    from rsa.population import population_memrnn
 
     P, T, B, n = 3, 9, 4, 5
     g = torch.Generator().manual_seed(0)
@@ -165,14 +169,17 @@ def test_population_relrnn_gradients_match_single_fused(nonlinearity, float64):
     ux, V, W_q, W_k, v = leaf(P, T, B, n), leaf(P, n, n), leaf(P, n, n), leaf(P, n, n), \
         leaf(P, n)
     b = leaf(P, n, scale=0.1) if nonlinearity == "modrelu" else None
-    H = population_relrnn(ux, V, W_q, W_k, v, b, nu=2, rho=3)
+    if model == "relrnn":
+        H = population_relrnn(ux, V, W_q, W_k, v, b, nu=2, rho=3)
+    else:
+        H = population_memrnn(ux, V, W_q, W_k, v, b)
     out = torch.randn(H.shape, generator=g)
     (H * out).sum().backward()
     inputs = [t for t in (ux, V, W_q, W_k, v, b) if t is not None]
     for p in range(P):
         single = [t.detach()[p].clone().requires_grad_() for t in inputs]
         args = single + ([None] if b is None else [])
-        Hp = relrnn_fused(*args, nu=2, rho=3)
+        Hp = relrnn_fused(*args, nu=2, rho=3) if model == "relrnn" else memrnn_fused(*args)
         assert (Hp - H[p]).abs().max() < 1e-12
         (Hp * out[p]).sum().backward()
         for t, s in zip(inputs, single, strict=True):
@@ -306,7 +313,7 @@ def test_results_files_as_a_single_run_writes_them(tmp_path):
 F32_TOL = 3e-5  # after 5 updates (lr 3e-3); measured: at most 3e-6 (RelRNN), 4e-7 (RNN)
 
 
-@pytest.mark.parametrize("model", ["rnn", "lstm", "relrnn", "rellstm"])
+@pytest.mark.parametrize("model", ["rnn", "lstm", "memrnn", "relrnn", "rellstm"])
 def test_population_float32_within_tolerance(model):
     config = dict(TINY, model=model, steps=5, **OPTIONS.get(model, {}))
     pop = train_population(seeds=SEEDS, **config)
