@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Wall time and peak memory of one training update per model, on the "
                     "copy task:\nthe median and the fastest of --repeats updates, timed in "
                     "interleaved rounds, for\nevery model and T, plus one row at a larger "
-                    "batch. Prints a markdown table;\n--out also writes it with a manifest.")
+                    "batch. Prints a markdown table;\n--out also writes it with a manifest. "
+                    "`bench population --help`: the throughput of population\ntraining "
+                    "(rsa.bench_population).")
     p.add_argument("--models", nargs="+", default=list(MODELS),
                    choices=MODELS + UNFUSED_VARIANTS, metavar="MODEL",
                    help="models to time: " + ", ".join(MODELS + UNFUSED_VARIANTS)
