@@ -526,9 +526,7 @@ class PopulationMemRNNFunction(torch.autograd.Function):
         work = torch.empty(PB * max(T - 1, 1) * n, **opts)
         W_q2, W_k2 = (2 * W_q).transpose(1, 2), (2 * W_k).transpose(1, 2)  # (P, n, n)
         Vt = V.transpose(1, 2)
-        v_rows = v.repeat_interleave(B, 0)[:, :, None]  # (P B, n, 1)
-        if not exact:
-            v_rows = 2 * v_rows
+        v_e = (v if exact else 2 * v)[:, :, None]  # (P, n, 1)
         z = uxt[0]
         h = _phi(z, phi_rows)
         H[:, 0], K2[:, 0] = h, _bmm_rows(h, W_k2, P)
@@ -539,7 +537,8 @@ class PopulationMemRNNFunction(torch.autograd.Function):
             q2 = _bmm_rows(q, W_q2, P)
             Pm = torch.add(q2[:, None, :], K2[:, :t], out=work[:PB * t * n].view(PB, t, n))
             A = Pm.mul_(0.5).tanh_() if exact else Pm.sigmoid_()
-            e = torch.bmm(A, v_rows)[..., 0]  # (P B, t): each row with its run's v
+            # (P B, t): run p's rows A[p B:(p + 1) B] are contiguous, one product each
+            e = torch.bmm(A.view(P, B * t, n), v_e).view(PB, t)
             a = torch.softmax(e, dim=1)
             c = torch.bmm(a[:, None, :], H[:, :t])[:, 0]
             s = (h + c) / 2
