@@ -12,7 +12,9 @@ The one implementation behind the book (``book/``). Modules:
   :data:`MODELS` (the paper's five) and trained by the converged plan as its baselines,
   :data:`rsa.experiments.BASELINES` (chapter *Sparse attentive backtracking*);
 - :mod:`rsa.tasks`, :mod:`rsa.heads`, :mod:`rsa.train`: tasks, read-out + loss,
-  training with checkpoint/resume (``python -m rsa train``);
+  training with checkpoint/resume (``python -m rsa train``); :mod:`rsa.population`:
+  several seeds of one configuration trained as one batched computation
+  (``python -m rsa train --seeds ...``);
 - :mod:`rsa.measure`, :mod:`rsa.bench`: gradient norms, time and memory
   (``python -m rsa bench``);
 - :mod:`rsa.theory`: path expansion, the mean-square-gradient DP and the bounds

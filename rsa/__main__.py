@@ -4,7 +4,9 @@
   (unset options take the task's defaults, the authors' settings: the book's page *The
   paper*, section 5). Writes results, manifest and checkpoint to ``--out-dir`` (default
   ``runs/<task>_<model>_T<T>_s<seed>``); running the same command again resumes an
-  interrupted run.
+  interrupted run. ``--seeds S1 S2 ...`` trains those seeds as one population
+  (:func:`rsa.population.train_population`), into ``--out DIR/s<seed>`` each.
+- ``bench population``: :func:`rsa.bench_population.main`.
 - ``transfer``: evaluate a trained copy/denoise run at other delays T, without training
   (:func:`rsa.tasks.evaluate_transfer`).
 - ``bench``: :func:`rsa.bench.main`.
@@ -85,8 +87,13 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
                         "of the evaluation for pixel tasks (default: 500)")
     p.add_argument("--checkpoint-every", type=int,
                    help="updates between checkpoints (default: --eval-every)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the initialisation and the data (default: 0)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0,
+                       help="seed of the initialisation and the data (default: 0)")
+    seeds.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                       default=argparse.SUPPRESS,  # not a TrainConfig field
+                       help="train these seeds as one population (rsa.population), each "
+                            "into --out DIR/s<SEED> (default: its own default folder)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     for option in registry.config_options():  # the model options, from the table
         users = registry.with_option(option.name)
@@ -169,6 +176,8 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
         require_tensorboard()
     names = {f.name for f in fields(TrainConfig)}
     config = resolve_config({k: v for k, v in vars(a).items() if k in names})
+    if getattr(a, "seeds", None) is not None:
+        return _train_population(config, a.seeds, argv)
     if config.out_dir is None:
         config.out_dir = str(Path("runs") / f"{config.task}_{config.model}_T{config.T}"
                                             f"_s{config.seed}")
@@ -182,6 +191,27 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
     if result.note:
         print(f"note: {result.note}", file=sys.stderr)
     print(json.dumps({"out_dir": str(result.out_dir), **result.summary}, indent=2))
+    return 0
+
+
+def _train_population(config, seeds: list[int], argv: list[str]) -> int:
+    """``train --seeds ...``: one population (:func:`rsa.population.train_population`)."""
+    from rsa.population import seed_dirs, train_population
+
+    out_dirs = seed_dirs(config.out_dir, seeds) if config.out_dir is not None else [
+        str(Path("runs") / f"{config.task}_{config.model}_T{config.T}_s{s}") for s in seeds]
+    try:
+        results = train_population(config, seeds=seeds, out_dirs=out_dirs,
+                                   argv=["python", "-m", "rsa", *argv])
+    except KeyboardInterrupt:
+        print(f"interrupted: checkpoints saved in {', '.join(out_dirs)}; run the same "
+              f"command again to resume", file=sys.stderr)
+        return 130
+    for result in results:
+        if result.note:
+            print(f"note: {result.note}", file=sys.stderr)
+    print(json.dumps([{"seed": s, "out_dir": str(r.out_dir), **r.summary}
+                      for s, r in zip(seeds, results, strict=True)], indent=2))
     return 0
 
 

@@ -155,13 +155,20 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rsa bench`` (see ``--help``)."""
+    """``python -m rsa bench`` (see ``--help``); ``bench population ...``:
+    :func:`rsa.bench_population.main`."""
+    if argv and argv[0] == "population":
+        from rsa.bench_population import main as population_main
+
+        return population_main(argv[1:])
     p = argparse.ArgumentParser(
         prog="python -m rsa bench", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Wall time and peak memory of one training update per model, on the "
                     "copy task:\nthe median and the fastest of --repeats updates, timed in "
                     "interleaved rounds, for\nevery model and T, plus one row at a larger "
-                    "batch. Prints a markdown table;\n--out also writes it with a manifest.")
+                    "batch. Prints a markdown table;\n--out also writes it with a manifest. "
+                    "`bench population --help`: the throughput of population\ntraining "
+                    "(rsa.bench_population).")
     p.add_argument("--models", nargs="+", default=list(MODELS),
                    choices=MODELS + UNFUSED_VARIANTS, metavar="MODEL",
                    help="models to time: " + ", ".join(MODELS + UNFUSED_VARIANTS)

@@ -887,7 +887,8 @@ def set_deterministic() -> None:
 def reproduce(scale: str = "session", stages=STAGES, log=print,
               shard: tuple[int, int] | None = None, select=None,
               device: str = "cpu", data_dir=None, runs_dir=None,
-              tensorboard: bool = False, budget: int | None = None) -> None:
+              tensorboard: bool = False, budget: int | None = None,
+              populations: bool = False) -> None:
     """Run the plan of ``scale`` stage by stage (skipping what is already stored).
 
     ``shard=(i, n)`` trains only every n-th run of the train stage, starting at run i
@@ -906,6 +907,9 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
     ``stop_reason`` "budget" and ``steps`` = ``budget`` in its config (so it reads as
     not solved within ``budget`` updates), and a later call with a larger budget (or
     none) trains it further from its checkpoint under ``runs/<scale>/``.
+    ``populations`` trains the seeds of one configuration as one population
+    (:func:`rsa.population.stage_train_populations`; the same stored files), and
+    ``shard`` then splits populations (not with ``budget`` or ``tensorboard``).
     """
     global DATA, RUNS
     device = resolve_device(device)
@@ -929,6 +933,9 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
             raise ValueError(f"budget applies to stages ['train'] only, got {list(stages)}")
     if select is not None and list(stages) != ["train"]:
         raise ValueError(f"select applies to stages ['train'] only, got {list(stages)}")
+    if populations and (budget is not None or tensorboard):
+        raise ValueError("populations cannot be combined with budget or tensorboard "
+                         "(train those runs one by one)")
     if tensorboard and "train" in stages:
         from rsa.scalars import require_tensorboard
 
@@ -944,7 +951,12 @@ def reproduce(scale: str = "session", stages=STAGES, log=print,
                              f"run names look like {run_name('copy', 'relrnn', 100, 0)!r}")
         for s in STAGES:
             if s in stages:
-                if s == "train":
+                if s == "train" and populations:
+                    from rsa.population import stage_train_populations
+
+                    stage_train_populations(scale, plan, log, shard or (0, 1), select,
+                                            device)
+                elif s == "train":
                     _stage_train(scale, plan, log, shard or (0, 1), select, device,
                                  tensorboard, budget)
                 else:
@@ -1073,6 +1085,9 @@ def main(argv=None) -> int:
                    help="also write each run's history as TensorBoard event files next to "
                         "its history.csv under the runs folder (needs tensorboard: pip "
                         "install 'rsa[cluster]'; default: off)")
+    p.add_argument("--populations", action="store_true",
+                   help="train the seeds of one configuration as one population "
+                        "(rsa.population; the same results; default: run by run)")
     p.add_argument("--status", action="store_true",
                    help="print how far the plan has run (runs stored, solved, not run "
                         "yet) and exit")
@@ -1136,7 +1151,8 @@ def main(argv=None) -> int:
             set_deterministic()
         reproduce(a.scale, a.stages, log=log, shard=a.shard, select=a.select,
                   device=a.device, data_dir=a.data_dir, runs_dir=a.runs_dir,
-                  tensorboard=a.tensorboard, budget=a.budget)
+                  tensorboard=a.tensorboard, budget=a.budget,
+                  populations=a.populations)
     except ValueError as e:
         p.error(str(e))
     return 0
