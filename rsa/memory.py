@@ -5,7 +5,8 @@ the rules are those of *The paper* §2:
 
 - S, the short-term buffer, holds the ``nu`` most recent states h_{t-nu}, ..., h_{t-1}.
 - A state's relevance score is the sum of the (detached) attention weights it received
-  while it sat in S. Scores are frozen when the state enters R.
+  while it sat in S ({eq}`eq-relevance-score` on the book's *Notation* page). Scores
+  are frozen when the state enters R.
 - After h_t is computed, if S already holds ``nu`` states, the oldest, h_{t-nu}, leaves
   S. If R holds fewer than ``rho`` states it joins R; otherwise it replaces the state of
   lowest score in R (the first such slot on ties) only if its score is *strictly*

@@ -13,7 +13,9 @@ The self-attentive update (MemRNN, RelRNN) at step t >= 2, with memory M:
     s_{t-1} = (h_{t-1} + c_t) / 2
     h_t   = phi(U x_t + V s_{t-1} + b)
 
-where the query q is s_{t-2} (s_0 = 0) and h_1 = phi(U x_1 + b). MemRNN attends to
+(the book's *Notation* page: {eq}`eq-attention-score`, {eq}`eq-attention-context`,
+{eq}`eq-recurrent-update`), where the query q is s_{t-2} (s_0 = 0) and
+h_1 = phi(U x_1 + b). MemRNN attends to
 every past state; RelRNN to the screened memory S ∪ R of :mod:`rsa.memory`.
 LSTM and RelLSTM use the same attention with LSTM gates reading [s_{t-1}; x_t].
 
