@@ -72,12 +72,8 @@ from rsa.heads import TaskModel, build_task_model
 from rsa.models import LSTM, RNN, MemRNN, RelLSTM, RelRNN
 from rsa.tasks import get_task
 from rsa.train import (
-    _IDENTITY,
-    _IDENTITY_DEFAULTS,
-    _WAY_OUT,
     CHECKPOINT,
     MODEL_FILE,
-    ResumeError,
     RunState,
     TrainConfig,
     TrainResult,
@@ -86,7 +82,6 @@ from rsa.train import (
     _device,
     _finished_run,
     _Interrupt,
-    _load_checkpoint,
     _progress_bar,
     _stop_reason,
     _summary,
@@ -95,6 +90,7 @@ from rsa.train import (
     make_optimizer,
     resolve_config,
 )
+from rsa.train.checkpoint import resumable_checkpoint
 
 __all__ = ["train_population", "population_step", "population_forward", "batched",
            "PopulationMemRNNFunction", "PopulationRelRNNFunction",
@@ -163,13 +159,20 @@ def _recurrent_forward(models, xs):
     return _readout(models, _recurrent_states(models, _stack(xs)))
 
 
-def _relrnn_states(models: list[TaskModel], X: torch.Tensor) -> torch.Tensor:
-    cores = [m.core for m in models]
+def _input_projection(cores, X: torch.Tensor):
+    """U x_t + b of every run at every step, (P, T, B, n), in one batched product, and
+    the runs' modReLU biases (None for tanh)."""
     P, T, B, d = X.shape
     U = _stack(c.U.weight for c in cores).transpose(1, 2)
     b = _stack(c.U.bias for c in cores)[:, None, :]
     ux = torch.baddbmm(b, X.reshape(P, T * B, d), U).view(P, T, B, -1)
     phi_b = _stack(c.phi.b for c in cores) if cores[0].nonlinearity == "modrelu" else None
+    return ux, phi_b
+
+
+def _relrnn_states(models: list[TaskModel], X: torch.Tensor) -> torch.Tensor:
+    cores = [m.core for m in models]
+    ux, phi_b = _input_projection(cores, X)
     H = population_relrnn(ux, _stack(c.V.weight for c in cores),
                           _stack(c.W_q.weight for c in cores),
                           _stack(c.W_k.weight for c in cores), _stack(c.v for c in cores),
@@ -184,11 +187,7 @@ def _relrnn_forward(models, xs):
 def _memrnn_forward(models, xs):
     cores = [m.core for m in models]
     X = _stack(xs)
-    P, T, B, d = X.shape
-    U = _stack(c.U.weight for c in cores).transpose(1, 2)
-    b = _stack(c.U.bias for c in cores)[:, None, :]
-    ux = torch.baddbmm(b, X.reshape(P, T * B, d), U).view(P, T, B, -1)
-    phi_b = _stack(c.phi.b for c in cores) if cores[0].nonlinearity == "modrelu" else None
+    ux, phi_b = _input_projection(cores, X)
     H = population_memrnn(ux, _stack(c.V.weight for c in cores),
                           _stack(c.W_q.weight for c in cores),
                           _stack(c.W_k.weight for c in cores), _stack(c.v for c in cores),
@@ -697,20 +696,7 @@ class _Run:
 
     def _resume(self):  # as rsa.train.train
         c, ckpt_path = self.c, self.ckpt_path
-        ckpt = _load_checkpoint(ckpt_path, self.device)
-        made = {k: ckpt["config"].get(k, _IDENTITY_DEFAULTS.get(k)) for k in _IDENTITY}
-        diff = {k: (made[k], self.config_dict[k]) for k in _IDENTITY
-                if made[k] != self.config_dict[k]}
-        if diff:
-            raise ResumeError(
-                f"checkpoint {str(ckpt_path)!r} was made with a different config "
-                f"(field: (checkpoint, now)) {diff}; {_WAY_OUT}")
-        done = ckpt["state"]["step"]
-        if done > c.steps:
-            raise ResumeError(
-                f"checkpoint {str(ckpt_path)!r} already holds {done} updates, more than the "
-                f"{c.steps} asked for; resume it with --steps {done} or more (steps={done}), "
-                f"or {_WAY_OUT}")
+        ckpt = resumable_checkpoint(ckpt_path, c, self.config_dict, self.device)
         with _checkpoint_errors(ckpt_path):
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
