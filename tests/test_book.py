@@ -234,6 +234,47 @@ def test_every_citation_is_in_the_bibliography():
     assert cited <= keys, f"cited but not in references.bib: {cited - keys}"
 
 
+def _page_texts() -> dict[str, str]:
+    """Every page's MyST text: Markdown pages, and the cells and Markdown outputs of the
+    chapters (a Markdown output is rendered as MyST too)."""
+    texts = {}
+    for page in BOOK.iterdir():
+        if page.suffix == ".md":
+            texts[page.name] = page.read_text()
+        elif page.suffix == ".ipynb":
+            parts = []
+            for c in nbformat.read(page, as_version=4).cells:
+                parts.append(c.source)
+                for o in c.get("outputs", []):
+                    md = o.get("data", {}).get("text/markdown")
+                    if md:
+                        parts.append(md if isinstance(md, str) else "".join(md))
+            texts[page.name] = "\n".join(parts)
+    return texts
+
+
+def test_every_doc_and_ref_target_exists():
+    """{doc} names a page of the book and {ref} a label it defines (``(label)=`` or a
+    figure's ``:name:``): a renamed chapter leaves no dangling link (the build would
+    fail with -W, minutes later)."""
+    texts = _page_texts()
+    pages = {Path(name).stem for name in texts}
+    labels = set()
+    for text in texts.values():
+        labels |= set(re.findall(r"^\(([\w-]+)\)=\s*$", text, flags=re.M))
+        labels |= set(re.findall(r"^:name:\s*([\w-]+)\s*$", text, flags=re.M))
+    assert {"accuracy-vs-cost", "kappa-d-tradeoff", "digits"} <= labels
+    bad = []
+    for name, text in texts.items():
+        for target in re.findall(r"\{doc\}`(?:[^`<]*<)?([^`>]+)>?`", text):
+            if target.strip() not in pages:
+                bad.append(f"{name}: {{doc}} {target}")
+        for target in re.findall(r"\{ref\}`(?:[^`<]*<)?([^`>]+)>?`", text):
+            if target.strip() not in labels:
+                bad.append(f"{name}: {{ref}} {target}")
+    assert not bad, bad
+
+
 # -- nbval: a chapter with stale outputs fails -------------------------------------------
 
 def tiny_notebook(path: Path, source: str, output: str) -> Path:
