@@ -65,7 +65,22 @@ from torch.autograd.function import once_differentiable
 from rsa.fused import _exact_tanh, attention_weight_grads, fused_inputs
 from rsa.fused_screened import _Attention, _AttentionGrad, _check_screening
 
-__all__ = ["RelLSTMFunction", "rellstm_fused", "fused_forward"]
+__all__ = ["RelLSTMFunction", "rellstm_fused", "fused_forward", "lstm_cell_step"]
+
+
+def lstm_cell_step(t, if_t, i_t, f_t, g_t, o_t, cell_t, tc, h_t):
+    """Step ``t`` of the LSTM cell on the pre-activations z_t = [i f g o] (per-step views
+    of one buffer, ``if_t`` covering i and f): the gates replace z_t in place,
+    c_t = i g + f c_{t-1} is written to ``cell_t[t]`` and h_t = o tanh(c_t) to ``h_t[t]``
+    (``tc`` holds tanh(c_t)); returns h_t. Shared with the population's batched forward
+    (:mod:`rsa.population`), which runs it on the rows of all its runs at once."""
+    if_t[t].sigmoid_()
+    g_t[t].tanh_()
+    o_t[t].sigmoid_()
+    cell = torch.mul(i_t[t], g_t[t], out=cell_t[t])
+    if t > 0:
+        cell.addcmul_(f_t[t], cell_t[t - 1])
+    return torch.mul(o_t[t], torch.tanh(cell, out=tc), out=h_t[t])
 
 
 class RelLSTMFunction(torch.autograd.Function):
@@ -102,13 +117,7 @@ class RelLSTMFunction(torch.autograd.Function):
             if t > 0:
                 s = att.attend(t, q2_t[t - 1], h, out=s_t[t])  # s_{t-1}
                 zq[t].addmm_(s, VQ)
-            if_t[t].sigmoid_()  # the gates, in place of z_t
-            g_t[t].tanh_()
-            o_t[t].sigmoid_()
-            cell = torch.mul(i_t[t], g_t[t], out=cell_t[t])
-            if t > 0:
-                cell.addcmul_(f_t[t], cell_t[t - 1])
-            h = torch.mul(o_t[t], torch.tanh(cell, out=tc), out=h_t[t])
+            h = lstm_cell_step(t, if_t, i_t, f_t, g_t, o_t, cell_t, tc, h_t)
             torch.mm(h, W_k2, out=k_t[t])
             if t > 0:
                 att.screen(t)

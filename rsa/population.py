@@ -63,6 +63,7 @@ from torch import nn
 
 from rsa import io
 from rsa.fused import _exact_tanh, _phi, _phi_derivative
+from rsa.fused_rellstm import lstm_cell_step
 from rsa.fused_screened import (
     _Attention,
     _AttentionGrad,
@@ -441,13 +442,7 @@ class PopulationRelLSTMFunction(torch.autograd.Function):
             if t > 0:
                 s = att.attend(t, q2_t[t - 1], h, out=s_t[t])
                 zq[t].view(P, B, 5 * n).baddbmm_(s.view(P, B, n), VQ)
-            if_t[t].sigmoid_()
-            g_t[t].tanh_()
-            o_t[t].sigmoid_()
-            cell = torch.mul(i_t[t], g_t[t], out=cell_t[t])
-            if t > 0:
-                cell.addcmul_(f_t[t], cell_t[t - 1])
-            h = torch.mul(o_t[t], torch.tanh(cell, out=tc), out=h_t[t])
+            h = lstm_cell_step(t, if_t, i_t, f_t, g_t, o_t, cell_t, tc, h_t)
             k_t[t].copy_(_bmm_rows(h, W_k2, P))
             if t > 0:
                 att.screen(t)
