@@ -376,9 +376,7 @@ def _claim(work: Path):
     work.mkdir(parents=True, exist_ok=True)
     lock = work / ".lock"
     for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        if not _create_lock(lock):
             try:
                 owner = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):
@@ -388,14 +386,28 @@ def _claim(work: Path):
                 return
             lock.unlink(missing_ok=True)  # stale: its process is gone
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
         try:
             yield None
         finally:
             lock.unlink(missing_ok=True)
         return
     raise RuntimeError(f"could not claim {str(work)!r}: its lock file keeps reappearing")
+
+
+def _create_lock(lock: Path) -> bool:
+    """Create ``lock`` holding this process's id, unless it exists (False). The id is
+    written to a file of this process's own first, then hard-linked to ``lock`` (which
+    fails if it exists), so the lock never appears empty: an empty lock would read as
+    stale to another process and be taken over."""
+    mine = lock.with_name(f"{lock.name}.{os.getpid()}")
+    mine.write_text(str(os.getpid()))
+    try:
+        os.link(mine, lock)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        mine.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -83,3 +83,12 @@ def test_unsolved_seed0_runs_get_the_authors_alternatives_last(tmp_path, monkeyp
     every, _ = experiments.load_stored_runs("conv", variants=True)
     assert set(every) == set(main) | {"copy/rnn_T3_tanh_s0"}
     assert "copy/rnn_T3_tanh_s0: not solved" in experiments.plan_status("conv")
+
+
+def test_a_lock_is_created_with_its_owner_in_it_and_never_twice(tmp_path):
+    lock = tmp_path / ".lock"
+    assert experiments._create_lock(lock) is True
+    assert lock.read_text() == str(os.getpid())  # never empty: no window for a reader
+    lock.write_text("12345")
+    assert experiments._create_lock(lock) is False and lock.read_text() == "12345"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # no file left behind
