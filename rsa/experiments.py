@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ import torch
 
 from rsa import io, registry
 from rsa.heads import MODELS
+from rsa.tasks import get_task
 from rsa.train import MODEL_FILE
 
 __all__ = ["PLANS", "Plan", "reproduce", "main", "run_name", "plan_runs", "load_stored_runs",
@@ -288,12 +290,32 @@ def load_stored_runs(scale: str, tasks=None, data=None,
     return stored, missing
 
 
+# A run *exploded* at an evaluation whose validation loss is not finite or above this
+# many times ln C, the loss of a uniform guess over the C classes (an untrained network
+# has about ln C): only outputs that have blown up reach it. With modReLU nothing bounds
+# the hidden state, and nothing keeps V orthogonal during training.
+EXPLOSION_FACTOR = 10
+
+
+def exploded_at(history: list[dict], n_classes: int) -> int | None:
+    """The first evaluation step at which the run had *exploded*: a validation loss not
+    finite or above :data:`EXPLOSION_FACTOR` x ln ``n_classes``. None if none."""
+    bound = EXPLOSION_FACTOR * math.log(n_classes)
+    for row in history:
+        v = row["val_loss"]
+        if v is None or not math.isfinite(v) or v > bound:
+            return int(row["step"])
+    return None
+
+
 def runs_table(stored: dict):
     """One row per stored run (a pandas DataFrame): task, model, T, rho, seed, how it
     ended (``stop_reason``: solved, stalled, patience, budget), whether and when it was
     solved (update, wall and training time), the updates done, best and final
     validation accuracy and loss, test accuracy (pixel tasks), the training time per
-    update, and where it ran (device and CPU of its first part)."""
+    update, where it ran (device and CPU of its first part), its ``nonlinearity`` (None
+    for the LSTM cells and the baselines) and ``exploded_step`` (:func:`exploded_at`;
+    None if it never exploded)."""
     import pandas as pd
 
     rows = []
@@ -301,6 +323,9 @@ def runs_table(stored: dict):
         c, s = r["config"], r["summary"]
         seg = (s.get("segments") or [{}])[0]
         rows.append({
+            "nonlinearity": c.get("nonlinearity"),
+            "exploded_step": exploded_at(r["history"].to_dict("records"),
+                                         get_task(c["task"]).n_classes),
             "name": name, "task": c["task"], "model": c["model"], "T": c["T"],
             "rho": r["spec"].get("rho"), "seed": c["seed"], "budget": c["steps"],
             "stop_reason": s.get("stop_reason"), "solved": bool(s.get("solved")),
@@ -1002,8 +1027,9 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 def plan_status(scale: str, data=None) -> str:
     """How far the plan of ``scale`` has run, as Markdown: per task, delay and model, the
-    runs stored out of those planned, how many were solved, the updates to solve (range
-    over seeds) and how the others stopped; then the training time of the stored runs
+    runs stored out of those planned, how many were solved, how many exploded at
+    some evaluation (:func:`exploded_at`), the updates to solve
+    (range over seeds) and how the runs stopped; then the training time of the stored runs
     (the sum of their wall times) and the number of runs not run yet."""
     import pandas as pd
 
@@ -1028,6 +1054,8 @@ def plan_status(scale: str, data=None) -> str:
                      "rho": "—" if rho != rho or rho is None else int(rho), "model": model,
                      "stored": f"{len(done)} of {len(g)}",
                      "solved": len(ok) if len(done) and seq else "—",
+                     "exploded": (int(done["exploded_step"].notna().sum())
+                                  if len(done) else "—"),
                      "updates to solve": (f"{steps[0]}–{steps[-1]}" if len(steps) > 1
                                           else (str(steps[0]) if steps else "—")),
                      "best val. accuracy": (f"{best[0]:.3f}–{best[-1]:.3f}" if len(best) > 1

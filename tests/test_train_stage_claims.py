@@ -51,6 +51,9 @@ def test_plan_status_counts_what_is_stored_and_solved(tmp_path, monkeypatch):
     other = next(line for line in text.splitlines() if "| denoise " in line
                  and "| lstm " in line)
     assert "| 0 of 1 " in other
+    head = next(line for line in text.splitlines() if line.startswith("| task"))
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    assert row.strip("|").split("|")[cols.index("exploded")].strip() == "0"
     total = len(experiments.plan_runs("tiny"))
     assert text.rstrip().endswith(f"1 runs stored (0.0 hours of training, the sum of their "
                                   f"wall times), {total - 1} not run yet.")
@@ -92,3 +95,18 @@ def test_a_lock_is_created_with_its_owner_in_it_and_never_twice(tmp_path):
     lock.write_text("12345")
     assert experiments._create_lock(lock) is False and lock.read_text() == "12345"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # no file left behind
+
+
+def test_exploded_at_is_the_first_loss_not_finite_or_far_above_a_uniform_guess():
+    import math
+
+    bound = experiments.EXPLOSION_FACTOR * math.log(9)
+    rows = [{"step": 10, "val_loss": 2.5}, {"step": 20, "val_loss": 0.1},
+            {"step": 30, "val_loss": float("nan")}, {"step": 40, "val_loss": 0.1}]
+    assert experiments.exploded_at(rows, 9) == 30
+    assert experiments.exploded_at(rows[:2], 9) is None  # above ln 9 at first: untrained
+    above = [{"step": 5, "val_loss": 0.3}, {"step": 6, "val_loss": bound * (1 + 1e-6)}]
+    assert experiments.exploded_at(above, 9) == 6
+    assert experiments.exploded_at([{"step": 1, "val_loss": bound}], 9) is None
+    assert experiments.exploded_at([{"step": 1, "val_loss": float("inf")}], 9) == 1
+    assert experiments.exploded_at([{"step": 1, "val_loss": None}], 9) == 1

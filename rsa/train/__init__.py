@@ -41,10 +41,10 @@ from rsa.train.checkpoint import (
     _WAY_OUT,  # noqa: F401
     CHECKPOINT,
     MODEL_FILE,
+    STOP_SIGNALS,  # noqa: F401
     ResumeError,
     _checkpoint_errors,  # noqa: F401
     _finished_run,  # noqa: F401
-    STOP_SIGNALS,  # noqa: F401
     _Interrupt,  # noqa: F401
     _load_checkpoint,  # noqa: F401
     _one_line,  # noqa: F401
