@@ -116,6 +116,9 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-when-solved", action="store_true",
                    help="stop once solved: validation accuracy >= 99%% at two "
                         "consecutive evaluations (default: off)")
+    p.add_argument("--stop-when-nan", action="store_true",
+                   help="stop at the first evaluation whose training loss is not finite "
+                        "(the weights are then NaN for good; default: off)")
     p.add_argument("--stall-updates", type=int, default=0, metavar="N",
                    help="copy/denoise: stop as stalled when no validation loss of the last "
                         "N updates was below 0.9 x the memoryless loss (default: 0, never)")

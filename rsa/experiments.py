@@ -76,6 +76,7 @@ class Plan:
     unfused_max_T: int = 800
     # stopping rules (rsa.train.TrainConfig): off for the fixed-budget scales
     stop_when_solved: bool = False
+    stop_when_nan: bool = False  # copy/denoise: stop at the first non-finite training loss
     stall_updates: int = 0
     digits_patience: int = 0
     # 784-step MNIST (mnist10k, pmnist10k; 80 updates an epoch): 0 updates = not planned
@@ -96,7 +97,7 @@ PLANS = {
 PLANS["converged"] = Plan(
     Ts=(100, 200), seeds=(0, 1, 2), steps=20000, eval_every=250, digits_steps=2600,
     transfer_Ts=(100, 200, 500, 1000), transfer_max=5000, stop_when_solved=True,
-    stall_updates=5000, digits_patience=650, mnist10k_steps=400, mnist10k_patience=80,
+    stop_when_nan=True, stall_updates=5000, digits_patience=650, mnist10k_steps=400, mnist10k_patience=80,
     converged=True)
 STAGES = ("train", "transfer", "gradients", "cost")
 UNFUSED = registry.FUSED  # fused by default; also costed with fused=False
@@ -176,6 +177,8 @@ def _converged_runs(plan: Plan, scale: str | None = None):
     """
     rules = dict(steps=plan.steps, eval_every=plan.eval_every,
                  stop_when_solved=plan.stop_when_solved, stall_updates=plan.stall_updates)
+    if plan.stop_when_nan:  # (a spec without it is the spec of the runs before the rule)
+        rules["stop_when_nan"] = True
     seq = [dict(task=task, model=model, T=T, seed=seed, **rules)
            for seed in plan.seeds for task in ("copy", "denoise") for T in plan.Ts
            for model in MODELS]
@@ -383,12 +386,31 @@ def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
             log(f"[train {k}/{len(runs)}] {name}: training {r['steps']} updates")
             t0 = time.perf_counter()
             args = {k: v for k, v in r.items() if k != "variant"}
+            fired = _nan_before_the_rule(work, args)
+            if fired is not None:  # resumed as it was made: the record stays true
+                args["stop_when_nan"] = False
+                log(f"    its checkpoint, made without the NaN rule, went NaN at update "
+                    f"{fired}: resumed without the rule")
             train(out_dir=str(work), progress=False, device=device,
                   tensorboard=tensorboard, **args)
             files = RESULT_FILES + ((MODEL_FILE,) if plan.converged else ())
             for f in files:  # results (and small weights), not checkpoints, go to data/
                 io.atomic_write_bytes(dest / f, (work / f).read_bytes())
             log(f"    {time.perf_counter() - t0:.0f} s")
+
+
+def _nan_before_the_rule(work: Path, args: dict) -> int | None:
+    """For a run resumed from ``work``'s checkpoint with ``stop_when_nan``: the update at
+    which the rule would already have stopped it, if the checkpoint was made without
+    the rule (:func:`rsa.train.checkpoint.nan_fired_without_rule`), else None."""
+    from rsa.train import CHECKPOINT, resolve_config
+    from rsa.train.checkpoint import _load_checkpoint, nan_fired_without_rule
+
+    path = work / CHECKPOINT
+    if not args.get("stop_when_nan") or not path.is_file():
+        return None
+    return nan_fired_without_rule(_load_checkpoint(path, torch.device("cpu")),
+                                  resolve_config(args))
 
 
 @contextlib.contextmanager

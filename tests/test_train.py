@@ -504,3 +504,59 @@ def test_a_stopped_run_resumed_with_a_rule_changed_is_refused(tmp_path):
     train(**TINY, steps=2, out_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"'stall_updates': \(0, 4\)"):
         train(**TINY, steps=4, stall_updates=4, out_dir=str(tmp_path))
+
+
+# -- the NaN rule -------------------------------------------------------------------------------
+
+def test_nan_at_is_the_first_evaluation_with_a_training_loss_not_finite():
+    rows = [{"step": 2, "train_loss": 0.5}, {"step": 4, "train_loss": float("inf")},
+            {"step": 6, "train_loss": float("nan")}]
+    assert train_mod.nan_at(rows) == 4
+    assert train_mod.nan_at(rows[:1]) is None
+    assert train_mod.nan_at([{"step": 2, "train_loss": None}]) == 2
+
+
+def _nan_from(monkeypatch, update):
+    """train_step returns a NaN loss from the ``update``-th call on (weights untouched)."""
+    calls = {"n": 0}
+    real = loop_mod.train_step
+
+    def fake(model, optimizer, x, y, clip):
+        calls["n"] += 1
+        loss, acc = real(model, optimizer, x, y, clip)
+        return (float("nan"), acc) if calls["n"] >= update else (loss, acc)
+
+    monkeypatch.setattr(loop_mod, "train_step", fake)
+
+
+def test_the_nan_rule_stops_at_the_first_non_finite_training_loss(monkeypatch, tmp_path):
+    _nan_from(monkeypatch, 3)
+    s = train(**TINY, steps=12, stop_when_nan=True).summary
+    assert (s["steps_done"], s["stop_reason"], s["stopped_early"]) == (4, "nan", True)
+    _nan_from(monkeypatch, 3)
+    s = train(**TINY, steps=12).summary  # without the rule: to the budget
+    assert (s["steps_done"], s["stop_reason"]) == (12, "budget")
+    cmd = config_command(resolve_config(**TINY, steps=5, stop_when_nan=True))
+    assert "--stop-when-nan" in cmd
+    assert "--stop-when-nan" not in config_command(resolve_config(**TINY, steps=5))
+    with pytest.raises(ValueError, match="stop_when_nan must be a bool"):
+        resolve_config(**TINY, stop_when_nan=1)
+
+
+def test_the_nan_rule_may_be_turned_on_at_resume_only_where_it_would_not_have_fired(
+        monkeypatch, tmp_path):
+    from rsa.experiments import _nan_before_the_rule
+
+    clean, bad = tmp_path / "clean", tmp_path / "bad"
+    train(**TINY, steps=4, out_dir=str(clean))
+    resumed = train(**TINY, steps=6, stop_when_nan=True, out_dir=str(clean))
+    assert resumed.summary["steps_done"] == 6 and resumed.config["stop_when_nan"] is True
+    assert _nan_before_the_rule(clean, {**TINY, "steps": 8, "stop_when_nan": True}) is None
+    _nan_from(monkeypatch, 3)
+    train(**TINY, steps=4, out_dir=str(bad))  # NaN at update 3, no rule: it went on
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="without stop_when_nan .* at update 4"):
+        train(**TINY, steps=8, stop_when_nan=True, out_dir=str(bad))
+    assert _nan_before_the_rule(bad, {**TINY, "steps": 8, "stop_when_nan": True}) == 4
+    assert _nan_before_the_rule(bad, {**TINY, "steps": 8}) is None  # the rule is off
+    train(**TINY, steps=8, out_dir=str(bad))  # as it was made: it resumes

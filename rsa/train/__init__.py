@@ -83,6 +83,7 @@ from rsa.train.stopping import (
     STALL_FRACTION,
     _stop_reason,  # noqa: F401
     memoryless_loss,
+    nan_at,
     patience_exhausted_at,
     solved_at,
     stalled_at,
@@ -92,5 +93,5 @@ __all__ = ["TrainConfig", "TrainResult", "DeviceUnavailableError", "ResumeError"
            "resolve_config", "train",
            "train_step", "evaluate", "make_optimizer", "load_trained", "config_command",
            "OPTIMIZERS", "SOLVED_ACCURACY", "SOLVED_CONSECUTIVE", "STALL_FRACTION",
-           "solved_at", "stalled_at", "patience_exhausted_at", "memoryless_loss",
+           "solved_at", "stalled_at", "nan_at", "patience_exhausted_at", "memoryless_loss",
            "MODEL_FILE", "CHECKPOINT", "VALIDATION_SEED_OFFSET", "RunState"]

@@ -27,6 +27,7 @@ import torch
 from rsa import io
 from rsa.heads import TaskModel, build_task_model
 from rsa.train.config import _IDENTITY, _IDENTITY_DEFAULTS, TrainConfig, _device
+from rsa.train.stopping import nan_at
 
 if TYPE_CHECKING:
     from rsa.train.loop import RunState
@@ -144,6 +145,13 @@ def resumable_checkpoint(path: Path, c: TrainConfig, config_dict: dict,
         raise ResumeError(
             f"checkpoint {str(path)!r} was made with a different config "
             f"(field: (checkpoint, now)) {diff}; {_WAY_OUT}")
+    fired = nan_fired_without_rule(ckpt, c)
+    if fired is not None:
+        raise ResumeError(
+            f"checkpoint {str(path)!r} was made without stop_when_nan and its training "
+            f"loss was not finite at update {fired}: with the rule the run would have "
+            f"stopped there; resume it without --stop-when-nan (stop_when_nan=False), "
+            f"or {_WAY_OUT}")
     done = ckpt["state"]["step"]
     if done > c.steps:
         raise ResumeError(
@@ -151,6 +159,16 @@ def resumable_checkpoint(path: Path, c: TrainConfig, config_dict: dict,
             f"{c.steps} asked for; resume it with --steps {done} or more (steps={done}), "
             f"or {_WAY_OUT}")
     return ckpt
+
+
+def nan_fired_without_rule(ckpt: dict, c: TrainConfig) -> int | None:
+    """For ``c`` with ``stop_when_nan`` and a checkpoint made without it: the update at
+    which the rule would already have stopped the run (:func:`nan_at` of its history),
+    else None. The rule is not an identity field: turning it on for a run where it
+    would not have fired yet describes the same run."""
+    if not c.stop_when_nan or ckpt["config"].get("stop_when_nan", False):
+        return None
+    return nan_at(ckpt["state"]["history"])
 
 
 def restore(path: Path, ckpt: dict, model: TaskModel, optimizer: torch.optim.Optimizer,

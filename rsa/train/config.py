@@ -63,7 +63,12 @@ class TrainConfig:
       memoryless loss (:func:`memoryless_loss`);
     - ``patience_updates`` (0 disables): stop when the best validation accuracy has not
       improved for ``patience_updates`` updates (early stopping, for the pixel tasks);
-    - ``stop_at_perfect``: stop at the first evaluation with 100 % accuracy.
+    - ``stop_at_perfect``: stop at the first evaluation with 100 % accuracy;
+    - ``stop_when_nan``: stop at the first evaluation whose training loss (the mean over
+      the updates since the last one) is not finite (:func:`nan_at`): a non-finite loss
+      gives a non-finite gradient, the clipped update makes weights NaN, and no later
+      update can change them. Not an identity field: a run may resume with it turned on
+      if it would not have fired yet (:func:`rsa.train.checkpoint.resumable_checkpoint`).
 
     ``out_dir=None`` writes nothing. ``data_dir`` is the MNIST folder (default
     ``data/mnist``).
@@ -93,6 +98,7 @@ class TrainConfig:
     resume: bool = True
     stop_at_perfect: bool = False
     stop_when_solved: bool = False
+    stop_when_nan: bool = False
     stall_updates: int = 0
     patience_updates: int = 0
 
@@ -179,7 +185,7 @@ def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> Tra
         raise ValueError(f"stall_updates applies to copy and denoise only (it compares "
                          f"with the memoryless loss); task {c.task!r} got "
                          f"stall_updates={c.stall_updates!r}; use patience_updates")
-    for name in ("progress", "resume", "stop_at_perfect", "stop_when_solved"):
+    for name in ("progress", "resume", "stop_at_perfect", "stop_when_solved", "stop_when_nan"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name} must be a bool, got {getattr(c, name)!r}")
     # the options the model takes and their ranges, checked without building the model
@@ -213,7 +219,7 @@ def _device(device: str) -> torch.device:
 def config_command(config: TrainConfig) -> str:
     """The ``python -m rsa train ...`` command equivalent to a resolved config."""
     args = ["python", "-m", "rsa", "train"]
-    skip = {"progress", "resume", "stop_at_perfect", "stop_when_solved"}
+    skip = {"progress", "resume", "stop_at_perfect", "stop_when_solved", "stop_when_nan"}
     for f in fields(TrainConfig):
         v = getattr(config, f.name)
         if f.name in skip or v is None or (f.name in _IDENTITY_DEFAULTS
@@ -226,5 +232,7 @@ def config_command(config: TrainConfig) -> str:
         args.append("--stop-at-perfect")
     if config.stop_when_solved:
         args.append("--stop-when-solved")
+    if config.stop_when_nan:
+        args.append("--stop-when-nan")
     return shlex.join(args)
 

@@ -1,5 +1,5 @@
-"""When a run stops before its budget: *solved*, *stalled*, out of patience, or at the
-first perfect evaluation. Defined once here; the chapter *Copy and denoise* states the
+"""When a run stops before its budget: *solved*, *stalled*, out of patience, at the
+first perfect evaluation, or at the first non-finite training loss (*nan*). Defined once here; the chapter *Copy and denoise* states the
 rules and the experiment plan (:mod:`rsa.experiments`, scale "converged") trains by
 them.
 """
@@ -54,6 +54,18 @@ def stalled_at(history: list[dict], window: int, baseline: float) -> int | None:
     return None
 
 
+def nan_at(history: list[dict]) -> int | None:
+    """The first evaluation step whose training loss (the mean over the updates since the
+    previous evaluation) is not finite: one update had a non-finite loss, so a
+    non-finite gradient, and the clipped update made weights NaN for good. None if
+    none."""
+    for row in history:
+        v = row["train_loss"]
+        if v is None or not math.isfinite(v):
+            return row["step"]
+    return None
+
+
 def patience_exhausted_at(history: list[dict], patience: int) -> int | None:
     """The first evaluation step at which the best validation accuracy so far was last
     improved ``patience`` or more updates earlier. None if never (or ``patience`` is 0)."""
@@ -77,6 +89,8 @@ def _stop_reason(c: TrainConfig, history: list[dict]) -> str | None:
     solved = solved_at(history)
     if c.stop_when_solved and solved is not None:
         return "solved"
+    if c.stop_when_nan and nan_at(history) == last:
+        return "nan"
     if c.stop_at_perfect and history[-1]["val_accuracy"] >= 1.0 and all(
             r["val_accuracy"] < 1.0 for r in history[:-1]):
         return "perfect"
