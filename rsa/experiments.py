@@ -97,8 +97,8 @@ PLANS = {
 PLANS["converged"] = Plan(
     Ts=(100, 200), seeds=(0, 1, 2), steps=20000, eval_every=250, digits_steps=2600,
     transfer_Ts=(100, 200, 500, 1000), transfer_max=5000, stop_when_solved=True,
-    stop_when_nan=True, stall_updates=5000, digits_patience=650, mnist10k_steps=400, mnist10k_patience=80,
-    converged=True)
+    stop_when_nan=True, stall_updates=5000, digits_patience=650, mnist10k_steps=400,
+    mnist10k_patience=80, converged=True)
 STAGES = ("train", "transfer", "gradients", "cost")
 UNFUSED = registry.FUSED  # fused by default; also costed with fused=False
 

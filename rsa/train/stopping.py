@@ -1,7 +1,7 @@
 """When a run stops before its budget: *solved*, *stalled*, out of patience, at the
-first perfect evaluation, or at the first non-finite training loss (*nan*). Defined once here; the chapter *Copy and denoise* states the
-rules and the experiment plan (:mod:`rsa.experiments`, scale "converged") trains by
-them.
+first perfect evaluation, or at the first non-finite training loss (*nan*). Defined
+once here; the chapter *Copy and denoise* states the rules and the experiment plan
+(:mod:`rsa.experiments`, scale "converged") trains by them.
 """
 
 from __future__ import annotations
