@@ -85,6 +85,8 @@ class Plan:
     mnist10k_patience: int = 0
     mnist10k_models: tuple[str, ...] = ("rnn", "lstm", "relrnn", "rellstm")
     converged: bool = False  # the grid of _converged_runs, in order of priority
+    # SAB on copy at short delays, seed 0, right after the baselines (converged plan)
+    sab_short_Ts: tuple[int, ...] = ()
 
 
 PLANS = {
@@ -98,7 +100,7 @@ PLANS["converged"] = Plan(
     Ts=(100, 200), seeds=(0, 1, 2), steps=20000, eval_every=250, digits_steps=2600,
     transfer_Ts=(100, 200, 500, 1000), transfer_max=5000, stop_when_solved=True,
     stop_when_nan=True, stall_updates=5000, digits_patience=650, mnist10k_steps=400,
-    mnist10k_patience=80, converged=True)
+    mnist10k_patience=80, converged=True, sab_short_Ts=(20, 50))
 STAGES = ("train", "transfer", "gradients", "cost")
 UNFUSED = registry.FUSED  # fused by default; also costed with fused=False
 
@@ -152,6 +154,9 @@ def _converged_runs(plan: Plan, scale: str | None = None):
     1. copy and denoise, every model, T in {100, 200}: seed 0 first, then the
        :data:`BASELINES` (SAB, the Transformer) with seed 0, then seeds 1, 2 of the
        paper's models;
+    1b. SAB on copy at short delays (``plan.sab_short_Ts``, 20 and 50), seed 0: right
+       after the baselines, before seeds 1, 2 (SAB at T = 100, 200 is not solved: these
+       show whether it learns copy at all with the plan's settings);
     2. T = 500: every model with seed 0, then seeds 1, 2 of the RNN and RelRNN;
     3. T = 1000: the RNN and RelRNN (linear cost), seed 0;
     4. the rho ablation (RelRNN and RelLSTM on denoise, T = 100, seed 0);
@@ -186,6 +191,8 @@ def _converged_runs(plan: Plan, scale: str | None = None):
     yield from seq[:first]
     yield from (dict(task=task, model=model, T=T, seed=plan.seeds[0], **rules)
                 for task in ("copy", "denoise") for T in plan.Ts for model in BASELINES)
+    yield from (dict(task="copy", model="sab", T=T, seed=plan.seeds[0], **rules)
+                for T in plan.sab_short_Ts)
     yield from seq[first:]
     long_delays = [m for m in MODELS if registry.get(m).long_delays]  # RNN, RelRNN
     for seeds, models in (((0,), MODELS), ((1, 2), long_delays)):

@@ -129,10 +129,34 @@ def test_the_baselines_follow_the_seed0_runs_of_the_papers_models():
               for m in MODELS]
     base = [experiments.run_name(t, m, T, 0) for t in ("copy", "denoise") for T in plan.Ts
             for m in experiments.BASELINES]
+    short = [experiments.run_name("copy", "sab", T, 0) for T in plan.sab_short_Ts]
     assert names[:len(paper0) + len(base)] == paper0 + base
-    assert [n for n in names if any(f"/{m}_" in n for m in experiments.BASELINES)] == base
+    assert [n for n in names if any(f"/{m}_" in n for m in experiments.BASELINES)] == (
+        base + short)
     assert all(r["steps"] == plan.steps and r["stop_when_solved"]
                for r in experiments.plan_runs("converged") if r["name"] in base)
+
+
+def test_the_converged_plan_adds_sab_on_copy_at_short_delays_after_the_baselines():
+    """SAB on copy at T = 20 and 50, seed 0, right after the baselines tier, with the
+    same rules as the other copy runs (no variant); the other plans have none."""
+    plan = experiments.PLANS["converged"]
+    assert plan.sab_short_Ts == (20, 50)
+    runs = experiments.plan_runs("converged")
+    names = [r["name"] for r in runs]
+    n_base = len(plan.Ts) * 2 * (len(MODELS) + len(experiments.BASELINES))
+    assert names[n_base:n_base + 2] == ["copy/sab_T20_s0", "copy/sab_T50_s0"]
+    assert names[n_base + 2] == experiments.run_name("copy", MODELS[0], plan.Ts[0], 1)
+    ref = next(r for r in runs if r["name"] == "copy/sab_T100_s0")
+    for r in runs[n_base:n_base + 2]:
+        assert {k: v for k, v in r.items() if k not in ("T", "name")} == {
+            k: v for k, v in ref.items() if k not in ("T", "name")}
+        assert "variant" not in r and r["stop_when_nan"] and r["stall_updates"] == 5000
+    assert experiments._transfer_delays(plan, "sab", 20) == [20, 40, 100, 200]
+    for scale in ("session", "full"):
+        assert experiments.PLANS[scale].sab_short_Ts == ()
+        assert not any(r["T"] in (20, 50) for r in experiments.plan_runs(scale)
+                       if r.get("T") is not None)
 
 
 def test_a_reduced_budget_is_stated_and_grows_later(tiny):

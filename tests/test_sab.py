@@ -255,13 +255,14 @@ def test_registered_outside_the_plan():
         for spec in specs:
             registry.register(spec)
     # the fixed-budget plans leave them out; the converged plan trains them as its
-    # baselines: seed 0, copy and denoise at its delays, nothing else
+    # baselines: seed 0, copy and denoise at its delays, and SAB on copy at the short
+    # delays 20 and 50; nothing else
     for scale, runs in plans.items():
         base = [r["name"] for r in runs if r["model"] in ("sab", "transformer")]
         if scale == "converged":
             assert sorted(base) == sorted(
-                f"{task}/{m}_T{T}_s0" for task in ("copy", "denoise") for T in (100, 200)
-                for m in ("sab", "transformer"))
+                [f"{task}/{m}_T{T}_s0" for task in ("copy", "denoise") for T in (100, 200)
+                 for m in ("sab", "transformer")] + ["copy/sab_T20_s0", "copy/sab_T50_s0"])
         else:
             assert not base, scale
     assert registry.describe_default("lr") == \
