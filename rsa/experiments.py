@@ -410,14 +410,13 @@ def _nan_before_the_rule(work: Path, args: dict) -> int | None:
     """For a run resumed from ``work``'s checkpoint with ``stop_when_nan``: the update at
     which the rule would already have stopped it, if the checkpoint was made without
     the rule (:func:`rsa.train.checkpoint.nan_fired_without_rule`), else None."""
-    from rsa.train import CHECKPOINT, resolve_config
+    from rsa.train import CHECKPOINT
     from rsa.train.checkpoint import _load_checkpoint, nan_fired_without_rule
 
     path = work / CHECKPOINT
     if not args.get("stop_when_nan") or not path.is_file():
         return None
-    return nan_fired_without_rule(_load_checkpoint(path, torch.device("cpu")),
-                                  resolve_config(args))
+    return nan_fired_without_rule(_load_checkpoint(path, torch.device("cpu")))
 
 
 @contextlib.contextmanager

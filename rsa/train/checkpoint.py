@@ -145,7 +145,7 @@ def resumable_checkpoint(path: Path, c: TrainConfig, config_dict: dict,
         raise ResumeError(
             f"checkpoint {str(path)!r} was made with a different config "
             f"(field: (checkpoint, now)) {diff}; {_WAY_OUT}")
-    fired = nan_fired_without_rule(ckpt, c)
+    fired = nan_fired_without_rule(ckpt) if c.stop_when_nan else None
     if fired is not None:
         raise ResumeError(
             f"checkpoint {str(path)!r} was made without stop_when_nan and its training "
@@ -161,12 +161,12 @@ def resumable_checkpoint(path: Path, c: TrainConfig, config_dict: dict,
     return ckpt
 
 
-def nan_fired_without_rule(ckpt: dict, c: TrainConfig) -> int | None:
-    """For ``c`` with ``stop_when_nan`` and a checkpoint made without it: the update at
-    which the rule would already have stopped the run (:func:`nan_at` of its history),
-    else None. The rule is not an identity field: turning it on for a run where it
-    would not have fired yet describes the same run."""
-    if not c.stop_when_nan or ckpt["config"].get("stop_when_nan", False):
+def nan_fired_without_rule(ckpt: dict) -> int | None:
+    """For a checkpoint made without ``stop_when_nan``: the update at which the rule would
+    already have stopped the run (:func:`nan_at` of its history), else None. The rule is
+    not an identity field: turning it on for a run where it would not have fired yet
+    describes the same run."""
+    if ckpt["config"].get("stop_when_nan", False):
         return None
     return nan_at(ckpt["state"]["history"])
 
