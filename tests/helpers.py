@@ -1,4 +1,5 @@
-"""Helpers shared by the tests of the fused models (tests/test_fused*.py)."""
+"""Helpers shared by the tests: the fused models' (tests/test_fused*.py) and a wrapper that
+interrupts training at a given update (train, population, cluster tests)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,21 @@ def fused_function_args(T: int, B: int, n: int, nonlinearity: str, seed: int = 1
     if nonlinearity == "modrelu":
         args = (*args, torch.full((n,), 0.3, **dt).requires_grad_(True))
     return args
+
+
+def on_call(real, n: int, effect):
+    """``real`` wrapped so that its ``n``-th call first runs ``effect()`` (raise a signal,
+    which arrives in the middle of that update, or raise an error: a crash)."""
+    calls = []
+
+    def wrapped(*args):
+        calls.append(1)
+        if len(calls) == n:
+            effect()
+        return real(*args)
+
+    return wrapped
+
+
+def crash():
+    raise RuntimeError("simulated crash")

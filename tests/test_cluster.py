@@ -17,6 +17,7 @@ import torch
 from rsa import book, cluster, experiments, io
 from rsa.__main__ import main as rsa_main
 from rsa.train import train
+from tests.helpers import crash, on_call
 
 train_mod = importlib.import_module("rsa.train.loop")  # where the loop looks train_step up
 
@@ -47,15 +48,9 @@ def same_parameters(a, b):
 
 
 def _signal_at_update(monkeypatch, signum, update):
-    real, calls = train_mod.train_step, []
-
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == update:
-            signal.raise_signal(signum)  # arrives in the middle of the update
-        return real(*args)
-
-    monkeypatch.setattr(train_mod, "train_step", interrupted)
+    real = train_mod.train_step
+    monkeypatch.setattr(train_mod, "train_step",
+                        on_call(real, update, lambda: signal.raise_signal(signum)))
     return real
 
 
@@ -364,15 +359,8 @@ def test_tensorboard_of_a_resumed_run_holds_each_update_once(tmp_path, monkeypat
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = {**RUN, "checkpoint_every": 2}
-    real, calls = train_mod.train_step, []
-
-    def crashing(*args):
-        calls.append(1)
-        if len(calls) == 4:
-            raise RuntimeError("simulated crash")
-        return real(*args)
-
-    monkeypatch.setattr(train_mod, "train_step", crashing)
+    real = train_mod.train_step
+    monkeypatch.setattr(train_mod, "train_step", on_call(real, 4, crash))
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(**run, steps=6, out_dir=str(tmp_path), tensorboard=True)
     monkeypatch.setattr(train_mod, "train_step", real)

@@ -18,6 +18,7 @@ from rsa.__main__ import main
 from rsa.heads import build_task_model
 from rsa.population import batched, population_relrnn, seed_dirs, train_population
 from rsa.train import resolve_config, train
+from tests.helpers import on_call
 
 train_mod = importlib.import_module("rsa.train.loop")  # where the loop and _data look names up
 pop_mod = importlib.import_module("rsa.population")
@@ -244,15 +245,9 @@ def test_interrupted_population_resumes(model, tmp_path, monkeypatch, float64,
                                         python_sigint_handler):
     config = dict(TINY, model=model, steps=6, clip=0.5, **OPTIONS.get(model, {}))
     full = train_population(seeds=SEEDS, **config)
-    real, calls = pop_mod.population_step, []
-
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            signal.raise_signal(signal.SIGINT)  # arrives in the middle of update 3
-        return real(*args)
-
-    monkeypatch.setattr(pop_mod, "population_step", interrupted)
+    real = pop_mod.population_step
+    monkeypatch.setattr(pop_mod, "population_step",
+                        on_call(real, 3, lambda: signal.raise_signal(signal.SIGINT)))
     with pytest.raises(KeyboardInterrupt):
         train_population(seeds=SEEDS, out_dir=str(tmp_path), **config)
     for seed in SEEDS:

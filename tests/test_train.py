@@ -30,6 +30,7 @@ from rsa.train import (
     resolve_config,
     train,
 )
+from tests.helpers import crash, on_call
 
 # the package, even if it re-exports the function `train` under the same name
 train_mod = importlib.import_module("rsa.train")
@@ -237,15 +238,8 @@ def test_resume_gives_exactly_the_uninterrupted_run(tmp_path):
 
 def test_crash_loses_only_work_after_the_last_checkpoint(tmp_path, monkeypatch):
     full = train(**TINY, steps=6)
-    real, calls = train_mod.train_step, []
-
-    def crashing(*args):
-        calls.append(1)
-        if len(calls) == 5:
-            raise RuntimeError("simulated crash")
-        return real(*args)
-
-    monkeypatch.setattr(loop_mod, "train_step", crashing)
+    real = train_mod.train_step
+    monkeypatch.setattr(loop_mod, "train_step", on_call(real, 5, crash))
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(**TINY, steps=6, out_dir=str(tmp_path))
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state"]["step"] == 4
@@ -268,15 +262,9 @@ def python_sigint_handler():
 def test_ctrl_c_saves_the_current_step_and_resumes(tmp_path, monkeypatch,
                                                    python_sigint_handler):
     full = train(**TINY, steps=6)
-    real, calls = train_mod.train_step, []
-
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            signal.raise_signal(signal.SIGINT)  # arrives in the middle of update 3
-        return real(*args)
-
-    monkeypatch.setattr(loop_mod, "train_step", interrupted)
+    real = train_mod.train_step
+    monkeypatch.setattr(loop_mod, "train_step",
+                        on_call(real, 3, lambda: signal.raise_signal(signal.SIGINT)))
     with pytest.raises(KeyboardInterrupt):
         train(**TINY, steps=6, out_dir=str(tmp_path))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
