@@ -54,3 +54,20 @@ def test_empty_tables_give_a_figure_that_says_so():
                                                             "task", "steps_done"]))):
         texts = [t.get_text() for ax in fig.axes for t in ax.texts]
         assert texts == ["no runs stored yet"]
+
+
+def test_updates_to_solve_draws_panels_in_the_order_given_and_rejects_a_missing_one():
+    import pytest
+
+    table = pd.DataFrame([
+        {"panel": "RelRNN", "rho": 3, "model": "relrnn", "solved_step": 400.0,
+         "steps_done": 500},
+        {"panel": "RelLSTM", "rho": 3, "model": "rellstm", "solved_step": np.nan,
+         "steps_done": 5000}])
+    default = plot_updates_to_solve(table, x="rho", col="panel")
+    assert [ax.get_title() for ax in default.axes[:2]] == ["RelLSTM", "RelRNN"]
+    ordered = plot_updates_to_solve(table, x="rho", col="panel",
+                                    col_order=["RelRNN", "RelLSTM", "unused"])
+    assert [ax.get_title() for ax in ordered.axes[:2]] == ["RelRNN", "RelLSTM"]
+    with pytest.raises(ValueError, match="misses the panels \\['RelLSTM'\\]"):
+        plot_updates_to_solve(table, x="rho", col="panel", col_order=["RelRNN"])

@@ -361,14 +361,21 @@ def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = 
 
 def plot_updates_to_solve(table, x: str = "T", y: str = "solved_step", col: str = "task",
                           ylabel: str = "updates to solve (log scale)",
-                          xlabel: str = "delay $T$", budget_y: str = "steps_done"):
-    """Updates each run needed to be solved, against the delay: one panel per ``col``,
-    one point per run coloured by model (models side by side at each ``x``), a line
-    through each model's median over its solved runs; a run that was not solved is an
-    open marker at the updates it trained (column ``budget_y``) with an upward arrow."""
+                          xlabel: str = "delay $T$", budget_y: str = "steps_done",
+                          col_order=None):
+    """Updates each run needed to be solved, against the delay: one panel per ``col``
+    (in ``col_order``, default sorted), one point per run coloured by model (models side
+    by side at each ``x``), a line through each model's median over its solved runs; a
+    run that was not solved is an open marker at the updates it trained (column
+    ``budget_y``) with an upward arrow."""
     df = pd.DataFrame(table)
     _require(df, ["model", x, y, col, budget_y])
-    values = sorted(df[col].unique())
+    present = set(df[col].unique())
+    if col_order is not None and not present <= set(col_order):
+        raise ValueError(f"col_order {list(col_order)!r} misses the panels "
+                         f"{sorted(present - set(col_order))!r} of column {col!r}")
+    values = (sorted(present) if col_order is None
+              else [v for v in col_order if v in present])
     if not values:
         return _empty_figure(xlabel, ylabel)
     xs = sorted(df[x].unique())
