@@ -366,14 +366,26 @@ def load_json(path: str | os.PathLike, regenerate: str | None = None) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+# Columns of words, read as written: a run stopped by the NaN rule has the stop reason
+# "nan", which pandas would otherwise read as a missing number. An empty cell is None.
+TEXT_COLUMNS = ("stop_reason",)
+
+
 def load_csv(path: str | os.PathLike, regenerate: str | None = None):
-    """Read a CSV result as a pandas DataFrame; missing files fail as in :func:`load_json`."""
+    """Read a CSV result as a pandas DataFrame; missing files fail as in :func:`load_json`.
+    The :data:`TEXT_COLUMNS` keep their words (``"nan"`` stays ``"nan"``)."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise _missing(path, regenerate)
-    return pd.read_csv(path)
+    df = pd.read_csv(path)
+    text = [c for c in TEXT_COLUMNS if c in df.columns]
+    if text:
+        raw = pd.read_csv(path, usecols=text, dtype=str, keep_default_na=False)
+        for c in text:
+            df[c] = raw[c].astype(object).where(raw[c] != "", None)
+    return df
 
 
 def load_manifest(folder: str | os.PathLike, regenerate: str | None = None) -> dict:

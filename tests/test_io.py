@@ -83,3 +83,10 @@ def test_the_manifest_records_no_path_of_the_repositorys_machine(monkeypatch):
     assert m["command"] == "python -m rsa train --out-dir runs/x"
     assert m["argv"] == "python -m rsa reproduce --scale session"
     assert root not in json.dumps(m)
+
+
+def test_load_csv_keeps_the_stop_reason_nan_as_a_word(tmp_path):
+    (tmp_path / "t.csv").write_text("grad_norm,stop_reason\nnan,nan\n1.5,solved\n2.0,\n")
+    df = io.load_csv(tmp_path / "t.csv")
+    assert df["stop_reason"].tolist() == ["nan", "solved", None]
+    assert df["grad_norm"].isna().tolist() == [True, False, False]  # numbers as before
