@@ -481,6 +481,20 @@ MEMRNN_TRANSFER_MAX = 2000  # MemRNN's evaluation costs O(T^2): not beyond this 
 # but torch's fused kernel makes T = 5000 take 14 s and 0.8 GB: it runs to transfer_max.
 TRANSFER_MAX = {"memrnn": MEMRNN_TRANSFER_MAX, "sab": 2000}
 TRANSFER_KEY = ["model", "seed", "T_train", "T"]  # one row of transfer.csv
+# Sequences per test delay: 100 (1 000 answer symbols; a point of a network at 99 % has a
+# standard error of 0.003), SAB 20 (its O(T^2) evaluation at 100 sequences and T = 2000
+# would take about 15 minutes and 16 GB here). Rows stored before the batch was recorded
+# were all evaluated on 20 sequences (TRANSFER_BATCH_BEFORE); the stage recomputes a row
+# whose batch is not its model's.
+TRANSFER_BATCH = 100
+TRANSFER_BATCH_BY_MODEL = {"sab": 20}
+TRANSFER_BATCH_BEFORE = 20
+
+
+def transfer_batch(model: str) -> int:
+    """The number of sequences per test delay of the converged transfer stage for
+    ``model`` (:data:`TRANSFER_BATCH`, or :data:`TRANSFER_BATCH_BY_MODEL`)."""
+    return TRANSFER_BATCH_BY_MODEL.get(model, TRANSFER_BATCH)
 
 
 def _transfer_delays(plan: Plan, model: str, T_train: int) -> list[int]:
@@ -494,17 +508,19 @@ def _transfer_delays(plan: Plan, model: str, T_train: int) -> list[int]:
 def _transfer_rows(folder: Path, run: dict, Ts: list[int],
                    device: str = "cpu") -> list[dict]:
     """Evaluate the stored model of one converged copy run (``folder/model.pt``) at the
-    delays ``Ts``, without training: one batch of 20 sequences from seed 1 per delay,
-    as the session stage does. Each row carries the run's ``solved`` flag and
-    ``solved_step`` and its ``steps_done`` (which tells a re-trained run's stale rows)."""
+    delays ``Ts``, without training: one batch of :func:`transfer_batch` sequences from
+    seed 1 per delay (recorded in the row's ``batch``). Each row carries the run's
+    ``solved`` flag and ``solved_step`` and its ``steps_done`` (which tells a re-trained
+    run's stale rows)."""
     from rsa.tasks import evaluate_transfer
     from rsa.train import load_trained
 
     c, s = run["config"], run["summary"]
     model = load_trained(folder, device=device)
+    batch = transfer_batch(c["model"])
     with torch.no_grad():
-        rows = evaluate_transfer(model, Ts, batch=20, seed=1)
-    return [{"model": c["model"], "seed": c["seed"], "T_train": c["T"], **r,
+        rows = evaluate_transfer(model, Ts, batch=batch, seed=1)
+    return [{"model": c["model"], "seed": c["seed"], "T_train": c["T"], "batch": batch, **r,
              "solved": bool(s.get("solved")), "solved_step": s.get("solved_step"),
              "steps_done": s["steps_done"]} for r in rows]
 
@@ -532,12 +548,14 @@ def _write_stage(out: Path, scale: str, stage: str, parameters: dict, *, seed: i
 
 def _read_transfer_rows(path: Path) -> list[dict]:
     """The rows of a converged ``transfer.csv`` (none if it does not exist), with
-    ``solved_step`` an int or None (pandas reads a column with blanks as floats)."""
+    ``solved_step`` an int or None (pandas reads a column with blanks as floats) and
+    ``batch`` :data:`TRANSFER_BATCH_BEFORE` where the file predates the column."""
     if not path.is_file():
         return []
     rows = io.load_csv(path).to_dict("records")
     for r in rows:
-        for k in ("seed", "T_train", "T", "steps_done"):
+        r.setdefault("batch", TRANSFER_BATCH_BEFORE)
+        for k in ("seed", "T_train", "T", "batch", "steps_done"):
             r[k] = int(r[k])
         r["solved"] = bool(r["solved"])
         step = r["solved_step"]
@@ -550,7 +568,8 @@ def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") 
     stored in ``data/<scale>/copy/`` (:func:`load_stored_runs`) is evaluated from its
     stored weights (``model.pt``) at the delays of :func:`_transfer_delays`. Rows
     already in ``transfer.csv`` are kept, not recomputed (unless the run's
-    ``steps_done``, ``solved`` or ``solved_step`` changed: it was trained again); new
+    ``steps_done``, ``solved`` or ``solved_step`` changed: it was trained again; or
+    its ``batch`` is not :func:`transfer_batch` of its model); new
     rows are appended; the CSV and the manifest (which lists the runs evaluated) are
     rewritten atomically. A run whose results are stored but whose ``model.pt`` is not
     (yet) is skipped and left for the next call."""
@@ -572,6 +591,10 @@ def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") 
         have = by_run.pop(name, [])
         if any({k: r[k] for k in state} != state for r in have):
             log(f"[transfer] {name}: trained again since it was evaluated; recomputed")
+            have = []
+        elif any(r["batch"] != transfer_batch(c["model"]) for r in have):
+            log(f"[transfer] {name}: evaluated on {sorted({r['batch'] for r in have})} "
+                f"sequences, now {transfer_batch(c['model'])}; recomputed")
             have = []
         todo = sorted(set(_transfer_delays(plan, c["model"], c["T"]))
                       - {r["T"] for r in have})
@@ -608,14 +631,16 @@ def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") 
     _write_stage(
         out, scale, "transfer",
         {"scale": scale, "factors": TRANSFER_FACTORS, "max": plan.transfer_max,
-         "memrnn_max": MEMRNN_TRANSFER_MAX, "model_max": TRANSFER_MAX, "batch": 20,
+         "memrnn_max": MEMRNN_TRANSFER_MAX, "model_max": TRANSFER_MAX,
+         "batch": TRANSFER_BATCH, "batch_by_model": TRANSFER_BATCH_BY_MODEL,
          "note": f"every complete copy run stored, from its model.pt, at 1, 2, 5 and 10 "
                  f"x T_train and T = {plan.transfer_max}; "
                  + ", ".join(f"{m} evaluated up to T = {T}" for m, T in TRANSFER_MAX.items())
-                 + " only (O(T^2) evaluation)"},
+                 + f" only (O(T^2) evaluation); {TRANSFER_BATCH} sequences per delay"
+                 + "".join(f", {m} {b}" for m, b in TRANSFER_BATCH_BY_MODEL.items())},
         seed=1, wall_time_s=time.perf_counter() - t0, device=device,
         tables={"transfer.csv": (rows, TRANSFER_KEY + [
-            "loss", "accuracy", "solved", "solved_step", "steps_done"])},
+            "batch", "loss", "accuracy", "solved", "solved_step", "steps_done"])},
         extra={"runs": dict(sorted(runs.items())), "runs_added": added,
                "copy_runs_not_stored": [m["name"] for m in missing]})
     log(f"[transfer] {len(added)} run(s) evaluated, {len(runs)} in all; "

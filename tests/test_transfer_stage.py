@@ -104,3 +104,31 @@ def test_a_run_trained_again_is_evaluated_again(tiny):
     assert evaluated == [("copy/rnn_T3_s0", [3, 6, 12, 15, 30])]
     table = io.load_csv(root / "transfer" / "transfer.csv")
     assert len(table) == 5 and set(table["steps_done"]) == {3}
+
+
+def test_rows_of_another_batch_are_evaluated_again(tiny, monkeypatch):
+    """Rows stored before the batch column (20 sequences) or with another batch than their
+    model's are recomputed; the batch is recorded per row."""
+    root, evaluated = tiny
+    csv = root / "transfer" / "transfer.csv"
+    _train("copy/rnn_T3_s0")
+    _transfer()
+    table = io.load_csv(csv)
+    assert set(table["batch"]) == {experiments.transfer_batch("rnn")} == {100}
+    assert experiments.transfer_batch("sab") == 20
+
+    # a file written before the column: read as 20 sequences, so evaluated again
+    io.write_csv(csv, table.drop(columns="batch").to_dict("records"))
+    evaluated.clear()
+    log = _transfer()
+    assert evaluated == [("copy/rnn_T3_s0", [3, 6, 12, 15, 30])], log
+    assert any("evaluated on [20] sequences, now 100; recomputed" in line for line in log)
+    assert set(io.load_csv(csv)["batch"]) == {100}
+
+    # a model whose batch is 20 keeps rows of 20: nothing recomputed
+    monkeypatch.setitem(experiments.TRANSFER_BATCH_BY_MODEL, "rnn", 20)
+    table = io.load_csv(csv)
+    io.write_csv(csv, table.assign(batch=20).to_dict("records"))
+    evaluated.clear()
+    log = _transfer()
+    assert evaluated == [] and any("nothing new" in line for line in log), log
