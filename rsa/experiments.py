@@ -51,7 +51,8 @@ from rsa.tasks import get_task
 from rsa.train import MODEL_FILE
 
 __all__ = ["PLANS", "Plan", "reproduce", "main", "run_name", "plan_runs", "load_stored_runs",
-           "runs_table", "plan_status", "ALTERNATIVES", "BASELINES", "models_in"]
+           "runs_table", "plan_status", "ALTERNATIVES", "BASELINES", "models_in",
+           "transfer_batch", "transfer_delays"]
 
 DATA = io.data_root()  # data/ of the checkout, or $RSA_DATA_DIR (reproduce --data-dir)
 RUNS = io.runs_root()  # runs/ of the checkout, or $RSA_RUNS_DIR (reproduce --runs-dir)
@@ -480,7 +481,9 @@ MEMRNN_TRANSFER_MAX = 2000  # MemRNN's evaluation costs O(T^2): not beyond this 
 # for 20 sequences at T = 2000 on this CPU). The Transformer's attention is O(T^2) too,
 # but torch's fused kernel makes T = 5000 take 14 s and 0.8 GB: it runs to transfer_max.
 TRANSFER_MAX = {"memrnn": MEMRNN_TRANSFER_MAX, "sab": 2000}
-TRANSFER_KEY = ["model", "seed", "T_train", "T"]  # one row of transfer.csv
+# one row of transfer.csv; variant: the tag of an alternative setting (ALTERNATIVES), or
+# empty for the plan's own runs
+TRANSFER_KEY = ["model", "variant", "seed", "T_train", "T"]
 # Sequences per test delay: 100 (1 000 answer symbols; a point of a network at 99 % has a
 # standard error of 0.003), SAB 20 (its O(T^2) evaluation at 100 sequences and T = 2000
 # would take about 15 minutes and 16 GB here). Rows stored before the batch was recorded
@@ -497,12 +500,25 @@ def transfer_batch(model: str) -> int:
     return TRANSFER_BATCH_BY_MODEL.get(model, TRANSFER_BATCH)
 
 
-def _transfer_delays(plan: Plan, model: str, T_train: int) -> list[int]:
+# Models evaluated at their TRANSFER_MAX too when a test delay passes it, so that each is
+# tested as far as it can be (MemRNN trained at 100 or 500: at 2000; SAB, which solves no
+# copy delay, is not: its evaluation at 2000 takes minutes)
+TRANSFER_AT_MAX = ("memrnn",)
+
+
+def transfer_delays(plan: Plan, model: str, T_train: int) -> list[int]:
     """The test delays of a copy model trained at ``T_train``: 1, 2, 5 and 10 times
     ``T_train`` and ``plan.transfer_max``; MemRNN's and SAB's only up to
-    :data:`TRANSFER_MAX`."""
+    :data:`TRANSFER_MAX`, and MemRNN's at that cap too where a delay passes it
+    (:data:`TRANSFER_AT_MAX`)."""
     Ts = sorted({f * T_train for f in TRANSFER_FACTORS} | {plan.transfer_max})
-    return [T for T in Ts if T <= TRANSFER_MAX.get(model, T)]
+    cap = TRANSFER_MAX.get(model)
+    if cap is None:
+        return Ts
+    kept = [T for T in Ts if T <= cap]
+    if model in TRANSFER_AT_MAX and len(kept) < len(Ts) and cap not in kept:
+        kept.append(cap)
+    return kept
 
 
 def _transfer_rows(folder: Path, run: dict, Ts: list[int],
@@ -520,7 +536,8 @@ def _transfer_rows(folder: Path, run: dict, Ts: list[int],
     batch = transfer_batch(c["model"])
     with torch.no_grad():
         rows = evaluate_transfer(model, Ts, batch=batch, seed=1)
-    return [{"model": c["model"], "seed": c["seed"], "T_train": c["T"], "batch": batch, **r,
+    return [{"model": c["model"], "variant": run["spec"].get("variant"), "seed": c["seed"],
+             "T_train": c["T"], "batch": batch, **r,
              "solved": bool(s.get("solved")), "solved_step": s.get("solved_step"),
              "steps_done": s["steps_done"]} for r in rows]
 
@@ -549,12 +566,15 @@ def _write_stage(out: Path, scale: str, stage: str, parameters: dict, *, seed: i
 def _read_transfer_rows(path: Path) -> list[dict]:
     """The rows of a converged ``transfer.csv`` (none if it does not exist), with
     ``solved_step`` an int or None (pandas reads a column with blanks as floats) and
-    ``batch`` :data:`TRANSFER_BATCH_BEFORE` where the file predates the column."""
+    ``batch`` :data:`TRANSFER_BATCH_BEFORE` and ``variant`` None (the plan's own run)
+    where the file predates the column."""
     if not path.is_file():
         return []
     rows = io.load_csv(path).to_dict("records")
     for r in rows:
         r.setdefault("batch", TRANSFER_BATCH_BEFORE)
+        v = r.get("variant")  # None (or NaN, as pandas may give) for the plan's own runs
+        r["variant"] = v if isinstance(v, str) and v else None
         for k in ("seed", "T_train", "T", "batch", "steps_done"):
             r[k] = int(r[k])
         r["solved"] = bool(r["solved"])
@@ -565,8 +585,10 @@ def _read_transfer_rows(path: Path) -> list[dict]:
 
 def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") -> None:
     """The transfer stage of a converged plan, incremental: every complete copy run
-    stored in ``data/<scale>/copy/`` (:func:`load_stored_runs`) is evaluated from its
-    stored weights (``model.pt``) at the delays of :func:`_transfer_delays`. Rows
+    stored in ``data/<scale>/copy/`` (:func:`load_stored_runs`, the alternatives of
+    :data:`ALTERNATIVES` included: a model solved only with one is evaluated too) is
+    evaluated from its
+    stored weights (``model.pt``) at the delays of :func:`transfer_delays`. Rows
     already in ``transfer.csv`` are kept, not recomputed (unless the run's
     ``steps_done``, ``solved`` or ``solved_step`` changed: it was trained again; or
     its ``batch`` is not :func:`transfer_batch` of its model); new
@@ -576,12 +598,13 @@ def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") 
     from datetime import UTC, datetime
 
     out = DATA / scale / "transfer"
-    stored, missing = load_stored_runs(scale, tasks=("copy",), data=DATA)
+    stored, missing = load_stored_runs(scale, tasks=("copy",), data=DATA, variants=True)
     old_runs = io.load_manifest(out).get("runs", {}) if (out / "manifest.json").is_file() \
         else {}
     by_run: dict[str, list[dict]] = {}
     for r in _read_transfer_rows(out / "transfer.csv"):
-        by_run.setdefault(run_name("copy", r["model"], r["T_train"], r["seed"]), []).append(r)
+        by_run.setdefault(run_name("copy", r["model"], r["T_train"], r["seed"],
+                                   variant=r["variant"]), []).append(r)
     t0 = time.perf_counter()
     rows, runs, added = [], {}, []
     for name, run in stored.items():
@@ -596,7 +619,7 @@ def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") 
             log(f"[transfer] {name}: evaluated on {sorted({r['batch'] for r in have})} "
                 f"sequences, now {transfer_batch(c['model'])}; recomputed")
             have = []
-        todo = sorted(set(_transfer_delays(plan, c["model"], c["T"]))
+        todo = sorted(set(transfer_delays(plan, c["model"], c["T"]))
                       - {r["T"] for r in have})
         rows += have
         if not todo:
@@ -626,15 +649,15 @@ def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") 
             f"{len(missing)} of the plan's copy runs not stored yet")
         return
     order = {m: i for i, m in enumerate(registry.registered())}
-    rows.sort(key=lambda r: (r["T_train"], order.get(r["model"], len(order)), r["seed"],
-                             r["T"]))
+    rows.sort(key=lambda r: (r["T_train"], order.get(r["model"], len(order)),
+                             r["variant"] or "", r["seed"], r["T"]))
     _write_stage(
         out, scale, "transfer",
         {"scale": scale, "factors": TRANSFER_FACTORS, "max": plan.transfer_max,
          "memrnn_max": MEMRNN_TRANSFER_MAX, "model_max": TRANSFER_MAX,
          "batch": TRANSFER_BATCH, "batch_by_model": TRANSFER_BATCH_BY_MODEL,
-         "note": f"every complete copy run stored, from its model.pt, at 1, 2, 5 and 10 "
-                 f"x T_train and T = {plan.transfer_max}; "
+         "note": f"every complete copy run stored (the alternatives too), from its "
+                 f"model.pt, at 1, 2, 5 and 10 x T_train and T = {plan.transfer_max}; "
                  + ", ".join(f"{m} evaluated up to T = {T}" for m, T in TRANSFER_MAX.items())
                  + f" only (O(T^2) evaluation); {TRANSFER_BATCH} sequences per delay"
                  + "".join(f", {m} {b}" for m, b in TRANSFER_BATCH_BY_MODEL.items())},

@@ -367,8 +367,9 @@ def load_json(path: str | os.PathLike, regenerate: str | None = None) -> Any:
 
 
 # Columns of words, read as written: a run stopped by the NaN rule has the stop reason
-# "nan", which pandas would otherwise read as a missing number. An empty cell is None.
-TEXT_COLUMNS = ("stop_reason",)
+# "nan", which pandas would otherwise read as a missing number; ``variant`` (the tag of
+# an alternative setting, e.g. "tanh") is empty for most rows. An empty cell is None.
+TEXT_COLUMNS = ("stop_reason", "variant")
 
 
 def load_csv(path: str | os.PathLike, regenerate: str | None = None):

@@ -152,7 +152,7 @@ def test_the_converged_plan_adds_sab_on_copy_at_short_delays_after_the_baselines
         assert {k: v for k, v in r.items() if k not in ("T", "name")} == {
             k: v for k, v in ref.items() if k not in ("T", "name")}
         assert "variant" not in r and r["stop_when_nan"] and r["stall_updates"] == 5000
-    assert experiments._transfer_delays(plan, "sab", 20) == [20, 40, 100, 200]
+    assert experiments.transfer_delays(plan, "sab", 20) == [20, 40, 100, 200]
     for scale in ("session", "full"):
         assert experiments.PLANS[scale].sab_short_Ts == ()
         assert not any(r["T"] in (20, 50) for r in experiments.plan_runs(scale)
@@ -198,9 +198,13 @@ def test_models_in_orders_by_the_registry_and_rejects_unknown_names():
 
 def test_transfer_delays_cap_the_quadratic_evaluations():
     plan = experiments.PLANS["converged"]
-    assert experiments._transfer_delays(plan, "sab", 100) == [100, 200, 500, 1000]
-    assert experiments._transfer_delays(plan, "memrnn", 200) == [200, 400, 1000, 2000]
-    assert experiments._transfer_delays(plan, "transformer", 200) == [200, 400, 1000, 2000,
+    assert experiments.transfer_delays(plan, "sab", 100) == [100, 200, 500, 1000]
+    assert experiments.transfer_delays(plan, "memrnn", 200) == [200, 400, 1000, 2000]
+    # MemRNN as far as it goes: at its cap where a multiple (or 5000) passes it
+    assert experiments.transfer_delays(plan, "memrnn", 100) == [100, 200, 500, 1000, 2000]
+    assert experiments.transfer_delays(plan, "memrnn", 500) == [500, 1000, 2000]
+    assert experiments.transfer_delays(plan, "memrnn", 2000) == [2000]
+    assert experiments.transfer_delays(plan, "transformer", 200) == [200, 400, 1000, 2000,
                                                                       5000]
 
 

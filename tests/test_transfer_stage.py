@@ -132,3 +132,30 @@ def test_rows_of_another_batch_are_evaluated_again(tiny, monkeypatch):
     evaluated.clear()
     log = _transfer()
     assert evaluated == [] and any("nothing new" in line for line in log), log
+
+
+def test_alternatives_are_evaluated_under_their_own_name(tiny, monkeypatch):
+    """A copy run of an alternative setting (here tanh) is evaluated too, its rows tagged
+    with its variant; the plan's own run of the same model, seed and delay keeps its own
+    rows (the two are told apart by the variant)."""
+    root, evaluated = tiny
+    csv = root / "transfer" / "transfer.csv"
+    _train("copy/rnn_T3_s0")
+    plan_names = [r["name"] for r in experiments.plan_runs("tiny")]
+    alt = next((n for n in plan_names if n.startswith("copy/rnn_T3_") and "tanh" in n), None)
+    assert alt == "copy/rnn_T3_tanh_s0", plan_names  # the alternative of the unsolved run
+    _train(alt)
+    _transfer()
+    assert sorted(name for name, _ in evaluated) == ["copy/rnn_T3_s0", alt]
+    table = io.load_csv(csv)
+    assert sorted(set(table["variant"].map(repr))) == ["'tanh'", "None"]
+    tanh = table[table["variant"] == "tanh"]
+    assert list(tanh["T"]) == [3, 6, 12, 15, 30] and set(tanh["model"]) == {"rnn"}
+    summary = io.load_run(root / alt)["summary"]
+    assert set(tanh["steps_done"]) == {summary["steps_done"]}
+    assert list(io.load_manifest(root / "transfer")["runs"]) == sorted(["copy/rnn_T3_s0", alt])
+
+    # read back: nothing new, nothing evaluated (the variant is part of the key)
+    evaluated.clear()
+    log = _transfer()
+    assert evaluated == [] and any("nothing new" in line for line in log), log
