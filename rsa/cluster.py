@@ -300,13 +300,14 @@ def estimate(scale: str, device: str = "cpu", select=None, data=None) -> list[di
     """One row per run of the plan (or of ``select``): name, updates (the budget: runs
     with stopping rules may stop earlier), ms per update and where it comes from, the
     estimated hours of training updates (evaluations excluded), and whether the run is
-    already stored complete (then nothing is left to run)."""
+    already stored complete for its budget (then nothing is left to run; a run stopped
+    by a smaller ``--budget`` is not: the train stage trains it further)."""
     data = Path(experiments.DATA if data is None else data)
     cost = update_cost(scale, device, data)
     rows = []
     for r in experiments._selected(experiments.plan_runs(scale), select):
         results = data / scale / r["name"] / "results.json"
-        stored = results.is_file() and io.load_json(results).get("complete", False)
+        stored = experiments._stored_enough(results, r["steps"])
         ms, source = None, "no measurement"
         if r["task"] in ("copy", "denoise"):
             points = cost["sequence"].get(r["model"])

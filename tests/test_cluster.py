@@ -298,6 +298,18 @@ def test_dry_run_multiplies_updates_by_the_measured_time(tiny):
     assert re.search(r"Estimated CPU time of the \d+ runs to run", text)
 
 
+def test_dry_run_counts_a_run_stopped_by_a_smaller_budget_as_to_run(tiny):
+    """As the train stage does: a run stored with --budget below the plan's is trained
+    further by a later call, so the dry run lists it as to run, not as stored."""
+    experiments.reproduce("tiny", ["train"], log=lambda s: None, select=["copy/rnn_T3_s0"],
+                          budget=1)
+    stored = {r["name"]: r["stored"] for r in cluster.estimate("tiny", "cpu")}
+    assert stored["copy/rnn_T3_s0"] is False
+    experiments.reproduce("tiny", ["train"], log=lambda s: None, select=["copy/rnn_T3_s0"])
+    stored = {r["name"]: r["stored"] for r in cluster.estimate("tiny", "cpu")}
+    assert stored["copy/rnn_T3_s0"] is True
+
+
 def test_dry_run_cli_on_the_full_plan_gives_totals(capsys):
     assert experiments.main(["--scale", "full", "--dry-run"]) == 0
     text = capsys.readouterr().out
