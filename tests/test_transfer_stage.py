@@ -117,13 +117,21 @@ def test_rows_of_another_batch_are_evaluated_again(tiny, monkeypatch):
     assert set(table["batch"]) == {experiments.transfer_batch("rnn")} == {100}
     assert experiments.transfer_batch("sab") == 20
 
-    # a file written before the column: read as 20 sequences, so evaluated again
-    io.write_csv(csv, table.drop(columns="batch").to_dict("records"))
+    # a file written before the batch and variant columns: read as 20 sequences of the
+    # plan's own run, so evaluated again
+    io.write_csv(csv, table.drop(columns=["batch", "variant"]).to_dict("records"))
     evaluated.clear()
     log = _transfer()
     assert evaluated == [("copy/rnn_T3_s0", [3, 6, 12, 15, 30])], log
     assert any("evaluated on [20] sequences, now 100; recomputed" in line for line in log)
     assert set(io.load_csv(csv)["batch"]) == {100}
+
+    # a batch column with another value than the model's: evaluated again
+    io.write_csv(csv, io.load_csv(csv).assign(batch=50).to_dict("records"))
+    evaluated.clear()
+    log = _transfer()
+    assert evaluated == [("copy/rnn_T3_s0", [3, 6, 12, 15, 30])], log
+    assert any("evaluated on [50] sequences, now 100" in line for line in log)
 
     # a model whose batch is 20 keeps rows of 20: nothing recomputed
     monkeypatch.setitem(experiments.TRANSFER_BATCH_BY_MODEL, "rnn", 20)
@@ -159,3 +167,14 @@ def test_alternatives_are_evaluated_under_their_own_name(tiny, monkeypatch):
     evaluated.clear()
     log = _transfer()
     assert evaluated == [] and any("nothing new" in line for line in log), log
+
+
+def test_memrnn_is_evaluated_at_its_cap_in_place_of_the_delays_beyond(tiny, monkeypatch):
+    """MemRNN's delays past its cap (here 10; the tiny plan tests 3, 6, 12, 15 and 30) are
+    replaced by the cap itself."""
+    root, evaluated = tiny
+    monkeypatch.setitem(experiments.TRANSFER_MAX, "memrnn", 10)
+    _train("copy/memrnn_T3_s0")
+    _transfer()
+    assert evaluated == [("copy/memrnn_T3_s0", [3, 6, 10])]
+    assert sorted(io.load_csv(root / "transfer" / "transfer.csv")["T"]) == [3, 6, 10]
