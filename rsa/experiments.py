@@ -573,8 +573,7 @@ def _read_transfer_rows(path: Path) -> list[dict]:
     rows = io.load_csv(path).to_dict("records")
     for r in rows:
         r.setdefault("batch", TRANSFER_BATCH_BEFORE)
-        v = r.get("variant")  # None (or NaN, as pandas may give) for the plan's own runs
-        r["variant"] = v if isinstance(v, str) and v else None
+        r.setdefault("variant", None)  # (io.load_csv reads an empty variant as None)
         for k in ("seed", "T_train", "T", "batch", "steps_done"):
             r[k] = int(r[k])
         r["solved"] = bool(r["solved"])
