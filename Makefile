@@ -12,7 +12,7 @@ NICE ?= nice -n 10
 SANITIZE := tests/nbval_sanitize.cfg
 CHAPTERS := $(wildcard book/*.ipynb)
 
-.PHONY: setup book test unit nbval figures chapter reproduce lint bench clean
+.PHONY: setup book test unit nbval nbval-isa figures chapter reproduce lint bench clean
 
 setup: $(SETUP)
 
@@ -47,6 +47,20 @@ unit: $(SETUP)
 nbval: $(SETUP)
 	$(NICE) $(BIN)/python -m pytest -p no:cacheprovider --nbval --nbval-current-env \
 		--nbval-sanitize-with $(SANITIZE) $(CHAPTERS)
+
+# The chapters' outputs must not depend on the CPU: re-execute them with torch's vector
+# kernels and MKL restricted to other instruction sets than this CPU's, on 1 and 2
+# threads (CI runs it after `make test`). A chapter whose printed numbers hang on
+# last-bit rounding fails here.
+ISA_RUNS := "ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1" \
+	"ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2"
+nbval-isa: $(SETUP)
+	@for vars in $(ISA_RUNS); do \
+		echo "== nbval with $$vars"; \
+		env $$vars $(NICE) $(BIN)/python -m pytest -p no:cacheprovider --nbval \
+			--nbval-current-env --nbval-sanitize-with $(SANITIZE) $(CHAPTERS) -q \
+			|| { echo "FAILED: nbval with $$vars"; exit 1; }; \
+	done
 
 # Re-execute every chapter in place with its default parameters (papermill).
 figures: $(SETUP)

@@ -172,6 +172,9 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
     from rsa.train import TrainConfig, resolve_config, train
 
     if a.threads is not None:
+        if a.threads < 1:
+            raise ValueError(f"--threads must be 1 or more (torch CPU threads), got "
+                             f"{a.threads}")
         torch.set_num_threads(a.threads)
     if a.tensorboard:
         from rsa.scalars import require_tensorboard
@@ -191,6 +194,9 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
         print(f"interrupted: checkpoint saved in {config.out_dir}; run the same command "
               f"again to resume", file=sys.stderr)
         return 130
+    except SystemExit as e:  # SIGTERM, SIGUSR1/2 (a cluster's stop): checkpoint saved
+        _stopped(e, config.out_dir)
+        raise
     if result.note:
         print(f"note: {result.note}", file=sys.stderr)
     print(json.dumps({"out_dir": str(result.out_dir), **result.summary}, indent=2))
@@ -210,12 +216,29 @@ def _train_population(config, seeds: list[int], argv: list[str]) -> int:
         print(f"interrupted: checkpoints saved in {', '.join(out_dirs)}; run the same "
               f"command again to resume", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        _stopped(e, ", ".join(out_dirs))
+        raise
     for result in results:
         if result.note:
             print(f"note: {result.note}", file=sys.stderr)
     print(json.dumps([{"seed": s, "out_dir": str(r.out_dir), **r.summary}
                       for s, r in zip(seeds, results, strict=True)], indent=2))
     return 0
+
+
+def _stopped(e: SystemExit, where) -> None:
+    """Say that a run stopped by a signal saved its checkpoint (the loop raises
+    ``SystemExit(128 + signal)`` after saving)."""
+    import signal
+
+    if isinstance(e.code, int) and e.code > 128:
+        try:
+            name = signal.Signals(e.code - 128).name
+        except ValueError:
+            name = f"signal {e.code - 128}"
+        print(f"stopped by {name}: checkpoint saved in {where}; run the same command "
+              f"again to resume", file=sys.stderr)
 
 
 def _transfer(a: argparse.Namespace) -> int:
@@ -282,12 +305,13 @@ def main(argv: list[str] | None = None) -> int:
                                 "(see data --help)", add_help=False)
     a = p.parse_args(argv)
     from rsa.train import DeviceUnavailableError
+    from rsa.train.lock import RunLockedError
 
     try:
         if a.command == "train":
             return _train(a, argv)
         return _transfer(a)
-    except (ValueError, FileNotFoundError, DeviceUnavailableError) as e:
+    except (ValueError, FileNotFoundError, DeviceUnavailableError, RunLockedError) as e:
         # configuration and data errors: the message is the whole story
         print(f"error: {cli_message(str(e))}", file=sys.stderr)
         print(f"command: python -m rsa {shlex.join(argv)}", file=sys.stderr)

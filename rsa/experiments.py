@@ -49,6 +49,7 @@ from rsa import io, registry
 from rsa.heads import MODELS
 from rsa.tasks import get_task
 from rsa.train import MODEL_FILE
+from rsa.train.lock import claim
 
 __all__ = ["PLANS", "Plan", "reproduce", "main", "run_name", "plan_runs", "load_stored_runs",
            "runs_table", "plan_status", "ALTERNATIVES", "BASELINES", "models_in",
@@ -388,8 +389,7 @@ def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
         work = RUNS / scale / name
         with _claim(work) as owner:
             if owner is not None:
-                log(f"[train {k}/{len(runs)}] {name}: being trained by process {owner}; "
-                    f"skipped")
+                log(f"[train {k}/{len(runs)}] {name}: being trained by {owner}; skipped")
                 continue
             log(f"[train {k}/{len(runs)}] {name}: training {r['steps']} updates")
             t0 = time.perf_counter()
@@ -402,6 +402,8 @@ def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
             train(out_dir=str(work), progress=False, device=device,
                   tensorboard=tensorboard, **args)
             files = RESULT_FILES + ((MODEL_FILE,) if plan.converged else ())
+            io.check_provenance(io.load_json(work / "manifest.json"),
+                                str(work / "manifest.json"))
             for f in files:  # results (and small weights), not checkpoints, go to data/
                 io.atomic_write_bytes(dest / f, (work / f).read_bytes())
             log(f"    {time.perf_counter() - t0:.0f} s")
@@ -420,58 +422,8 @@ def _nan_before_the_rule(work: Path, args: dict) -> int | None:
     return nan_fired_without_rule(_load_checkpoint(path, torch.device("cpu")))
 
 
-@contextlib.contextmanager
-def _claim(work: Path):
-    """Claim a run's work folder for this process with a lock file (``.lock``, created
-    exclusively, holding the process id), so that several processes started on the
-    same plan on one machine each take the next run nobody trains: yields None when
-    claimed (the lock is removed on exit), or the id of the live process that holds
-    it. A lock left by a process that no longer runs is taken over."""
-    work.mkdir(parents=True, exist_ok=True)
-    lock = work / ".lock"
-    for _ in range(2):
-        if not _create_lock(lock):
-            try:
-                owner = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if owner > 0 and _alive(owner):
-                yield owner
-                return
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        try:
-            yield None
-        finally:
-            lock.unlink(missing_ok=True)
-        return
-    raise RuntimeError(f"could not claim {str(work)!r}: its lock file keeps reappearing")
-
-
-def _create_lock(lock: Path) -> bool:
-    """Create ``lock`` holding this process's id, unless it exists (False). The id is
-    written to a file of this process's own first, then hard-linked to ``lock`` (which
-    fails if it exists), so the lock never appears empty: an empty lock would read as
-    stale to another process and be taken over."""
-    mine = lock.with_name(f"{lock.name}.{os.getpid()}")
-    mine.write_text(str(os.getpid()))
-    try:
-        os.link(mine, lock)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        mine.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
+# One writer per run folder: the lock every path that trains takes (rsa.train.lock)
+_claim = claim
 
 
 TRANSFER_FACTORS = (1, 2, 5, 10)  # test delays as multiples of the training delay
@@ -1167,8 +1119,11 @@ def main(argv=None) -> int:
                     "updates, hours on a CPU), converged (train until solved or stalled, up to "
                     "20 000\nupdates), full (the authors' settings where a machine allows; "
                     "a GPU or days of CPU).")
-    p.add_argument("--scale", default="converged", choices=sorted(PLANS),
-                   help="which plan (default: converged, what the experiment chapters read)")
+    p.add_argument("--scale", default="converged", choices=sorted(PLANS) + ["paper"],
+                   help="which plan (default: converged, what the experiment chapters read); "
+                        "paper: the campaign at the authors' budget (rsa.campaign: the "
+                        "cells that decide a verdict, resumed from the in-flight state "
+                        "committed under data/paper/inflight/)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
                    metavar="STAGE",
                    help="stages to run, in this order: " + ", ".join(STAGES)
@@ -1210,6 +1165,10 @@ def main(argv=None) -> int:
     p.add_argument("--status", action="store_true",
                    help="print how far the plan has run (runs stored, solved, not run "
                         "yet) and exit")
+    p.add_argument("--snapshot", action="store_true",
+                   help="with --scale paper: copy every unfinished campaign run's checkpoint "
+                        "into data/paper/inflight/ (one file per run, replaced in place) and "
+                        "store the finished ones, for a commit; then exit (default: off)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the plan's runs (or those of --select) with their estimated "
                         "cost on --device (updates x measured time per update), the totals "
@@ -1243,6 +1202,17 @@ def main(argv=None) -> int:
                          help="submitit's folder: job scripts, logs, pickles (default: "
                               "<runs-dir>/slurm/<scale>)")
     a = p.parse_args(argv)
+    if a.threads < 1:
+        p.error(f"--threads must be 1 or more (torch CPU threads), got {a.threads}")
+    if a.snapshot and a.scale != "paper":
+        p.error(f"--snapshot applies to --scale paper, got --scale {a.scale}")
+    if a.scale == "paper":
+        from rsa import campaign
+
+        try:
+            return campaign.main(a, log=lambda s: print(s, flush=True))
+        except (ValueError, RuntimeError) as e:
+            p.error(str(e))
     if a.status:
         with _reading(a.data_dir):
             print(plan_status(a.scale))

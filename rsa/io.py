@@ -38,6 +38,7 @@ from typing import Any
 __all__ = [
     "atomic_open", "atomic_write_text", "atomic_write_bytes", "write_json", "write_csv",
     "atomic_torch_save", "build_manifest", "machine_description", "git_commit",
+    "check_provenance", "ProvenanceError", "CODE_PATHS",
     "load_json", "load_csv", "load_manifest", "load_run", "portable_path",
     "portable_command", "file_mode", "data_root", "runs_root", "check_output_root",
 ]
@@ -249,11 +250,19 @@ def _portable_values(obj: Any, root) -> Any:
 
 # -- manifest ---------------------------------------------------------------------------
 
-def git_commit(root: str | os.PathLike = REPO_ROOT) -> dict[str, Any]:
+# The files whose uncommitted changes can change what a run computes: with a dirty tree a
+# manifest records their diff against the commit (``git.diff``), so the code that made
+# a result can always be recovered (the commit, plus this patch).
+CODE_PATHS = ("rsa", "pyproject.toml", "constraints.txt")
+
+
+def git_commit(root: str | os.PathLike = REPO_ROOT, diff: bool = True) -> dict[str, Any]:
     """``{"commit": sha or None, "dirty": bool or None}`` of the repository at ``root``.
 
     ``dirty`` is True when tracked files differ from the commit, so a reader knows the
-    commit alone may not reproduce the result.
+    commit alone may not reproduce the result; then ``diff`` (unless ``diff=False``)
+    holds ``git diff HEAD`` of :data:`CODE_PATHS`, the patch that, applied to the commit,
+    gives the code that ran ("" when only other files differ).
     """
     def git(*args):
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
@@ -261,6 +270,9 @@ def git_commit(root: str | os.PathLike = REPO_ROOT) -> dict[str, Any]:
     try:
         sha = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        if dirty and diff:
+            return {"commit": sha, "dirty": True,
+                    "diff": git("diff", "HEAD", "--", *CODE_PATHS)}
     except (OSError, subprocess.SubprocessError):
         # a copy of the tree without .git (e.g. sent to a GPU machine): the sender may
         # name its commit in RSA_GIT_COMMIT ("<sha>" or "<sha>+dirty")
@@ -270,6 +282,23 @@ def git_commit(root: str | os.PathLike = REPO_ROOT) -> dict[str, Any]:
             return {"commit": sha, "dirty": flag == "dirty", "from": "RSA_GIT_COMMIT"}
         return {"commit": None, "dirty": None}
     return {"commit": sha, "dirty": dirty}
+
+
+class ProvenanceError(ValueError):
+    """A result whose manifest records an uncommitted tree without the diff that
+    recovers its code; the message names the manifest and the fix."""
+
+
+def check_provenance(manifest: Mapping[str, Any], where: str) -> None:
+    """Refuse (:class:`ProvenanceError`) a manifest that records a dirty tree without
+    ``git.diff``: the code that made it could not be recovered. Manifests written by
+    :func:`build_manifest` from now on always carry the diff when the tree is dirty."""
+    g = manifest.get("git") or {}
+    if g.get("dirty") and "diff" not in g:
+        raise ProvenanceError(
+            f"{where} records an uncommitted working tree (commit {g.get('commit')}) "
+            f"without its diff, so the code that made it cannot be recovered; commit the "
+            f"code and train it again, or store it by hand with a note")
 
 
 def _cpu_model() -> str:

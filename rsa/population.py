@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -92,6 +93,7 @@ from rsa.train import (
     resolve_config,
 )
 from rsa.train.checkpoint import resumable_checkpoint
+from rsa.train.lock import hold
 
 __all__ = ["train_population", "population_step", "population_forward", "batched",
            "PopulationMemRNNFunction", "PopulationRelRNNFunction",
@@ -683,7 +685,8 @@ class _Run:
                        MODEL_FILE])
         self.segment = {"start_step": self.state["step"], "end_step": self.state["step"],
                         "wall_time_s": 0.0, "device": str(device), "cpu": io._cpu_model(),
-                        "torch_threads": torch.get_num_threads(), "population": population}
+                        "torch_threads": torch.get_num_threads(), "population": population,
+                        "git": io.git_commit(diff=False)}
         self.state.setdefault("segments", [])
         if self.training:
             self.state["segments"].append(self.segment)
@@ -706,6 +709,9 @@ class _Run:
                 self.out, note=(f"{self.out} already holds this run, finished after "
                                 f"{self.state['step']} updates; nothing was trained or "
                                 f"rewritten (--no-resume starts it over)"))
+        elif self.training:
+            print(f"resuming {self.out} from update {self.state['step']} of {c.steps}",
+                  file=sys.stderr, flush=True)
 
     @property
     def training(self) -> bool:
@@ -830,8 +836,15 @@ def train_population(config: TrainConfig | dict | None = None, *, seeds,
                          f"{len(out_dirs)}")
     configs = [resolve_config(base, seed=s, out_dir=None if o is None else str(o))
                for s, o in zip(seeds, out_dirs, strict=True)]
+    with contextlib.ExitStack() as held:  # one writer per run folder (rsa.train.lock)
+        for o in out_dirs:
+            held.enter_context(hold(o))
+        return _train_population_held(base, configs, argv)
+
+
+def _train_population_held(base, configs, argv) -> list[TrainResult]:
     device = _device(base.device)
-    runs = [_Run(c, device, argv, len(seeds)) for c in configs]
+    runs = [_Run(c, device, argv, len(configs)) for c in configs]
     rng = torch.get_rng_state()
     active = [r for r in runs if r.training]
     for r in active:
@@ -914,7 +927,7 @@ def stage_train_populations(scale: str, plan, log, shard: tuple[int, int] = (0, 
                 work = ex.RUNS / scale / name
                 owner = claims.enter_context(ex._claim(work))
                 if owner is not None:
-                    log(f"{label} {name}: being trained by process {owner}; skipped")
+                    log(f"{label} {name}: being trained by {owner}; skipped")
                     continue
                 mine.append((r, name, dest, work))
             if not mine:
@@ -927,6 +940,8 @@ def stage_train_populations(scale: str, plan, log, shard: tuple[int, int] = (0, 
                              out_dirs=[str(m[3]) for m in mine], progress=False,
                              device=device, **args)
             for _, _, dest, work in mine:  # results (and small weights), not checkpoints
+                io.check_provenance(io.load_json(work / "manifest.json"),
+                                    str(work / "manifest.json"))
                 for f in files:
                     io.atomic_write_bytes(dest / f, (work / f).read_bytes())
             log(f"    {time.perf_counter() - t0:.0f} s")

@@ -3,6 +3,11 @@ interrupts training at a given update (train, population, cluster tests)."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 
@@ -81,3 +86,24 @@ def on_call(real, n: int, effect):
 
 def crash():
     raise RuntimeError("simulated crash")
+
+
+@contextlib.contextmanager
+def holding(folder):
+    """Another process holding ``folder``'s run lock (rsa.train.lock) for the block;
+    yields its Popen (``.pid`` names the holder)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    code = ("import fcntl, os, sys, time\n"
+            f"fd = os.open({str(folder / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()

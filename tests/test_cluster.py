@@ -17,6 +17,7 @@ import torch
 from rsa import book, cluster, experiments, io
 from rsa.__main__ import main as rsa_main
 from rsa.train import train
+from rsa.train.lock import claim
 from tests.helpers import crash, on_call
 
 train_mod = importlib.import_module("rsa.train.loop")  # where the loop looks train_step up
@@ -98,7 +99,8 @@ def test_a_job_hands_the_signal_to_submitit_and_its_requeue_resumes(tiny, monkey
         assert resubmitted.function is job and resubmitted.args == ("copy/rnn_T3_s0",)
         work = tiny / "runs" / "tiny" / "copy" / "rnn_T3_s0"
         assert torch.load(work / "checkpoint.pt", weights_only=True)["state"]["step"] == 2
-        assert not (work / ".lock").exists()  # the claim is released for the next attempt
+        with claim(work) as owner:  # the claim is released for the next attempt
+            assert owner is None and (work / ".lock").read_text() == str(os.getpid())
         monkeypatch.setattr(train_mod, "train_step", real)
         resubmitted.result()  # the requeued job
     finally:

@@ -18,7 +18,7 @@ from rsa.__main__ import main
 from rsa.heads import build_task_model
 from rsa.population import batched, population_relrnn, seed_dirs, train_population
 from rsa.train import resolve_config, train
-from tests.helpers import on_call
+from tests.helpers import holding, on_call
 
 train_mod = importlib.import_module("rsa.train.loop")  # where the loop and _data look names up
 pop_mod = importlib.import_module("rsa.population")
@@ -354,8 +354,6 @@ def test_cli_seeds_writes_one_folder_per_seed(tmp_path, capsys):
 # -- reproduce --populations ----------------------------------------------------------------
 
 def test_reproduce_populations_trains_the_unfinished_seeds_together(tmp_path, monkeypatch):
-    import os
-
     from rsa import experiments, io
 
     plan = experiments.Plan(Ts=(3,), seeds=(0, 1, 2, 3), steps=3, eval_every=1, rhos=(1,),
@@ -374,12 +372,11 @@ def test_reproduce_populations_trains_the_unfinished_seeds_together(tmp_path, mo
     data = at(tmp_path / "pop")
     experiments.reproduce("tinypop", ["train"], log=lambda s: None,
                           select=["copy/rnn_T3_s0"])           # seed 0 stored already
-    lock = tmp_path / "pop" / "runs" / "tinypop" / "copy" / "rnn_T3_s3" / ".lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text(str(os.getpid()))                          # seed 3 held by a process
-    log = []
-    experiments.reproduce("tinypop", ["train"], log=log.append, select=select,
-                          populations=True)
+    held = tmp_path / "pop" / "runs" / "tinypop" / "copy" / "rnn_T3_s3"
+    with holding(held):                                        # seed 3 held by a process
+        log = []
+        experiments.reproduce("tinypop", ["train"], log=log.append, select=select,
+                              populations=True)
     text = "\n".join(log)
     assert "copy/rnn_T3_s0: done" in text
     assert "copy/rnn_T3_s3: being trained by process" in text
@@ -393,7 +390,6 @@ def test_reproduce_populations_trains_the_unfinished_seeds_together(tmp_path, mo
         close_rows(a["history"], b["history"], F32_TOL)
         assert sorted(p.name for p in (data / name).iterdir()) == \
             sorted(p.name for p in (alone / name).iterdir())
-    lock.unlink()
     logs = {0: [], 1: []}
     for i in (0, 1):  # shards split populations
         experiments.reproduce("tinypop", ["train"], log=logs[i].append, select=select,

@@ -179,8 +179,9 @@ def test_tiny_run_writes_results_csv_and_manifest(tmp_path):
     assert table["step"].tolist() == [2, 4]
     assert table["val_loss"].tolist() == pytest.approx([h["val_loss"] for h in r.history])
     assert all(row["wall_time_s"] >= row["train_time_s"] > 0 for row in r.history)
-    assert sorted(os.listdir(out)) == ["checkpoint.pt", "history.csv", "manifest.json",
-                                       "model.pt", "results.json"]  # no temporary files
+    assert sorted(os.listdir(out)) == [".lock", "checkpoint.pt", "history.csv",
+                                       "manifest.json", "model.pt", "results.json"]
+    assert (out / ".lock").read_text() == ""  # released (rsa.train.lock); no temp files
     run = io.load_run(out)
     assert run["complete"] and run["summary"] == r.summary and run["config"] == r.config
     assert run["history"]["val_accuracy"].tolist() == [h["val_accuracy"] for h in r.history]

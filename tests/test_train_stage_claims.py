@@ -1,11 +1,11 @@
 """Several `reproduce --stages train` processes on one machine share a plan through lock
-files: a run claimed by a live process is skipped, a stale claim is taken over."""
+files: a run claimed by a live process is skipped, a lock file left by a dead one is no
+claim."""
 
 from __future__ import annotations
 
-import os
-
 from rsa import experiments, io
+from tests.helpers import holding
 
 TINY = experiments.Plan(Ts=(3,), seeds=(0,), steps=2, eval_every=1, rhos=(1,), rho_T=3,
                         digits_steps=1, transfer_Ts=(3,), transfer_max=12, grad_T=3)
@@ -21,25 +21,24 @@ def test_a_run_claimed_by_a_live_process_is_skipped(tmp_path, monkeypatch):
     _setup(tmp_path, monkeypatch)
     name = experiments.run_name("copy", "rnn", 3, 0)
     work = tmp_path / "runs" / "tiny" / name
-    work.mkdir(parents=True)
-    (work / ".lock").write_text(str(os.getppid()))  # a live process that is not us
-    log = []
-    experiments.reproduce("tiny", ["train"], log=log.append, select=["copy/rnn_*"])
-    assert any("being trained by process" in line for line in log), log
+    with holding(work) as holder:  # another process holds the run's lock
+        log = []
+        experiments.reproduce("tiny", ["train"], log=log.append, select=["copy/rnn_*"])
+    assert any(f"being trained by process {holder.pid}" in line for line in log), log
     assert not (tmp_path / "data" / "tiny" / name / "results.json").exists()
-    assert (work / ".lock").read_text() == str(os.getppid())  # not ours to remove
 
 
-def test_a_stale_claim_is_taken_over_and_released(tmp_path, monkeypatch):
+def test_a_lock_file_left_by_a_dead_process_is_no_claim(tmp_path, monkeypatch):
     _setup(tmp_path, monkeypatch)
     name = experiments.run_name("copy", "rnn", 3, 0)
     work = tmp_path / "runs" / "tiny" / name
     work.mkdir(parents=True)
-    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
-    (work / ".lock").write_text(str(dead))
-    experiments.reproduce("tiny", ["train"], log=lambda s: None, select=["copy/rnn_*"])
+    (work / ".lock").write_text(str(2**22 + 12345))  # its process is gone: no flock held
+    log = []
+    experiments.reproduce("tiny", ["train"], log=log.append, select=["copy/rnn_*"])
     assert io.load_run(tmp_path / "data" / "tiny" / name)["complete"]
-    assert not (work / ".lock").exists()
+    assert not any("being trained" in line for line in log)
+    assert (work / ".lock").read_text() == ""  # released: no process id left in it
 
 
 def test_plan_status_counts_what_is_stored_and_solved(tmp_path, monkeypatch):
@@ -86,15 +85,6 @@ def test_unsolved_seed0_runs_get_the_authors_alternatives_last(tmp_path, monkeyp
     every, _ = experiments.load_stored_runs("conv", variants=True)
     assert set(every) == set(main) | {"copy/rnn_T3_tanh_s0"}
     assert "copy/rnn_T3_tanh_s0: not solved" in experiments.plan_status("conv")
-
-
-def test_a_lock_is_created_with_its_owner_in_it_and_never_twice(tmp_path):
-    lock = tmp_path / ".lock"
-    assert experiments._create_lock(lock) is True
-    assert lock.read_text() == str(os.getpid())  # never empty: no window for a reader
-    lock.write_text("12345")
-    assert experiments._create_lock(lock) is False and lock.read_text() == "12345"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # no file left behind
 
 
 def test_exploded_at_is_the_first_loss_not_finite_or_far_above_a_uniform_guess():

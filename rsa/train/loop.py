@@ -34,6 +34,7 @@ from rsa.train.checkpoint import (
     save_model,
 )
 from rsa.train.config import OPTIMIZERS, TrainConfig, _device, config_command, resolve_config
+from rsa.train.lock import hold
 from rsa.train.stopping import _stop_reason, memoryless_loss, solved_at
 
 # A validation set is drawn from its own stream, so training batches never repeat it.
@@ -305,6 +306,11 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
         require_tensorboard()
         if c.out_dir is None:
             raise ValueError("tensorboard needs an output folder (out_dir)")
+    with hold(c.out_dir):  # one writer per run folder (rsa.train.lock)
+        return _train_held(c, argv, tensorboard)
+
+
+def _train_held(c: TrainConfig, argv, tensorboard: bool) -> TrainResult:
     run = _prepare(c)
     run.tensorboard = tensorboard
     state = RunState()
@@ -312,6 +318,9 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
         ckpt = resumable_checkpoint(run.checkpoint, c, run.recorded, run.device)
         state = RunState.from_checkpoint(restore(run.checkpoint, ckpt, run.model,
                                                  run.optimizer, run.stream, run.device))
+        if state.step < c.steps and not state.stopped_early:
+            print(f"resuming {run.out} from update {state.step} of {c.steps}",
+                  file=sys.stderr, flush=True)
         finished = _finished_run(run.out, state, c)
         if finished is not None:  # nothing to train: the record stays as it is
             run.model.eval()
@@ -381,7 +390,8 @@ def _start_segment(run: _Run, state: RunState) -> dict:
     """This call's segment (where it ran, from which step), recorded if it trains."""
     segment = {"start_step": state.step, "end_step": state.step, "wall_time_s": 0.0,
                "device": str(run.device), "cpu": io._cpu_model(),
-               "torch_threads": torch.get_num_threads()}
+               "torch_threads": torch.get_num_threads(),
+               "git": io.git_commit(diff=False)}  # the code of this part (diff: manifest)
     if state.step < run.config.steps and not state.stopped_early:
         state.segments.append(segment)
     return segment

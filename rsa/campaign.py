@@ -1,0 +1,400 @@
+"""The campaign at the authors' protocol: the runs that decide the book's verdicts.
+
+The converged plan (:mod:`rsa.experiments`) stops a copy/denoise run after 20 000
+updates, or after 5 000 updates without progress (its stall rule), budgets 10 to 256
+times smaller than the authors' 200 000 updates. A run it did not solve is *not solved
+within* its updates, never a verdict on the model. The campaign trains the cells that
+decide a claim of the paper with the authors' budget and no stall rule, each until it
+is solved or its budget is spent (the book's page *Reproducibility* shows the table of
+:func:`status_table`; the chapters quote its outcomes with their regime).
+
+A campaign run takes days of CPU and outlasts the machine it started on: its in-flight
+state (the run's whole checkpoint: weights, optimizer, data-stream and RNG states,
+history, stopping record) is committed as one file per run,
+``data/paper/inflight/<task>/<name>.pt``, replaced in place (:func:`snapshot`), and a
+fresh clone resumes it exactly with ``python -m rsa reproduce --scale paper``
+(:func:`run`, which first copies a committed state that is ahead of the work folder's
+checkpoint into it). A finished run is stored as the converged plan stores its runs,
+``data/paper/<task>/<name>/`` (results, history, manifest, weights), and its in-flight
+file is removed.
+
+Each job is one call of :func:`rsa.train.train` (or of
+:func:`rsa.population.train_population` for seeds trained as one population), whose
+``python -m rsa train`` command :func:`job_command` gives; the work folder under
+``runs/paper/`` is that command's ``--out-dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsa import io
+
+__all__ = ["Job", "JOBS", "AUTHORS_STEPS", "job_command", "job_runs", "run", "snapshot",
+           "status_table", "restore_inflight", "main"]
+
+SCALE = "paper"
+AUTHORS_STEPS = 200_000  # the authors' scripts: 200 000 updates on copy and denoise
+INFLIGHT = "inflight"
+RESULT_FILES = ("results.json", "history.csv", "manifest.json", "model.pt")
+
+# What every copy/denoise job shares: the converged plan's evaluation (100 validation
+# sequences every 250 updates), the solved and NaN rules, no stall rule.
+_SEQ = dict(hidden_size=128, optimizer="rmsprop", lr=1e-3, clip=1.0, batch=10,
+            eval_every=250, eval_batch=100, checkpoint_every=250, stop_when_solved=True,
+            stop_when_nan=True)
+# MNIST, 784 steps, on the 10 000 stored digits (80 updates an epoch at batch 100)
+_MNIST = dict(task="mnist10k", eval_every=80, checkpoint_every=80,
+              patience_updates=800, steps=8000)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training call of the campaign: cell ``cell`` (the issue's letters a to g),
+    ``title`` for the table, the :func:`rsa.train.train` arguments ``args`` (without
+    seed and output folder), the ``seeds`` (trained as one population when
+    ``population``), the ``variant`` tag of the run names (an alternative to the plan's
+    setting, e.g. ``lr2e-4``), the ``authors`` budget it is compared with, and a
+    ``note`` on how the budget was chosen."""
+
+    cell: str
+    title: str
+    args: dict
+    seeds: tuple[int, ...] = (0,)
+    population: bool = False
+    variant: str | None = None
+    authors: int = AUTHORS_STEPS
+    note: str = ""
+
+    def name(self, seed: int) -> str:
+        """The run's name, e.g. ``copy/rellstm_T100_s0`` (as in the converged plan)."""
+        a = self.args
+        t = f"_T{a['T']}" if a.get("T") is not None else ""
+        v = f"_{self.variant}" if self.variant else ""
+        return f"{a['task']}/{a['model']}{t}{v}_s{seed}"
+
+    def work(self, runs: Path, seed: int) -> Path:
+        """The run's work folder: ``runs/paper/<name>``; a population's runs live in
+        ``runs/paper/<name without seed>/s<seed>`` (``--seeds ... --out DIR``)."""
+        if self.population:
+            return runs / SCALE / self.name(seed).rsplit("_s", 1)[0] / f"s{seed}"
+        return runs / SCALE / self.name(seed)
+
+
+def _seq(model, task, T, **extra) -> dict:
+    return {**_SEQ, "model": model, "task": task, "T": T, "steps": AUTHORS_STEPS, **extra}
+
+
+_MODRELU_E = ("with modReLU the converged plan's seed-0 run exploded at lr 1e-3; the "
+              "authors' own RMSprop modReLU runs are named rms0.0002modr (lr 2e-4, read "
+              "from their file names)")
+
+JOBS: tuple[Job, ...] = (
+    Job("a", "RelLSTM, copy, T = 100", _seq("rellstm", "copy", 100, nu=10, rho=15),
+        seeds=(0, 1, 2), population=True),
+    Job("b", "RelLSTM, denoise, T = 100", _seq("rellstm", "denoise", 100, nu=15, rho=15)),
+    Job("c", "RelRNN, copy, T = 1000 (the authors' README command)",
+        _seq("relrnn", "copy", 1000, nu=10, rho=15, lr=2e-4, nonlinearity="tanh")),
+    Job("b", "RelLSTM, denoise, T = 100", _seq("rellstm", "denoise", 100, nu=15, rho=15),
+        seeds=(1,)),
+    Job("b", "RelLSTM, denoise, T = 100", _seq("rellstm", "denoise", 100, nu=15, rho=15),
+        seeds=(2,)),
+    Job("d", "SAB, copy, T = 20, the release's training",
+        _seq("sab", "copy", 20, optimizer="adam", batch=64, steps=100_000),
+        variant="release", note="until solved or 100 000 updates"),
+    Job("e", "RNN (modReLU), copy, T = 200, lr 2e-4",
+        _seq("rnn", "copy", 200, lr=2e-4, nonlinearity="modrelu", steps=20_000),
+        variant="lr2e-4", note=_MODRELU_E),
+    Job("e", "MemRNN (modReLU), copy, T = 500, lr 2e-4",
+        _seq("memrnn", "copy", 500, lr=2e-4, nonlinearity="modrelu", steps=20_000),
+        variant="lr2e-4", note=_MODRELU_E),
+    Job("e", "RNN (modReLU), denoise, T = 200, lr 2e-4",
+        _seq("rnn", "denoise", 200, lr=2e-4, nonlinearity="modrelu", steps=20_000),
+        variant="lr2e-4", note=_MODRELU_E),
+    Job("e", "MemRNN (modReLU), denoise, T = 200, lr 2e-4",
+        _seq("memrnn", "denoise", 200, lr=2e-4, nonlinearity="modrelu", steps=20_000),
+        variant="lr2e-4", note=_MODRELU_E),
+    Job("f", "RNN, MNIST (784 steps)", {**_MNIST, "model": "rnn"},
+        authors=0, note="patience 10 epochs, up to 100 epochs"),
+    Job("f", "LSTM, MNIST (784 steps)", {**_MNIST, "model": "lstm"},
+        authors=0, note="patience 10 epochs, up to 100 epochs"),
+    Job("d", "SAB, copy, T = 100, the release's training",
+        _seq("sab", "copy", 100, optimizer="adam", batch=64, steps=13_000),
+        variant="release", note="13 000 updates: about 10 CPU-hours here"),
+    Job("f", "RelRNN, MNIST (784 steps)", {**_MNIST, "model": "relrnn"},
+        authors=0, note="patience 10 epochs, up to 100 epochs, as far as the CPU allows"),
+    Job("f", "RelLSTM, MNIST (784 steps)", {**_MNIST, "model": "rellstm"},
+        authors=0, note="patience 10 epochs, up to 100 epochs, as far as the CPU allows"),
+    Job("g", "RelLSTM, denoise, T = 1000 (the authors' README showcase)",
+        _seq("rellstm", "denoise", 1000, nu=15, rho=15)),
+)
+
+
+def job_runs(job: Job, runs: Path) -> list[tuple[int, str, Path]]:
+    """``(seed, name, work folder)`` of each run of ``job``."""
+    return [(s, job.name(s), job.work(runs, s)) for s in job.seeds]
+
+
+def _flag(key: str, value) -> list[str]:
+    flag = "--" + key.replace("_", "-")
+    if value is True:
+        return [flag]
+    return [flag, str(value)]
+
+
+def job_command(job: Job, runs: str = "runs") -> str:
+    """The ``python -m rsa train`` command that trains ``job`` (the one its runs'
+    manifests record), with its work folder under ``runs``."""
+    args = dict(job.args)
+    words = ["python", "-m", "rsa", "train"]
+    for k, v in args.items():
+        if v is not None and v is not False:
+            words += _flag(k, v)
+    if job.population:
+        words += ["--seeds", *map(str, job.seeds)]
+        out = Path(runs) / SCALE / job.name(job.seeds[0]).rsplit("_s", 1)[0]
+    else:
+        words += ["--seed", str(job.seeds[0])]
+        out = Path(runs) / SCALE / job.name(job.seeds[0])
+    return " ".join(words + ["--out-dir", str(out), "--no-progress", "--threads", "1"])
+
+
+# -- the committed in-flight state -------------------------------------------------------
+
+def _inflight(data: Path, name: str) -> Path:
+    return data / SCALE / INFLIGHT / f"{name}.pt"
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The updates a checkpoint holds, or None if it cannot be read."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["state"]["step"])
+    except Exception:  # noqa: BLE001 -- an unreadable file is simply not a state to use
+        return None
+
+
+def _stored(data: Path, name: str) -> bool:
+    results = data / SCALE / name / "results.json"
+    return results.is_file() and io.load_json(results).get("complete") is True
+
+
+def restore_inflight(job: Job, data: Path, runs: Path, log=print) -> None:
+    """Copy each run's committed in-flight state into its work folder when the folder
+    has no checkpoint, or one with fewer updates (a fresh clone, another machine)."""
+    from rsa.train import CHECKPOINT
+
+    for _, name, work in job_runs(job, runs):
+        committed = _inflight(data, name)
+        if not committed.is_file():
+            continue
+        have = _checkpoint_step(work / CHECKPOINT) if (work / CHECKPOINT).is_file() else None
+        step = _checkpoint_step(committed)
+        if step is None:
+            raise ValueError(f"the committed in-flight state {str(committed)!r} cannot be "
+                             f"read; restore it from git history (git log -- {committed}) "
+                             f"or delete it to start {name} over")
+        if have is None or have < step:
+            work.mkdir(parents=True, exist_ok=True)
+            io.atomic_write_bytes(work / CHECKPOINT, committed.read_bytes())
+            log(f"    {name}: resuming from the committed state at update {step}"
+                + ("" if have is None else f" (the work folder held {have})"))
+
+
+def _store(name: str, work: Path, data: Path) -> None:
+    """Store a finished run's files in ``data/paper/<name>/`` and drop its in-flight
+    file; a run whose manifest records a dirty tree without its diff is refused."""
+    io.check_provenance(io.load_json(work / "manifest.json"), str(work / "manifest.json"))
+    dest = data / SCALE / name
+    for f in RESULT_FILES:
+        io.atomic_write_bytes(dest / f, (work / f).read_bytes())
+    _inflight(data, name).unlink(missing_ok=True)
+
+
+def snapshot(data: Path, runs: Path, log=print, jobs=JOBS, wait_s: float = 60) -> int:
+    """Bring ``data/paper/`` up to date with the work folders: store every finished run,
+    and copy the checkpoint of every unfinished one that is ahead of its committed
+    in-flight state. A population's runs are copied at the same update (the snapshot
+    waits up to ``wait_s`` for a population that is writing them). Returns the number
+    of files written."""
+    from rsa.train import CHECKPOINT
+
+    written = 0
+    for job in jobs:
+        members = []
+        for _, name, work in job_runs(job, runs):
+            if _stored(data, name):
+                continue
+            results = work / "results.json"
+            if results.is_file() and io.load_json(results).get("complete") is True:
+                _store(name, work, data)
+                log(f"{name}: finished; stored in {data / SCALE / name}")
+                written += 1
+            elif (work / CHECKPOINT).is_file():
+                members.append((name, work))
+        if not members:
+            continue
+        deadline = time.monotonic() + wait_s
+        while True:
+            steps = {name: _checkpoint_step(work / CHECKPOINT) for name, work in members}
+            if len(set(steps.values())) == 1 and None not in steps.values():
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the population's checkpoints stay at different "
+                                   f"updates {steps}; snapshot again")
+            time.sleep(1)
+        for name, work in members:
+            committed = _inflight(data, name)
+            have = _checkpoint_step(committed) if committed.is_file() else None
+            if have is None or have < steps[name]:
+                io.atomic_write_bytes(committed, (work / CHECKPOINT).read_bytes())
+                log(f"{name}: in-flight state at update {steps[name]} -> {committed}")
+                written += 1
+    return written
+
+
+# -- training -----------------------------------------------------------------------------
+
+def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS) -> None:
+    """Train the campaign's jobs in order (or those whose cell letter or run name is in
+    ``select``), each resumed from its work folder or its committed in-flight state;
+    a job that another process trains (its lock) is left to it."""
+    from rsa.population import train_population
+    from rsa.train import train
+    from rsa.train.lock import claim as _claim
+
+    for k, job in enumerate(jobs, 1):
+        names = [name for _, name, _ in job_runs(job, runs)]
+        if select and job.cell not in select and not set(names) & set(select):
+            continue
+        todo = [(s, n, w) for s, n, w in job_runs(job, runs) if not _stored(data, n)]
+        label = f"[{job.cell} {k}/{len(jobs)}] {job.title}, seeds {list(job.seeds)}"
+        if not todo:
+            log(f"{label}: done")
+            continue
+        with contextlib.ExitStack() as claims:
+            owners = [claims.enter_context(_claim(w)) for _, _, w in todo]
+            if any(o is not None for o in owners):
+                log(f"{label}: being trained by "
+                    f"{next(o for o in owners if o is not None)}; skipped")
+                continue
+            restore_inflight(job, data, runs, log)
+            log(f"{label}: training up to {job.args['steps']} updates")
+            if job.population:
+                train_population(seeds=[s for s, _, _ in todo],
+                                 out_dirs=[str(w) for _, _, w in todo], progress=False,
+                                 **job.args)
+            else:
+                s, _, w = todo[0]
+                train(seed=s, out_dir=str(w), progress=False, **job.args)
+            for _, name, work in todo:
+                _store(name, work, data)
+                log(f"    {name}: stored")
+
+
+# -- the campaign table -------------------------------------------------------------------
+
+def _progress(data: Path, name: str) -> dict | None:
+    """Where a run stands: from its stored results when finished, else from its
+    committed in-flight state; None when neither exists."""
+    import torch
+
+    stored = data / SCALE / name / "results.json"
+    if stored.is_file() and io.load_json(stored).get("complete") is True:
+        s = io.load_json(stored)["summary"]
+        return {"step": s["steps_done"], "best": s["best_val_accuracy"],
+                "wall_s": s["wall_time_s"], "reason": s.get("stop_reason"),
+                "solved_step": s.get("solved_step"), "rate": None, "finished": True}
+    committed = _inflight(data, name)
+    if not committed.is_file():
+        return None
+    st = torch.load(committed, map_location="cpu", weights_only=True)["state"]
+    hist = st["history"]
+    rate = None
+    if len(hist) >= 2:
+        a, b = hist[max(0, len(hist) - 9)], hist[-1]
+        if b["step"] > a["step"]:
+            rate = (b["wall_time_s"] - a["wall_time_s"]) / (b["step"] - a["step"])
+    return {"step": st["step"], "best": st["best_val_accuracy"], "wall_s": st["wall_time_s"],
+            "reason": None, "solved_step": None, "rate": rate, "finished": False}
+
+
+def status_table(data: Path, jobs=JOBS):
+    """One row per campaign run (a pandas DataFrame): its cell, title, name, budget and
+    the authors', updates done, best validation accuracy so far, CPU-hours spent (one
+    thread per job; a population's runs share theirs, counted once on its first run),
+    the estimate to finish the budget at the recent speed, and its state (solved at,
+    not solved within, in flight, not started)."""
+    import pandas as pd
+
+    rows = []
+    for job in jobs:
+        for i, seed in enumerate(job.seeds):
+            name = job.name(seed)
+            p = _progress(data, name)
+            budget = job.args["steps"]
+            row = {"cell": job.cell, "run": name, "what": job.title, "budget": budget,
+                   "authors' budget": job.authors or None, "updates done": None,
+                   "best val. accuracy": None, "CPU-hours": None, "hours to budget": None,
+                   "state": "not started"}
+            if p is not None:
+                shared = job.population and i > 0
+                row.update({
+                    "updates done": p["step"], "best val. accuracy": p["best"],
+                    "CPU-hours": None if shared else p["wall_s"] / 3600})
+                if p["finished"]:
+                    row["state"] = (f"solved at {p['solved_step']}" if p["solved_step"]
+                                    else f"not solved within {p['step']} ({p['reason']})")
+                else:
+                    row["state"] = "in flight"
+                    if p["rate"] is not None and not shared:
+                        row["hours to budget"] = (budget - p["step"]) * p["rate"] / 3600
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_status(data: Path, jobs=JOBS) -> str:
+    """:func:`status_table` as Markdown, with the size of the committed in-flight files."""
+    table = status_table(data, jobs)
+    shown = table.astype(object).where(table.notna(), "—")
+    for col, fmt in (("CPU-hours", "{:.1f}"), ("hours to budget", "{:.1f}"),
+                     ("best val. accuracy", "{:.3f}")):
+        shown[col] = [fmt.format(v) if isinstance(v, float) and math.isfinite(v) else v
+                      for v in shown[col]]
+    for col in ("budget", "authors' budget", "updates done"):
+        shown[col] = [f"{int(v):,}".replace(",", " ") if isinstance(v, int | float)
+                      and v == v else v for v in shown[col]]
+    folder = data / SCALE / INFLIGHT
+    size = sum(f.stat().st_size for f in folder.rglob("*.pt")) if folder.is_dir() else 0
+    return (shown.to_markdown(index=False) + f"\n\nIn-flight state committed: "
+            f"{size / 2**20:.1f} MiB ({len(list(folder.rglob('*.pt'))) if folder.is_dir() else 0} "
+            f"files, each replaced in place at every snapshot).")
+
+
+def main(a, log=print) -> int:
+    """``python -m rsa reproduce --scale paper`` (:mod:`rsa.experiments`' parser):
+    ``--status`` prints the table, ``--snapshot`` copies the in-flight states into
+    ``data/paper/`` (then commit them), otherwise the jobs train (``--select``: cell
+    letters or run names)."""
+    data = Path(a.data_dir) if a.data_dir else io.data_root()
+    runs = Path(a.runs_dir) if a.runs_dir else io.runs_root()
+    if a.status:
+        if not (data / SCALE).is_dir() and a.data_dir:
+            raise ValueError(f"--data-dir {a.data_dir!r} holds no {SCALE}/ folder")
+        log(format_status(data))
+        return 0
+    if a.snapshot:
+        n = snapshot(data, runs, log)
+        log(f"{n} file(s) written under {data / SCALE}")
+        return 0
+    import torch
+
+    torch.set_num_threads(a.threads)
+    run(data, runs, a.select, log)
+    return 0
+

@@ -1,0 +1,94 @@
+"""The campaign at the authors' protocol (rsa.campaign): its jobs' commands are valid
+train commands, and a run resumes on a fresh clone from its committed in-flight state
+exactly as if it had never stopped."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from rsa import campaign, io
+from rsa.__main__ import _train_parser
+from rsa.campaign import Job
+
+ARGS = dict(model="rnn", task="copy", T=3, hidden_size=8, batch=2, steps=8, eval_every=2,
+            checkpoint_every=2, eval_batch=4, optimizer="rmsprop", lr=1e-3, clip=1.0)
+
+
+def _no_times(rows):
+    return [{k: v for k, v in r.items() if "time" not in k} for r in rows]
+
+
+def test_a_run_resumes_from_its_committed_state_on_a_fresh_clone_exactly(tmp_path):
+    jobs = (Job("x", "tiny", ARGS),)
+    name = jobs[0].name(0)
+    campaign.run(tmp_path / "A" / "data", tmp_path / "A" / "runs", jobs=jobs,
+                 log=lambda s: None)  # uninterrupted
+    # B: trained 4 updates, then the process died (no results written), snapshot taken
+    work = jobs[0].work(tmp_path / "B" / "runs", 0)
+    from rsa.train import train
+
+    train(seed=0, out_dir=str(work), progress=False, **{**ARGS, "steps": 4})
+    (work / "results.json").unlink()
+    assert campaign.snapshot(tmp_path / "B" / "data", tmp_path / "B" / "runs", jobs=jobs,
+                             log=lambda s: None) == 1
+    committed = tmp_path / "B" / "data" / "paper" / "inflight" / f"{name}.pt"
+    assert torch.load(committed, weights_only=True)["state"]["step"] == 4
+    # C: a fresh clone holds data/ only (runs/ is not committed)
+    shutil.copytree(tmp_path / "B" / "data", tmp_path / "C" / "data")
+    log = []
+    campaign.run(tmp_path / "C" / "data", tmp_path / "C" / "runs", jobs=jobs, log=log.append)
+    assert any("resuming from the committed state at update 4" in s for s in log), log
+    assert not (tmp_path / "C" / "data" / "paper" / "inflight" / f"{name}.pt").exists()
+    a, c = (io.load_run(tmp_path / x / "data" / "paper" / name) for x in "AC")
+    assert _no_times(a["history"].to_dict("records")) == \
+        _no_times(c["history"].to_dict("records"))
+    wa, wc = (torch.load(tmp_path / x / "data" / "paper" / name / "model.pt",
+                         weights_only=True) for x in "AC")
+    wa, wc = wa.get("model", wa), wc.get("model", wc)
+    assert wa.keys() == wc.keys() and all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert len(c["summary"]["segments"]) == 2 and c["summary"]["steps_done"] == 8
+    assert all(s["git"]["commit"] for s in c["summary"]["segments"])
+
+
+def test_a_snapshot_never_replaces_a_committed_state_by_an_older_one(tmp_path):
+    jobs = (Job("x", "tiny", ARGS),)
+    from rsa.train import train
+
+    work = jobs[0].work(tmp_path / "runs", 0)
+    train(seed=0, out_dir=str(work), progress=False, **{**ARGS, "steps": 4})
+    (work / "results.json").unlink()
+    campaign.snapshot(tmp_path / "data", tmp_path / "runs", jobs=jobs, log=lambda s: None)
+    shutil.rmtree(tmp_path / "runs")
+    train(seed=0, out_dir=str(work), progress=False, **{**ARGS, "steps": 2})
+    (work / "results.json").unlink()
+    assert campaign.snapshot(tmp_path / "data", tmp_path / "runs", jobs=jobs,
+                             log=lambda s: None) == 0
+    table = campaign.status_table(tmp_path / "data", jobs)
+    assert table.loc[0, "updates done"] == 4 and table.loc[0, "state"] == "in flight"
+
+
+@pytest.mark.parametrize("job", campaign.JOBS, ids=lambda j: j.name(j.seeds[0]))
+def test_every_job_command_is_a_valid_train_command(job):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    _train_parser(p)
+    words = campaign.job_command(job).split()
+    assert words[:4] == ["python", "-m", "rsa", "train"]
+    a = p.parse_args(words[4:])
+    for k, v in job.args.items():
+        assert getattr(a, k) == v, (k, getattr(a, k), v)
+    assert not a.stall_updates and not a.patience_updates or job.cell == "f"  # no stall rule
+    if job.cell in "abcg":
+        assert a.steps == campaign.AUTHORS_STEPS
+
+
+def test_a_finished_run_with_a_dirty_tree_and_no_diff_is_refused(tmp_path):
+    m = {"git": {"commit": "abc", "dirty": True}}
+    with pytest.raises(io.ProvenanceError, match="without its diff"):
+        io.check_provenance(m, "x/manifest.json")
+    io.check_provenance({"git": {"commit": "abc", "dirty": True, "diff": ""}}, "x")
+    io.check_provenance({"git": {"commit": "abc", "dirty": False}}, "x")
