@@ -294,8 +294,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="delays to evaluate, e.g. --T 100 1000 5000")
     t.add_argument("--batch", type=int, default=100,
                    help="fresh sequences per delay (default: 100)")
-    t.add_argument("--seed", type=int, default=0,
-                   help="seed of the evaluation sequences (default: 0)")
+    t.add_argument("--seed", type=int, default=2_000_000,
+                   help="seed of the evaluation sequences; the default is a stream that no "
+                        "training, validation or gradient batch of a run draws from, as the "
+                        "transfer stage uses (default: 2000000)")
     t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     sub.add_parser("bench", help="time and memory per training update (see bench --help)",
                    add_help=False)
@@ -315,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         # configuration and data errors: the message is the whole story
         print(f"error: {cli_message(str(e))}", file=sys.stderr)
         print(f"command: python -m rsa {shlex.join(argv)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a folder not writable: every file is atomic
+        print(f"error: {e}; every file written before is intact (written atomically): "
+              f"fix this and run the same command again to resume", file=sys.stderr)
         return 2
 
 

@@ -174,6 +174,7 @@ def _checkpoint_step(path: Path) -> int | None:
     import torch
 
     try:
+        io.check_torch_file(path)
         return int(torch.load(path, map_location="cpu", weights_only=True)["state"]["step"])
     except Exception:  # noqa: BLE001 -- an unreadable file is simply not a state to use
         return None

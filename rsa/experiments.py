@@ -444,6 +444,27 @@ TRANSFER_KEY = ["model", "variant", "seed", "T_train", "T"]
 TRANSFER_BATCH = 100
 TRANSFER_BATCH_BY_MODEL = {"sab": 20}
 TRANSFER_BATCH_BEFORE = 20
+# The transfer stage's sequences come from their own stream: seed TRANSFER_SEED, which
+# no training stream (the run's seed), validation stream (seed + VALIDATION_SEED_OFFSET)
+# or gradient batch (GRAD_SEED_OFFSET + seed) of any run draws from
+# (:func:`check_transfer_stream`). Rows evaluated before (TRANSFER_STREAM_BEFORE: seed
+# 1, whose first 100 sequences were the first 100 training sequences of every seed-1
+# run) are recomputed.
+TRANSFER_SEED = 2_000_000
+TRANSFER_STREAM_BEFORE = 1
+GRAD_SEED_OFFSET = 10_000
+
+
+def check_transfer_stream(seeds) -> None:
+    """Raise ValueError if :data:`TRANSFER_SEED` is a stream some run of ``seeds`` draws
+    from: its training data (seed), validation data (seed + VALIDATION_SEED_OFFSET) or
+    gradient batch (GRAD_SEED_OFFSET + seed)."""
+    from rsa.train import VALIDATION_SEED_OFFSET
+
+    for s in seeds:
+        if TRANSFER_SEED in (s, s + VALIDATION_SEED_OFFSET, GRAD_SEED_OFFSET + s):
+            raise ValueError(f"the transfer stream (seed {TRANSFER_SEED}) is a stream of "
+                             f"the run with seed {s}: choose another TRANSFER_SEED")
 
 
 def transfer_batch(model: str) -> int:
@@ -477,7 +498,8 @@ def _transfer_rows(folder: Path, run: dict, Ts: list[int],
                    device: str = "cpu") -> list[dict]:
     """Evaluate the stored model of one converged copy run (``folder/model.pt``) at the
     delays ``Ts``, without training: one batch of :func:`transfer_batch` sequences from
-    seed 1 per delay (recorded in the row's ``batch``). Each row carries the run's
+    seed :data:`TRANSFER_SEED` per delay (recorded in the row's ``batch`` and
+    ``stream``). Each row carries the run's
     ``solved`` flag and ``solved_step`` and its ``steps_done`` (which tells a re-trained
     run's stale rows)."""
     from rsa.tasks import evaluate_transfer
@@ -487,9 +509,9 @@ def _transfer_rows(folder: Path, run: dict, Ts: list[int],
     model = load_trained(folder, device=device)
     batch = transfer_batch(c["model"])
     with torch.no_grad():
-        rows = evaluate_transfer(model, Ts, batch=batch, seed=1)
+        rows = evaluate_transfer(model, Ts, batch=batch, seed=TRANSFER_SEED)
     return [{"model": c["model"], "variant": run["spec"].get("variant"), "seed": c["seed"],
-             "T_train": c["T"], "batch": batch, **r,
+             "T_train": c["T"], "batch": batch, "stream": TRANSFER_SEED, **r,
              "solved": bool(s.get("solved")), "solved_step": s.get("solved_step"),
              "steps_done": s["steps_done"]} for r in rows]
 
@@ -525,8 +547,9 @@ def _read_transfer_rows(path: Path) -> list[dict]:
     rows = io.load_csv(path).to_dict("records")
     for r in rows:
         r.setdefault("batch", TRANSFER_BATCH_BEFORE)
+        r.setdefault("stream", TRANSFER_STREAM_BEFORE)
         r.setdefault("variant", None)  # (io.load_csv reads an empty variant as None)
-        for k in ("seed", "T_train", "T", "batch", "steps_done"):
+        for k in ("seed", "T_train", "T", "batch", "stream", "steps_done"):
             r[k] = int(r[k])
         r["solved"] = bool(r["solved"])
         step = r["solved_step"]
@@ -550,6 +573,7 @@ def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") 
 
     out = DATA / scale / "transfer"
     stored, missing = load_stored_runs(scale, tasks=("copy",), data=DATA, variants=True)
+    check_transfer_stream(plan.seeds)
     old_runs = io.load_manifest(out).get("runs", {}) if (out / "manifest.json").is_file() \
         else {}
     by_run: dict[str, list[dict]] = {}
@@ -565,6 +589,11 @@ def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") 
         have = by_run.pop(name, [])
         if any({k: r[k] for k in state} != state for r in have):
             log(f"[transfer] {name}: trained again since it was evaluated; recomputed")
+            have = []
+        elif any(r["stream"] != TRANSFER_SEED for r in have):
+            log(f"[transfer] {name}: evaluated on the stream of seed "
+                f"{sorted({r['stream'] for r in have})}, now its own ({TRANSFER_SEED}); "
+                f"recomputed")
             have = []
         elif any(r["batch"] != transfer_batch(c["model"]) for r in have):
             log(f"[transfer] {name}: evaluated on {sorted({r['batch'] for r in have})} "
@@ -615,10 +644,11 @@ def _stage_transfer_converged(scale: str, plan: Plan, log, device: str = "cpu") 
                  + "".join(f", {m} at T = {TRANSFER_MAX[m]} in place of the delays beyond it"
                            for m in TRANSFER_AT_MAX)
                  + f"; {TRANSFER_BATCH} sequences per delay"
+                 + f" from their own stream (seed {TRANSFER_SEED}, drawn by no run)"
                  + "".join(f", {m} {b}" for m, b in TRANSFER_BATCH_BY_MODEL.items())},
-        seed=1, wall_time_s=time.perf_counter() - t0, device=device,
+        seed=TRANSFER_SEED, wall_time_s=time.perf_counter() - t0, device=device,
         tables={"transfer.csv": (rows, TRANSFER_KEY + [
-            "batch", "loss", "accuracy", "solved", "solved_step", "steps_done"])},
+            "batch", "stream", "loss", "accuracy", "solved", "solved_step", "steps_done"])},
         extra={"runs": dict(sorted(runs.items())), "runs_added": added,
                "copy_runs_not_stored": [m["name"] for m in missing]})
     log(f"[transfer] {len(added)} run(s) evaluated, {len(runs)} in all; "
@@ -647,7 +677,7 @@ def _stage_transfer(scale: str, plan: Plan, log, device: str = "cpu") -> None:
                     if model == "memrnn" and T > 2000:  # O(T^2) evaluation: skip, say so
                         continue
                     with torch.no_grad():
-                        (r,) = evaluate_transfer(m, [T], batch=20, seed=1)
+                        (r,) = evaluate_transfer(m, [T], batch=20, seed=TRANSFER_SEED)
                     rows.append({"model": model, "seed": seed, "T_train": T_train, **r})
                     log(f"[transfer] {model} s{seed} trained T={T_train} -> T={T}: "
                         f"acc {r['accuracy']:.3f}")
@@ -655,7 +685,7 @@ def _stage_transfer(scale: str, plan: Plan, log, device: str = "cpu") -> None:
         out, scale, "transfer",
         {"scale": scale, "transfer_Ts": plan.transfer_Ts, "max": plan.transfer_max,
          "batch": 20, "note": "memrnn evaluated up to T = 2000 only (O(T^2))"},
-        seed=1, wall_time_s=time.perf_counter() - t0, device=device,
+        seed=TRANSFER_SEED, wall_time_s=time.perf_counter() - t0, device=device,
         tables={"transfer.csv": rows})
 
 
@@ -666,7 +696,7 @@ def _grad_rows(model, task, T, seed):
     from rsa.measure import grad_norms
     from rsa.tasks import make_generator, synthetic_batch
 
-    x, y = synthetic_batch(task, T, 20, make_generator(10_000 + seed))  # on the CPU
+    x, y = synthetic_batch(task, T, 20, make_generator(GRAD_SEED_OFFSET + seed))  # on CPU
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     return [(t + 1, float(v)) for t, v in enumerate(grad_norms(model, x, y))]
@@ -1091,7 +1121,9 @@ def plan_status(scale: str, data=None) -> str:
                                           else (str(steps[0]) if steps else "—")),
                      "best val. accuracy": (f"{best[0]:.3f}–{best[-1]:.3f}" if len(best) > 1
                                             else (f"{best[0]:.3f}" if best else "—")),
-                     "stopped by": ", ".join(sorted(set(done["stop_reason"]))) or "—"
+                     "stopped by": ", ".join(sorted({str(r) if r == r and r is not None
+                                                      else "not recorded"
+                                                      for r in done["stop_reason"]})) or "—"
                      if len(done) else "—"})
     hours = (table["wall_time_s"].sum() / 3600) if len(table) else 0.0
     out = pd.DataFrame(rows).to_markdown(index=False)
@@ -1213,6 +1245,9 @@ def main(argv=None) -> int:
             return campaign.main(a, log=lambda s: print(s, flush=True))
         except (ValueError, RuntimeError) as e:
             p.error(str(e))
+    if a.data_dir and (a.status or a.dry_run) and not Path(a.data_dir).is_dir():
+        p.error(f"--data-dir {a.data_dir!r} is not a folder; name the folder that holds "
+                f"<scale>/ (default: data/ of the checkout)")
     if a.status:
         with _reading(a.data_dir):
             print(plan_status(a.scale))

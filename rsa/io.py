@@ -38,7 +38,7 @@ from typing import Any
 __all__ = [
     "atomic_open", "atomic_write_text", "atomic_write_bytes", "write_json", "write_csv",
     "atomic_torch_save", "build_manifest", "machine_description", "git_commit",
-    "check_provenance", "ProvenanceError", "CODE_PATHS",
+    "check_provenance", "ProvenanceError", "CODE_PATHS", "check_torch_file",
     "load_json", "load_csv", "load_manifest", "load_run", "portable_path",
     "portable_command", "file_mode", "data_root", "runs_root", "check_output_root",
 ]
@@ -186,6 +186,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def check_torch_file(path: str | os.PathLike) -> None:
+    """Raise ValueError if the ``torch.save`` file at ``path`` is damaged: torch's zip
+    format stores a CRC-32 of every record, which ``torch.load`` does not check, so a
+    flipped byte inside a tensor would load as wrong weights."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{str(path)!r} is not a readable torch file ({e})") from None
+    if bad is not None:
+        raise ValueError(f"{str(path)!r} is damaged: record {bad!r} fails its checksum")
 
 
 # -- portable paths -----------------------------------------------------------------------
@@ -392,7 +407,19 @@ def load_json(path: str | os.PathLike, regenerate: str | None = None) -> Any:
     path = Path(path)
     if not path.is_file():
         raise _missing(path, regenerate)
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(_damaged(path, e, regenerate)) from None
+
+
+def _damaged(path: Path, error: BaseException, regenerate: str | None) -> str:
+    """One line for a stored file that cannot be read: which, why, and the way out."""
+    how = f"regenerate it with: {regenerate}" if regenerate else \
+        "regenerate it with the command its manifest.json records"
+    why = " ".join(str(error).split())[:120]
+    return (f"{str(path)!r} is damaged ({type(error).__name__}: {why}); restore it from "
+            f"git (git checkout -- <file>) or {how}")
 
 
 # Columns of words, read as written: a run stopped by the NaN rule has the stop reason
@@ -432,6 +459,17 @@ def load_run(folder: str | os.PathLike, regenerate: str | None = None) -> dict[s
 
     folder = Path(folder)
     results = load_json(folder / "results.json", regenerate)
+    csv_path = folder / "history.csv"
+    if csv_path.is_file():  # the same rows as results.json, or a damaged file
+        try:
+            rows = pd.read_csv(csv_path)
+            if len(rows) != len(results["history"]) or (
+                    len(rows) and "step" in rows and list(rows["step"]) != [
+                        r["step"] for r in results["history"]]):
+                raise ValueError(f"{len(rows)} rows, results.json has "
+                                 f"{len(results['history'])}")
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise ValueError(_damaged(csv_path, e, regenerate)) from None
     return {"config": results["config"], "summary": results["summary"],
             "complete": results.get("complete", True),
             "history": pd.DataFrame(results["history"]),

@@ -28,3 +28,17 @@ def one_thread():
 def repo_root() -> Path:
     """The repository root (holds rsa/, book/, data/)."""
     return ROOT
+
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.helpers import FAULTS
+
+    if not FAULTS.counts:
+        return
+    tr = terminalreporter
+    tr.section("fault injection")
+    for kind, (injected, survived) in FAULTS.counts.items():
+        tr.write_line(f"{kind}: {injected} injected, {survived} survived")
+    total = [sum(c[i] for c in FAULTS.counts.values()) for i in (0, 1)]
+    tr.write_line(f"faults injected: {total[0]}, survived: {total[1]}")

@@ -107,3 +107,19 @@ def holding(folder):
     finally:
         proc.kill()
         proc.wait()
+
+
+class _Faults:
+    """Faults injected by tests/test_faults.py and how many the project survived (the
+    test asserts what surviving means); printed at the end of the session."""
+
+    def __init__(self):
+        self.counts: dict[str, list[int]] = {}
+
+    def add(self, kind: str, injected: int, survived: int) -> None:
+        c = self.counts.setdefault(kind, [0, 0])
+        c[0] += injected
+        c[1] += survived
+
+
+FAULTS = _Faults()

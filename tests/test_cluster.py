@@ -353,6 +353,10 @@ def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 def test_status_and_dry_run_read_the_data_dir_given(tiny, capsys):
     empty = tiny / "fresh"
+    with pytest.raises(SystemExit):  # a folder that does not exist is named, not read as empty
+        experiments.main(["--scale", "tiny", "--status", "--data-dir", str(empty)])
+    assert f"--data-dir {str(empty)!r} is not a folder" in capsys.readouterr().err
+    empty.mkdir()
     assert experiments.main(["--scale", "tiny", "--status", "--data-dir", str(empty)]) == 0
     n = len(experiments.plan_runs("tiny"))
     assert capsys.readouterr().out.rstrip().endswith(f"0 runs stored (0.0 hours of "

@@ -17,6 +17,7 @@ import contextlib
 import json
 import pickle
 import signal
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -107,6 +108,7 @@ def _checkpoint_errors(path: Path):
 def _load_checkpoint(path: Path, device: torch.device) -> dict:
     """The checkpoint at ``path``, with the fields resuming needs, or a ResumeError."""
     with _checkpoint_errors(path):
+        io.check_torch_file(path)
         ckpt = torch.load(path, map_location=device, weights_only=True)
         missing = [k for k in ("config", "model", "optimizer", "data", "torch_rng", "state")
                    if k not in ckpt]
@@ -219,9 +221,26 @@ def load_trained(out_dir: str | Path, device: str = "cpu") -> TaskModel:
             "train a model with `python -m rsa train --out DIR` first"
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found; {how}")
     dev = _device(device)
-    ckpt = torch.load(path, map_location=dev, weights_only=True)
-    c: dict[str, Any] = ckpt["config"]
-    model = build_task_model(c["model"], c["task"], c["hidden_size"], nu=c["nu"],
-                             rho=c["rho"], nonlinearity=c["nonlinearity"], init=c["init"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(dev).eval()
+    candidates = [path] + ([Path(out_dir) / MODEL_FILE] if path.name == CHECKPOINT
+                           and (Path(out_dir) / MODEL_FILE).is_file() else [])
+    failures = []
+    for i, candidate in enumerate(candidates):
+        try:
+            io.check_torch_file(candidate)
+            ckpt = torch.load(candidate, map_location=dev, weights_only=True)
+            c: dict[str, Any] = ckpt["config"]
+            model = build_task_model(c["model"], c["task"], c["hidden_size"], nu=c["nu"],
+                                     rho=c["rho"], nonlinearity=c["nonlinearity"],
+                                     init=c["init"])
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError,
+                AttributeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+            failures.append(f"{str(candidate)!r} ({type(e).__name__}: {_one_line(e, 80)})")
+            continue
+        if i > 0:
+            print(f"note: {failures[0]} cannot be read; loaded the run's trained weights "
+                  f"from {str(candidate)!r}", file=sys.stderr)
+        return model.to(dev).eval()
+    raise ValueError(f"no readable weights in {str(out_dir)!r}: {'; '.join(failures)}; "
+                     f"train the run again (the same command with --no-resume) or restore "
+                     f"the file from where it was stored (data/)")
