@@ -359,16 +359,19 @@ def status_table(data: Path, jobs=JOBS):
     return pd.DataFrame(rows)
 
 
-def format_status(data: Path, jobs=JOBS) -> str:
-    """:func:`status_table` as Markdown, with the size of the committed in-flight files."""
-    table = status_table(data, jobs)
+def format_status(data: Path, jobs=JOBS, table=None) -> str:
+    """:func:`status_table` (or ``table``, some of its columns) as Markdown, with the
+    size of the committed in-flight files."""
+    table = status_table(data, jobs) if table is None else table
     shown = table.astype(object).where(table.notna(), "—")
     for col, fmt in (("CPU-hours", "{:.1f}"), ("hours to budget", "{:.1f}"),
                      ("best val. accuracy", "{:.3f}")):
-        shown[col] = [fmt.format(v) if isinstance(v, float) and math.isfinite(v) else v
+        if col in shown:
+            shown[col] = [fmt.format(v) if isinstance(v, float) and math.isfinite(v) else v
                       for v in shown[col]]
     for col in ("budget", "authors' budget", "updates done"):
-        shown[col] = [f"{int(v):,}".replace(",", " ") if isinstance(v, int | float)
+        if col in shown:
+            shown[col] = [f"{int(v):,}".replace(",", " ") if isinstance(v, int | float)
                       and v == v else v for v in shown[col]]
     folder = data / SCALE / INFLIGHT
     size = sum(f.stat().st_size for f in folder.rglob("*.pt")) if folder.is_dir() else 0

@@ -72,7 +72,18 @@ Quirks of the release kept here (each changes the function or its gradient):
 Left out of the release (no effect on the function): the attention visualisation
 (``attn_w_viz``, ``print_attention_step``), ``.cuda()`` calls, the read-out layer ``fc``
 (here :class:`rsa.heads.TaskModel`'s read-out on the output [h_t; s_t]). The release's
-copy data feed the symbol as one float (input size 1); the book's tasks feed it one-hot.
+copy data feed the symbol as one float (input size 1) and read out 10 classes; the
+book's copy task feeds it one-hot (10 inputs) and reads out 9 classes (the blank and the
+8 symbols), as for every model of the book.
+
+**The threshold of another example, as the release ran.** The release computes
+``delta = torch.topk(attn_s, top_k, dim=1)[0][:, -1] + eps``, a (B,) vector, then
+``attn_s - delta.repeat(1, time_step)``: under PyTorch 0.1.12, which it was written for
+(no broadcasting), ``repeat`` makes a (1, B m) tensor and the subtraction pairs the
+elements in storage order, so the score of example b at slot j is compared with the
+threshold of example (b m + j) mod B, not its own (the same for the normaliser). With
+B = 1 the two agree. :func:`sparsify` uses each example's own threshold, the evident
+intent; the chapter says so.
 
 Defaults, the release's copy setting: ``top_k = 5`` and ``truncate_length = 5`` (the
 README's command), ``attn_every_k = 2`` (the copy script's default), n = 128 units (its

@@ -92,3 +92,14 @@ def test_a_finished_run_with_a_dirty_tree_and_no_diff_is_refused(tmp_path):
         io.check_provenance(m, "x/manifest.json")
     io.check_provenance({"git": {"commit": "abc", "dirty": True, "diff": ""}}, "x")
     io.check_provenance({"git": {"commit": "abc", "dirty": False}}, "x")
+
+
+def test_the_readme_campaign_table_is_the_committed_state():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "tools/campaign_sync.py", "--check"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
