@@ -3,7 +3,8 @@
 1. ``python -m rsa reproduce --scale paper --snapshot``: the in-flight state of every
    unfinished run into ``data/paper/inflight/``, finished runs into ``data/paper/``;
 2. the campaign table of the README (between its ``campaign-table`` markers);
-3. the *Reproducibility* chapter, which shows the same table, re-executed in place.
+3. the chapters that read it (*Copy and denoise*, *Reproducibility*), re-executed in
+   place.
 
 Run it from the repository root, about once an hour while the campaign trains and
 before work stops (``--runs-dir`` names the runs folder the campaign trains in, when
@@ -20,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+CHAPTERS = ("copy_denoise.ipynb", "reproducibility.ipynb")  # the chapters that read it
 BEGIN = "<!-- campaign-table: begin (python tools/campaign_sync.py) -->"
 END = "<!-- campaign-table: end -->"
 
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
         return 0
     readme_path.write_text(new, encoding="utf-8")
     subprocess.run([sys.executable, "tools/run_chapter.py", "--no-times",
-                    "book/reproducibility.ipynb"], cwd=ROOT, check=True)
+                    *(f"book/{c}" for c in CHAPTERS)], cwd=ROOT, check=True)
     return 0
 
 
