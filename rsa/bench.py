@@ -12,7 +12,7 @@ autograd, their specification, next to it: ``--models rellstm rellstm_unfused`` 
 
 The updates are timed in interleaved rounds (:func:`rsa.measure.update_times`). On a
 shared virtual machine the same update can take twice as long for seconds to minutes
-at a time (the README's *Speed* section shows it): interleaving spreads such periods
+at a time (the book's *Using rsa*, Speed, shows it): interleaving spreads such periods
 over every configuration, the fastest update says what the code does when the machine
 is quiet, and the median what a run met. Configurations whose estimated memory
 (:func:`rsa.measure.estimate_memory`) exceeds the budget are skipped and say so (MemRNN

@@ -28,8 +28,8 @@ results atomically with a ``manifest.json``:
 
 Every stage runs on ``--device``; ``--data-dir`` and ``--runs-dir`` (or ``RSA_DATA_DIR``,
 ``RSA_RUNS_DIR``) move ``data/`` and ``runs/``; ``--executor slurm`` submits the plan to
-a SLURM cluster and ``--dry-run`` estimates its cost (:mod:`rsa.cluster`; the README's
-*Running the full plan on a cluster*).
+a SLURM cluster and ``--dry-run`` estimates its cost (:mod:`rsa.cluster`; the book's *Using rsa*,
+Running the full plan on a cluster).
 """
 
 from __future__ import annotations

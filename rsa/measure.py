@@ -140,8 +140,8 @@ def update_times(configs, *, hidden_size: int = 128, task: str = "copy", repeats
     the same rounds as the fused default).
 
     Why: on a shared virtual machine the same update can run twice as slowly for seconds
-    to minutes at a time (README, *Speed*). Timed one configuration after the other, a
-    slow period lands on a few configurations only and bends the curve of time against
+    to minutes at a time (the book's *Using rsa*, Speed). Timed one configuration after
+    the other, a slow period lands on a few configurations only and bends the curve of time against
     T; interleaved, every configuration sees the same mix of fast and slow periods.
     """
     from rsa.train import train_step

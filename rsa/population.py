@@ -46,7 +46,7 @@ the others go on. Runs of a population may start at different updates (some resu
 from checkpoints, some new): each keeps its own step count, evaluation grid and stopping
 rules. The time recorded per run is the wall time of the population's updates (each
 run's ``segments`` entry says ``population``: how many runs shared them at its start).
-Throughput: ``python -m rsa bench population`` (README, *Population training*).
+Throughput: ``python -m rsa bench population`` (the book's *Using rsa*, Population training).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ INTRO = BOOK / "intro.md"
 
 # Files a reader or a contributor reads, which are kept free of the project's private
 # notes and machine paths (the chapters are checked by their own authors).
-READER_FILES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", INTRO, PAPER,
+READER_FILES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", INTRO, PAPER, BOOK / "using_rsa.md",
                 *sorted((ROOT / "rsa").glob("*.py"))]
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One session on a GPU machine, as one prepared command (the figures in the README's
-# "On a GPU" section come from it):
+# One session on a GPU machine, as one prepared command (the figures in the book's *Using rsa*,
+# section "On a GPU", come from it):
 #   1. the CUDA tests (tests/test_cuda.py: fused models on CUDA against the CPU loop);
 #   2. `python -m rsa bench --device cuda`: time and peak memory of an update per model;
 #   3. a slice of the converged plan trained on the GPU: N_PROC processes of
