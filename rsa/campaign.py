@@ -377,7 +377,8 @@ def format_status(data: Path, jobs=JOBS, table=None) -> str:
     size = sum(f.stat().st_size for f in folder.rglob("*.pt")) if folder.is_dir() else 0
     return (shown.to_markdown(index=False) + f"\n\nIn-flight state committed: "
             f"{size / 2**20:.1f} MiB ({len(list(folder.rglob('*.pt'))) if folder.is_dir() else 0} "
-            f"files, each replaced in place at every snapshot).")
+            f"files, each replaced in place at every snapshot: a snapshot adds about that "
+            f"much to the repository's history, a few snapshots a working day).")
 
 
 def main(a, log=print) -> int:

@@ -103,3 +103,17 @@ def test_the_readme_campaign_table_is_the_committed_state():
     done = subprocess.run([sys.executable, "tools/campaign_sync.py", "--check"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_population_is_snapshotted_only_at_one_update_for_all_its_runs(tmp_path):
+    from rsa.train import train
+
+    job = Job("x", "tiny", ARGS, seeds=(0, 1), population=True)
+    for seed, steps in ((0, 4), (1, 2)):  # as if caught between two members' writes
+        work = job.work(tmp_path / "runs", seed)
+        train(seed=seed, out_dir=str(work), progress=False, **{**ARGS, "steps": steps})
+        (work / "results.json").unlink()
+    with pytest.raises(RuntimeError, match="stay at different updates"):
+        campaign.snapshot(tmp_path / "data", tmp_path / "runs", jobs=(job,),
+                          log=lambda s: None, wait_s=0)
+    assert not (tmp_path / "data" / "paper" / "inflight").exists()
