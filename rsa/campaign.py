@@ -325,6 +325,11 @@ def _progress(data: Path, name: str) -> dict | None:
             "reason": None, "solved_step": None, "rate": rate, "finished": False}
 
 
+def _n(k: int) -> str:
+    """20000 -> "20 000", as the book writes numbers."""
+    return f"{int(k):,}".replace(",", " ")
+
+
 def status_table(data: Path, jobs=JOBS):
     """One row per campaign run (a pandas DataFrame): its cell, title, name, budget and
     the authors', updates done, best validation accuracy so far, CPU-hours spent (one
@@ -349,8 +354,8 @@ def status_table(data: Path, jobs=JOBS):
                     "updates done": p["step"], "best val. accuracy": p["best"],
                     "CPU-hours": None if shared else p["wall_s"] / 3600})
                 if p["finished"]:
-                    row["state"] = (f"solved at {p['solved_step']}" if p["solved_step"]
-                                    else f"not solved within {p['step']} ({p['reason']})")
+                    row["state"] = (f"solved at {_n(p['solved_step'])}" if p["solved_step"]
+                                    else f"not solved within {_n(p['step'])} ({p['reason']})")
                 else:
                     row["state"] = "in flight"
                     if p["rate"] is not None and not shared:
