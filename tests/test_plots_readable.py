@@ -100,3 +100,36 @@ def test_no_text_smaller_than_nine_points():
                         and t.get_fontsize() < MIN_POINTS})
         assert not small, small[:5]
         plt.close(fig)
+
+
+def curves_with_an_explosion():
+    rows = []
+    for T in (100, 200):
+        for m, seed in (("rnn", 0), ("relrnn", 0), ("lstm", 1)):
+            for step in range(250, 5001, 250):
+                loss = 0.2 * np.exp(-step / 2000)
+                if m == "rnn" and T == 200 and step >= 1000:
+                    loss = 1e28  # exploded
+                if m == "lstm" and T == 100:
+                    continue  # a model in one panel only
+                rows.append({"model": m, "T": T, "seed": seed, "step": step, "val_loss": loss})
+    rows.append({"model": "memrnn", "T": 500, "seed": 0, "step": 250, "val_loss": np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_learning_curves_name_every_model_and_keep_exploded_runs_off_the_scale():
+    fig = plotting.plot_run_curves(curves_with_an_explosion(), y="val_loss", logy=True,
+                                   ylabel="validation loss", chance=0.1,
+                                   chance_label="memoryless", clip_top=22.0)
+    labels = {t.get_text() for ax in fig.axes if ax.get_legend()
+              for t in ax.get_legend().get_texts()}
+    for m in ("rnn", "relrnn", "lstm", "memrnn"):  # lstm and memrnn: not in the last panel
+        assert plotting.model_label(m) in labels, (m, labels)
+    assert any("off the scale" in t for t in labels)
+    for ax in fig.axes:
+        low, high = ax.get_ylim()
+        assert high <= 22.0 + 1e-9 and np.log10(high / low) <= 12, (low, high)
+    crosses = [ln for ax in fig.axes for ln in ax.lines if ln.get_marker() == "x"]
+    assert len(crosses) == 2  # the exploded RNN and the MemRNN whose loss is not finite
+    nan_panel = fig.axes[-1]
+    assert any("no finite value" in t.get_text() for t in nan_panel.texts)

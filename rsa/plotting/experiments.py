@@ -324,38 +324,81 @@ def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = 
                     unit: str = "seed", ylabel: str = "validation accuracy",
                     xlabel: str = "updates", col_title: str = "$T$ = {}",
                     chance=None, chance_label: str = "no memory", solved=None,
-                    solved_label: str = "solved", col_order=None, logy: bool = False):
+                    solved_label: str = "solved", col_order=None, logy: bool = False,
+                    clip_top: float | None = None,
+                    clip_label: str = "exploded (off the scale)"):
     """Learning curves of runs of different lengths: one panel per ``col`` value, one
     thin line per run (a ``unit``, e.g. the seed) coloured by model, each ending where
     its run stopped. ``solved``: a level (e.g. 0.99) drawn as a dashed line. A column
     ``solved_step`` in ``table`` (per run, NaN when it was not solved) puts a star at
     the evaluation where each run was solved. ``chance``: a dotted level, or {``col``
-    value: level}."""
+    value: level}. ``clip_top``: the top of the y axis; a run whose value passes it (or
+    is not finite) is drawn up to there and marked with a cross at the top edge
+    (``clip_label``), so one exploded run does not squash the others into one band.
+    Every model drawn in any panel has a legend entry; a panel with no finite value
+    says so."""
     df = pd.DataFrame(table)
     _require(df, ["model", col, x, y, unit])
     values = list(col_order) if col_order is not None else sorted(df[col].unique())
     if not values:
         return _empty_figure(xlabel, ylabel)
     fig, axes = _panels(len(values))
+    drawn_models, clipped = [], False
     for ax, v in zip(axes, values, strict=True):
         g = df[df[col] == v]
+        finite_any = False
         for m in _by_model_order(g["model"].unique()):
-            for k, (_, h) in enumerate(g[g["model"] == m].groupby(unit)):
+            for _, h in g[g["model"] == m].groupby(unit):
                 h = h.sort_values(x)
-                ax.plot(h[x], h[y], lw=1.4, alpha=0.85, color=model_color(m),
-                        label=model_label(m) if k == 0 else None)
+                yv = h[y].to_numpy(dtype=float)
+                bad = ~np.isfinite(yv) | ((yv > clip_top) if clip_top is not None else False)
+                cut = int(np.argmax(bad)) if bad.any() else len(yv)
+                xs, ys = h[x].to_numpy()[:cut], yv[:cut]
+                if len(xs):
+                    finite_any = True
+                    ax.plot(xs, ys, lw=1.4, alpha=0.85, color=model_color(m))
+                    if m not in drawn_models:
+                        drawn_models.append(m)
+                if bad.any() and clip_top is not None:
+                    ax.plot([h[x].to_numpy()[cut]], [clip_top], ls="", marker="x", ms=8,
+                            mew=2, color=model_color(m), clip_on=False, zorder=5)
+                    clipped = True
+                    if m not in drawn_models:
+                        drawn_models.append(m)
                 if "solved_step" in h and h["solved_step"].notna().any():
                     at = h[h[x] == h["solved_step"].iloc[0]]
                     ax.plot(at[x], at[y], ls="", marker="*", ms=11, color=model_color(m),
                             mec="black", zorder=4)
         _finish_panel(ax, v, chance, chance_label, xlabel, col_title, logy=logy)
+        if not finite_any:
+            ax.text(0.5, 0.5, "no finite value\n(see the table of runs)",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=9,
+                    color="0.35")
+            if len(g):
+                ax.set_xlim(0, max(1, float(g[x].max())) * 1.05)
         if solved is not None:
-            ax.axhline(solved, color="0.3", ls="--", lw=1.0, label=solved_label)
+            ax.axhline(solved, color="0.3", ls="--", lw=1.0)
+    if clip_top is not None:  # once all panels are drawn (they share the y axis)
+        shown = df[y].to_numpy(dtype=float)
+        shown = shown[np.isfinite(shown) & (shown <= clip_top) & ((shown > 0) | (not logy))]
+        if len(shown):
+            low = shown.min()
+            axes[0].set_ylim(low * 0.7 if logy else low - 0.05 * (clip_top - low), clip_top)
     axes[0].set_ylabel(ylabel)
+    handles = [plt.Line2D([], [], color=model_color(m), lw=1.8, label=model_label(m))
+               for m in drawn_models]
+    if chance is not None:
+        handles.append(plt.Line2D([], [], **_CHANCE, label=chance_label))
+    if solved is not None:
+        handles.append(plt.Line2D([], [], color="0.3", ls="--", lw=1.0, label=solved_label))
     if "solved_step" in df and df["solved_step"].notna().any():
-        axes[-1].plot([], [], ls="", marker="*", ms=11, color="0.6", mec="black",
-                      label="solved here")
-    _legend_outside(fig, axes[-1], "model")
+        handles.append(plt.Line2D([], [], ls="", marker="*", ms=11, color="0.6",
+                                  mec="black", label="solved here"))
+    if clipped:
+        handles.append(plt.Line2D([], [], ls="", marker="x", ms=8, mew=2, color="0.4",
+                                  label=clip_label))
+    axes[-1].legend(handles=handles, title="model", fontsize="small", loc="center left",
+                    bbox_to_anchor=(1.02, 0.5))
     return fig
 
 
