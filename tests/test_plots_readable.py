@@ -133,3 +133,12 @@ def test_learning_curves_name_every_model_and_keep_exploded_runs_off_the_scale()
     assert len(crosses) == 2  # the exploded RNN and the MemRNN whose loss is not finite
     nan_panel = fig.axes[-1]
     assert any("no finite value" in t.get_text() for t in nan_panel.texts)
+
+
+def test_one_model_per_panel_gets_one_legend_of_line_styles_below_the_figure():
+    fig = plotting.plot_grad_profiles(grad_table(panels=("rnn", "relrnn"), hues=(3,))
+                                      .drop(columns="rho").assign(panel=lambda d: d["model"]),
+                                      hue="model", col="panel", style="when")
+    assert all(ax.get_legend() is None for ax in fig.axes)  # no legend in a panel
+    labels = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    assert labels == ["start (untrained)", "end (trained)"]

@@ -160,11 +160,26 @@ def plot_grad_profiles(table, hue: str = "model", col: str = "task",
         _plain_log_ticks(ax)
         ax.set_xlabel(xlabel)
         ax.set_title(col_title.format(model_label(v)))
-        _legend_below(ax)  # below the panel: never over the curves
+    # one model per panel, named by its title: one legend for the line styles, below the
+    # figure; otherwise each panel's legend below it (never over the curves)
+    one_each = hue == "model" and style and all(
+        df[df[col] == v][hue].nunique() <= 1 for v in values)
+    if one_each:
+        styles = sorted(df[style].unique(), key=lambda s: s != "start")
+        handles = [plt.Line2D([], [], color="0.35", lw=1.0 if s == "start" else 1.8,
+                              ls="--" if s == "start" else "-",
+                              label=f"{s} (untrained)" if s == "start" else
+                              f"{s} (trained)" if s == "end" else str(s))
+                   for s in styles]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles),
+                   fontsize="small", frameon=False, title="colour: the panel's model")
+    else:
+        for ax in axes:
+            _legend_below(ax)
     for ax in axes:
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel(ylabel)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1) if one_each else (0, 0, 1, 1))
     return fig
 
 
