@@ -40,24 +40,26 @@ inside the population: exact, no gain. Clipping and the optimizer step are the s
 checkpoints are the single run's, and a run of a population resumes alone or in
 another population.
 
+One loop: the record of every run (evaluation, stopping rules, checkpoint, results,
+finish) is the single run's own code, :mod:`rsa.train.loop`, called by
+:class:`_Member`; the population adds only the batched update.
+
 A run that stops early (solved, stalled, patience) is finished at once (its results,
 weights and checkpoint written as a single run writes them) and leaves the population;
 the others go on. Runs of a population may start at different updates (some resumed
 from checkpoints, some new): each keeps its own step count, evaluation grid and stopping
 rules. The time recorded per run is the wall time of the population's updates (each
 run's ``segments`` entry says ``population``: how many runs shared them at its start).
-Throughput: ``python -m rsa bench population`` (the book's *Using rsa*, Population training).
+Throughput: ``python -m rsa bench population`` (the book's *Using rsa*, Population
+training).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -70,43 +72,37 @@ from rsa.fused_screened import (
     _AttentionGrad,
     _check_screening,
 )
-from rsa.heads import TaskModel, build_task_model
+from rsa.heads import TaskModel
 from rsa.models import LSTM, RNN, MemRNN, RelLSTM, RelRNN
-from rsa.tasks import get_task
 from rsa.train import (
     CHECKPOINT,
     MODEL_FILE,
     RunState,
     TrainConfig,
     TrainResult,
-    _checkpoint_errors,
-    _data,
-    _device,
     _finished_run,
     _Interrupt,
     _progress_bar,
-    _stop_reason,
-    _summary,
     config_command,
-    evaluate,
-    make_optimizer,
     resolve_config,
 )
-from rsa.train.checkpoint import resumable_checkpoint
+from rsa.train.checkpoint import restore, resumable_checkpoint
 from rsa.train.lock import hold
+from rsa.train.loop import (
+    _account,
+    _Clock,
+    _finish,
+    _prepare,
+    _record_evaluation,
+    _save,
+    _start_segment,
+    _write_results,
+)
 
 __all__ = ["train_population", "population_step", "population_forward", "batched",
            "PopulationMemRNNFunction", "PopulationRelRNNFunction",
            "PopulationRelLSTMFunction", "seed_dirs",
            "stage_train_populations"]
-
-
-def _summary_of(state: dict, steps_per_epoch, n_params: int, c: TrainConfig) -> dict:
-    """A member's summary, as :func:`rsa.train.train` writes it: the single-run summary
-    (``rsa.train.loop._summary``) of the member's state, which a population keeps as the
-    checkpoint's dict (:meth:`rsa.train.RunState.to_checkpoint`)."""
-    run = SimpleNamespace(config=c, steps_per_epoch=steps_per_epoch, n_params=n_params)
-    return _summary(run, RunState.from_checkpoint(state))
 
 
 # -- the batched forward -------------------------------------------------------------------
@@ -648,164 +644,88 @@ def seed_dirs(out_dir: str | Path, seeds) -> list[str]:
     return [str(Path(out_dir) / f"s{seed}") for seed in seeds]
 
 
-class _Run:
-    """One run of a population: what :func:`rsa.train.train` builds for a single run
-    (model, optimizer, data, state, output files), with its loop body split into
-    :meth:`record` (after each update) and :meth:`finish`."""
+class _Member:
+    """One run of a population: the single run's own record, from :mod:`rsa.train.loop`
+    (model, optimizer and data from ``_prepare``, :class:`rsa.train.RunState`, the
+    evaluation and stopping rules, checkpoint, results and finish of
+    :func:`rsa.train.train`); the population supplies only the batched update
+    (:func:`population_step`) and calls :meth:`record` after it."""
 
-    def __init__(self, c: TrainConfig, device: torch.device, argv, population: int):
-        self.c, self.device = c, device
-        spec = get_task(c.task)
-        self.out = out = Path(c.out_dir) if c.out_dir is not None else None
-        torch.manual_seed(c.seed)  # model initialisation, as a single run
-        self.model = build_task_model(c.model, spec, c.hidden_size, nu=c.nu, rho=c.rho,
-                                      nonlinearity=c.nonlinearity, init=c.init).to(device)
+    def __init__(self, c: TrainConfig, argv, population: int):
+        self.c = c
+        self.run = run = _prepare(c)  # torch.manual_seed(c.seed), then the model, as alone
         self.torch_rng = torch.get_rng_state()  # what a single run's checkpoint holds
-        self.optimizer = make_optimizer(c.optimizer, self.model.parameters(), c.lr)
-        self.stream, self.val, self.test, self.steps_per_epoch = _data(c, device)
-        self.n_params = sum(p.numel() for p in self.model.parameters())
-        self.state = {"step": 0, "history": [], "wall_time_s": 0.0, "train_time_s": 0.0,
-                      "interval": {"loss": 0.0, "accuracy": 0.0, "count": 0},
-                      "first_perfect_step": None, "best_val_accuracy": None,
-                      "best_step": None, "stopped_early": False}
-        recorded = copy.copy(c)
-        recorded.out_dir = None if c.out_dir is None else io.portable_path(c.out_dir)
-        recorded.data_dir = None if c.data_dir is None else io.portable_path(c.data_dir)
-        self.config_dict = asdict(recorded)
+        self.state = RunState()
         self.result = None  # the TrainResult once finished
-        self.ckpt_path = out / CHECKPOINT if out is not None else None
-        if self.ckpt_path is not None and c.resume and self.ckpt_path.is_file():
-            self._resume()
-        self.manifest = None
-        if out is not None and self.result is None:
-            self.manifest = io.build_manifest(
-                self.config_dict, seed=c.seed, device=str(device),
-                command=config_command(recorded), argv=argv,
+        if run.checkpoint is not None and c.resume and run.checkpoint.is_file():
+            ckpt = resumable_checkpoint(run.checkpoint, c, run.recorded, run.device)
+            self.state = RunState.from_checkpoint(restore(
+                run.checkpoint, ckpt, run.model, run.optimizer, run.stream, run.device))
+            self.torch_rng = torch.get_rng_state()  # restore() set the checkpoint's
+            finished = _finished_run(run.out, self.state, c)
+            if finished is not None:
+                run.model.eval()
+                self.result = TrainResult(
+                    finished["config"], finished["history"], finished["summary"],
+                    run.model, run.out, note=(
+                        f"{run.out} already holds this run, finished after "
+                        f"{self.state.step} updates; nothing was trained or rewritten "
+                        f"(--no-resume starts it over)"))
+            elif self.training:
+                print(f"resuming {run.out} from update {self.state.step} of {c.steps}",
+                      file=sys.stderr, flush=True)
+        if run.out is not None and self.result is None:
+            run.manifest = io.build_manifest(
+                run.recorded, seed=c.seed, device=str(run.device), argv=argv,
+                command=config_command(TrainConfig(**run.recorded)),
                 files=["results.json", "history.csv", "manifest.json", CHECKPOINT,
                        MODEL_FILE])
-        self.segment = {"start_step": self.state["step"], "end_step": self.state["step"],
-                        "wall_time_s": 0.0, "device": str(device), "cpu": io._cpu_model(),
-                        "torch_threads": torch.get_num_threads(), "population": population,
-                        "git": io.git_commit(diff=False)}
-        self.state.setdefault("segments", [])
-        if self.training:
-            self.state["segments"].append(self.segment)
-        self.wall0, self.train0 = self.state["wall_time_s"], self.state["train_time_s"]
+        self.segment = _start_segment(run, self.state)
+        self.segment["population"] = population
+        self.clock = None
 
-    def _resume(self):  # as rsa.train.train
-        c, ckpt_path = self.c, self.ckpt_path
-        ckpt = resumable_checkpoint(ckpt_path, c, self.config_dict, self.device)
-        with _checkpoint_errors(ckpt_path):
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.stream.load_state_dict(ckpt["data"])
-            self.torch_rng = ckpt["torch_rng"].cpu()
-            self.state = ckpt["state"]
-        finished = _finished_run(self.out, RunState.from_checkpoint(self.state), c)
-        if finished is not None:
-            self.model.eval()
-            self.result = TrainResult(
-                finished["config"], finished["history"], finished["summary"], self.model,
-                self.out, note=(f"{self.out} already holds this run, finished after "
-                                f"{self.state['step']} updates; nothing was trained or "
-                                f"rewritten (--no-resume starts it over)"))
-        elif self.training:
-            print(f"resuming {self.out} from update {self.state['step']} of {c.steps}",
-                  file=sys.stderr, flush=True)
+    model = property(lambda self: self.run.model)
+    optimizer = property(lambda self: self.run.optimizer)
+    stream = property(lambda self: self.run.stream)
 
     @property
     def training(self) -> bool:
-        return self.result is None and self.state["step"] < self.c.steps and \
-            not self.state["stopped_early"]
+        return self.result is None and self.state.step < self.c.steps and \
+            not self.state.stopped_early
 
-    def save_checkpoint(self):
-        if self.ckpt_path is None:
-            return
-        io.atomic_torch_save({
-            "format": 1, "config": self.config_dict, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "data": self.stream.state_dict(),
-            "torch_rng": self.torch_rng, "cuda_rng": None, "state": self.state},
-            self.ckpt_path)
+    def start(self, t_start: float) -> None:
+        """The population's loop starts at ``t_start`` (``time.perf_counter``)."""
+        self.clock = _Clock(self.state.wall_time_s, start=t_start)
 
-    def write_results(self, complete, summary=None):
-        if self.out is None:
-            return
-        state = self.state
-        if summary is None:
-            summary = _summary_of(state, self.steps_per_epoch, self.n_params, self.c)
-        io.write_json(self.out / "results.json", {
-            "config": self.config_dict, "complete": complete,
-            "history": state["history"], "summary": summary})
-        io.write_csv(self.out / "history.csv", state["history"])
-        self.manifest["wall_time_s"] = state["wall_time_s"]
-        self.manifest["complete"] = complete
-        io.write_json(self.out / "manifest.json", self.manifest)
-
-    def record(self, loss, acc, train_s, t_start, interrupted):
-        """The single run's loop body after ``train_step``."""
-        c, state = self.c, self.state
-        self.train0 += train_s
-        iv = state["interval"]
-        iv["loss"] += loss
-        iv["accuracy"] += acc
-        iv["count"] += 1
-        state["step"] += 1
-        step = state["step"]
-        state["train_time_s"] = self.train0
-        state["wall_time_s"] = self.wall0 + time.perf_counter() - t_start
-        self.segment["end_step"] = step
-        self.segment["wall_time_s"] = time.perf_counter() - t_start
-        if step % c.eval_every == 0:
-            ev = evaluate(self.model, self.val)
-            state["wall_time_s"] = self.wall0 + time.perf_counter() - t_start
-            row = {"step": step}
-            if self.steps_per_epoch:
-                row["epoch"] = step / self.steps_per_epoch
-            row.update({
-                "train_loss": iv["loss"] / iv["count"],
-                "train_accuracy": iv["accuracy"] / iv["count"],
-                "val_loss": ev["loss"], "val_accuracy": ev["accuracy"],
-                "wall_time_s": state["wall_time_s"], "train_time_s": self.train0})
-            state["history"].append(row)
-            state["interval"] = {"loss": 0.0, "accuracy": 0.0, "count": 0}
-            best = state["best_val_accuracy"]
-            if best is None or ev["accuracy"] > best:
-                state["best_val_accuracy"], state["best_step"] = ev["accuracy"], step
-            if ev["accuracy"] >= 1.0 and state["first_perfect_step"] is None:
-                state["first_perfect_step"] = step
-            reason = _stop_reason(c, state["history"])
-            if reason is not None:
-                state["stop_reason"] = reason
-                state["stopped_early"] = step < c.steps
-            self.write_results(complete=False)
-        if step % c.checkpoint_every == 0 or interrupted:
-            self.save_checkpoint()
+    def record(self, loss: float, acc: float, train_s: float, interrupted: bool) -> None:
+        """The single run's loop body after its update (:func:`rsa.train.loop._run_updates`)."""
+        run, state = self.run, self.state
+        _account(state, self.clock, self.segment, loss, acc, train_s)
+        if state.step % self.c.eval_every == 0:
+            _record_evaluation(run, state, self.clock)
+            _write_results(run, state, complete=False)
+        if state.step % self.c.checkpoint_every == 0 or interrupted:
+            self._save()
         if interrupted:
-            self.write_results(complete=False)
+            _write_results(run, state, complete=False)
+
+    def _save(self) -> None:
+        """The checkpoint, with the torch generator state a single run would hold (the
+        population shares one generator)."""
+        shared = torch.get_rng_state()
+        torch.set_rng_state(self.torch_rng)
+        try:
+            _save(self.run, self.state)
+        finally:
+            torch.set_rng_state(shared)
 
     def finish(self) -> TrainResult:
-        """What a single run does after its loop: final checkpoint, summary, final and
-        test evaluation, results and weights."""
-        if self.result is not None:
-            return self.result
-        state, c = self.state, self.c
-        self.save_checkpoint()
-        if state.get("stop_reason") is None and state["step"] >= c.steps:
-            state["stop_reason"] = "budget"
-        summary = _summary_of(state, self.steps_per_epoch, self.n_params, c)
-        if not state["history"] or state["history"][-1]["step"] != state["step"]:
-            ev = evaluate(self.model, self.val)
-            summary["final_val_loss"] = ev["loss"]
-            summary["final_val_accuracy"] = ev["accuracy"]
-        if self.test is not None:
-            ev = evaluate(self.model, self.test)
-            summary["test_loss"], summary["test_accuracy"] = ev["loss"], ev["accuracy"]
-        self.write_results(complete=True, summary=summary)
-        if self.out is not None:
-            io.atomic_torch_save({"format": 1, "config": self.config_dict,
-                                  "model": self.model.state_dict()}, self.out / MODEL_FILE)
-        self.result = TrainResult(self.config_dict, copy.deepcopy(state["history"]), summary,
-                                  self.model, self.out)
+        """What a single run does after its loop: the final checkpoint, then
+        :func:`rsa.train.loop._finish` (summary, final and test evaluations, results,
+        weights)."""
+        if self.result is None:
+            self._save()
+            self.result = _finish(self.run, self.state)
         return self.result
 
 
@@ -843,8 +763,7 @@ def train_population(config: TrainConfig | dict | None = None, *, seeds,
 
 
 def _train_population_held(base, configs, argv) -> list[TrainResult]:
-    device = _device(base.device)
-    runs = [_Run(c, device, argv, len(configs)) for c in configs]
+    runs = [_Member(c, argv, len(configs)) for c in configs]
     rng = torch.get_rng_state()
     active = [r for r in runs if r.training]
     for r in active:
@@ -854,11 +773,13 @@ def _train_population_held(base, configs, argv) -> list[TrainResult]:
         if not r.training:
             r.finish()
     c = base
-    total = max((r.c.steps - r.state["step"] for r in active), default=0)
+    total = max((r.c.steps - r.state.step for r in active), default=0)
     bar = _progress_bar(c.progress, total=total,
                         desc=f"{c.model} {c.task} T={c.T} x{len(active)}", unit="upd",
                         leave=False)
     t_start = time.perf_counter()
+    for r in active:
+        r.start(t_start)
     with _Interrupt() as interrupt, contextlib.closing(bar):
         while active:
             batches = [next(r.stream) for r in active]
@@ -870,7 +791,7 @@ def _train_population_held(base, configs, argv) -> list[TrainResult]:
             bar.update(1)
             stop = interrupt.signum is not None
             for r, loss, acc in zip(active, losses, accs, strict=True):
-                r.record(loss, acc, dt, t_start, stop)
+                r.record(loss, acc, dt, stop)
             if stop:
                 interrupt.raise_()
             for r in [r for r in active if not r.training]:

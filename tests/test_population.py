@@ -396,3 +396,46 @@ def test_reproduce_populations_trains_the_unfinished_seeds_together(tmp_path, mo
                               populations=True, shard=(i, 2))
     assert "rnn_T3_s3: training 3 updates as one population of 1" in "\n".join(logs[0])
     assert all("done" in line for line in logs[1] if line.startswith("[population")), logs
+
+
+TASK_KINDS = {  # every kind of task: synthetic sequences, 8x8 digits, 784-step MNIST
+    "copy": dict(T=3, batch=2, steps=4, eval_every=2),
+    "denoise": dict(T=3, batch=2, steps=4, eval_every=2),
+    "digits": dict(batch=16, steps=4, eval_every=2, eval_batch=200),
+    "mnist10k": dict(batch=8, steps=2, eval_every=1, eval_batch=500),
+}
+
+
+@pytest.mark.parametrize("task", list(TASK_KINDS))
+def test_a_population_stores_what_single_runs_store_on_every_task_kind(task, tmp_path):
+    """One loop (rsa.train.loop): a population's runs write the same files, with the same
+    fields, as the same runs trained alone; values agree to float32 rounding."""
+    args = dict(model="rnn", task=task, hidden_size=8, progress=False, lr=3e-3,
+                **TASK_KINDS[task])
+    singles = [train(seed=s, out_dir=str(tmp_path / "single" / f"s{s}"), **args)
+               for s in (0, 1)]
+    pop = train_population(seeds=[0, 1], out_dir=str(tmp_path / "pop"), **args)
+    for s, single, member in zip((0, 1), singles, pop, strict=True):
+        a, b = tmp_path / "single" / f"s{s}", tmp_path / "pop" / f"s{s}"
+        assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+        ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+        assert ra.keys() == rb.keys() and ra["complete"] and rb["complete"]
+        assert {k: v for k, v in ra["config"].items() if k != "out_dir"} == \
+            {k: v for k, v in rb["config"].items() if k != "out_dir"}
+        assert ra["summary"].keys() == rb["summary"].keys(), \
+            set(ra["summary"]) ^ set(rb["summary"])
+        for k, v in ra["summary"].items():
+            if k in ("segments",) or "time" in k:
+                continue
+            w = rb["summary"][k]
+            if isinstance(v, float) and isinstance(w, float):
+                assert math.isclose(v, w, abs_tol=F32_TOL), (task, k, v, w)
+            else:
+                assert v == w, (task, k, v, w)
+        close_rows(ra["history"], rb["history"], F32_TOL)
+        ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+        assert ma.keys() == mb.keys()
+        ca, cb = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (a, b))
+        assert ca.keys() == cb.keys() and ca["state"].keys() == cb["state"].keys()
+        assert torch.equal(ca["torch_rng"], cb["torch_rng"])
+        assert max_param_diff(member.model, single.model) < F32_TOL

@@ -402,7 +402,15 @@ def _update(run: _Run, state: RunState, clock: _Clock, segment: dict) -> None:
     x, y = next(run.stream)
     t0 = time.perf_counter()
     loss, acc = train_step(run.model, run.optimizer, x, y, run.config.clip)
-    state.train_time_s += time.perf_counter() - t0
+    _account(state, clock, segment, loss, acc, time.perf_counter() - t0)
+
+
+def _account(state: RunState, clock: _Clock, segment: dict, loss: float, acc: float,
+             train_s: float) -> None:
+    """Add one update (its batch loss and accuracy, ``train_s`` seconds) to the run's
+    state: the interval's sums, the step, the times and the segment. A population
+    (:mod:`rsa.population`) calls it for each of its runs after its batched update."""
+    state.train_time_s += train_s
     state.interval.loss += loss
     state.interval.accuracy += acc
     state.interval.count += 1
