@@ -304,10 +304,10 @@ def estimate(scale: str, device: str = "cpu", select=None, data=None) -> list[di
     by a smaller ``--budget`` is not: the train stage trains it further)."""
     data = Path(experiments.DATA if data is None else data)
     cost = update_cost(scale, device, data)
+    states = experiments.run_states(scale, data)  # the one rule (status, stages)
     rows = []
     for r in experiments._selected(experiments.plan_runs(scale), select):
-        results = data / scale / r["name"] / "results.json"
-        stored = experiments._stored_enough(results, r["steps"])
+        stored = states[r["name"]] == "done"
         ms, source = None, "no measurement"
         if r["task"] in ("copy", "denoise"):
             points = cost["sequence"].get(r["model"])
@@ -318,6 +318,7 @@ def estimate(scale: str, device: str = "cpu", select=None, data=None) -> list[di
             ms, source = cost["pixel"][(r["task"], r["model"])], cost["pixel_source"]
         rows.append({"name": r["name"], "updates": r["steps"], "ms_per_update": ms,
                      "source": source, "stored": bool(stored),
+                     "reduced": states[r["name"]] == "reduced",
                      "hours": None if ms is None else r["steps"] * ms / 3.6e6})
     return rows
 
@@ -351,8 +352,12 @@ def dry_run(scale: str, device: str = "cpu", select=None, data_dir=None) -> str:
     known = todo[todo["hours"].notna()]
     unknown = todo[todo["hours"].isna()]
     kind = "GPU" if device.startswith("cuda") else "CPU"
+    reduced = int(todo["reduced"].sum())
     lines = [f"Plan {scale!r} on {device}: {len(table)} runs, {len(table) - len(todo)} "
-             f"stored, {len(todo)} to run.", "", shown.to_markdown(index=False), "",
+             f"stored, {len(todo)} to run" + (
+                 f" ({reduced} of them stored at a reduced budget, to train further)"
+                 if reduced else "") + ".", "", shown.drop(columns=["reduced"])
+             .to_markdown(index=False), "",
              f"Estimated {kind} time of the {len(known)} runs to run that have a "
              f"measurement: {known['hours'].sum():.1f} {kind}-hours "
              f"(whole plan: {table['hours'].sum():.1f}), for their full budget of "

@@ -369,6 +369,25 @@ def _stored_enough(results: Path, steps: int) -> bool:
                 and stored["config"]["steps"] < steps)
 
 
+def run_states(scale: str, data=None) -> dict[str, str]:
+    """Where each run of the plan of ``scale`` stands, by the one rule the train stage,
+    ``--status`` and ``--dry-run`` all use (:func:`_stored_enough`): ``"done"`` (stored
+    complete for its budget), ``"reduced"`` (stored complete, but stopped by a smaller
+    ``--budget``: the train stage trains it further) or ``"missing"`` (not stored, or
+    stored unfinished). The authors' alternatives (runs with a ``variant``) included."""
+    data = DATA if data is None else Path(data)
+    states = {}
+    for r in plan_runs(scale):
+        results = data / scale / r["name"] / "results.json"
+        if _stored_enough(results, r["steps"]):
+            states[r["name"]] = "done"
+        elif results.is_file() and io.load_json(results).get("complete", False):
+            states[r["name"]] = "reduced"
+        else:
+            states[r["name"]] = "missing"
+    return states
+
+
 def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
                  select=None, device: str = "cpu", tensorboard: bool = False,
                  budget: int | None = None) -> None:
@@ -1136,8 +1155,14 @@ def plan_status(scale: str, data=None) -> str:
                                  f"not solved ({found[r['name']]['summary']['stop_reason']})")
                                 if r["name"] in found else "not run yet")
             for r in alternatives) + "."
+    states = run_states(scale, data)
+    n = {k: sum(v == k for v in states.values()) for k in ("done", "reduced", "missing")}
     return (f"{out}\n\n{len(stored)} runs stored ({hours:.1f} hours of training, the sum "
-            f"of their wall times), {len(missing)} not run yet.")
+            f"of their wall times), {len(missing)} not run yet."
+            f"\n\nAll {len(states)} runs of the plan, the authors' alternatives included "
+            f"(the rule of --dry-run and of the train stage): {n['done']} done, "
+            f"{n['reduced']} stored at a reduced budget (the train stage trains them "
+            f"further), {n['missing']} not stored.")
 
 
 def main(argv=None) -> int:

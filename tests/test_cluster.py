@@ -359,9 +359,11 @@ def test_status_and_dry_run_read_the_data_dir_given(tiny, capsys):
     empty.mkdir()
     assert experiments.main(["--scale", "tiny", "--status", "--data-dir", str(empty)]) == 0
     n = len(experiments.plan_runs("tiny"))
-    assert capsys.readouterr().out.rstrip().endswith(f"0 runs stored (0.0 hours of "
-                                                     f"training, the sum of their wall "
-                                                     f"times), {n} not run yet.")
+    out = capsys.readouterr().out
+    assert f"0 runs stored (0.0 hours of training, the sum of their wall times), {n} not " \
+        f"run yet." in out
+    assert out.rstrip().endswith(f"0 done, 0 stored at a reduced budget (the train stage "
+                                 f"trains them further), {n} not stored.")
     experiments.reproduce("tiny", ["train"], log=lambda s: None, select=["copy/rnn_T3_s0"],
                           data_dir=empty)
     assert experiments.main(["--scale", "tiny", "--dry-run", "--data-dir", str(empty)]) == 0
@@ -390,3 +392,19 @@ def test_tensorboard_of_a_resumed_run_holds_each_update_once(tmp_path, monkeypat
     assert val == [(r["step"], pytest.approx(r["val_loss"], rel=1e-6))
                    for r in result.history]
     assert [s for s, _ in val] == [1, 2, 3, 4, 5, 6]
+
+
+def test_status_and_dry_run_count_the_plan_by_one_rule(capsys):
+    """--status and --dry-run agree on the stored converged plan (they once said 138
+    stored, 0 to run, and 147 stored, 5 to run)."""
+    assert experiments.main(["--scale", "converged", "--status"]) == 0
+    status = capsys.readouterr().out
+    m = re.search(r"All (\d+) runs of the plan.*?: (\d+) done, (\d+) stored at a reduced "
+                  r"budget .*?, (\d+) not stored\.", status, re.S)
+    assert m, status[-400:]
+    total, done, reduced, missing = map(int, m.groups())
+    assert experiments.main(["--scale", "converged", "--dry-run"]) == 0
+    d = re.search(r"Plan 'converged' on cpu: (\d+) runs, (\d+) stored, (\d+) to run",
+                  capsys.readouterr().out)
+    assert d and tuple(map(int, d.groups())) == (total, done, reduced + missing)
+    assert total == done + reduced + missing == len(experiments.plan_runs("converged"))

@@ -54,8 +54,13 @@ def test_plan_status_counts_what_is_stored_and_solved(tmp_path, monkeypatch):
     cols = [c.strip() for c in head.strip("|").split("|")]
     assert row.strip("|").split("|")[cols.index("exploded")].strip() == "0"
     total = len(experiments.plan_runs("tiny"))
-    assert text.rstrip().endswith(f"1 runs stored (0.0 hours of training, the sum of their "
-                                  f"wall times), {total - 1} not run yet.")
+    assert f"1 runs stored (0.0 hours of training, the sum of their wall times), " \
+        f"{total - 1} not run yet." in text
+    assert text.rstrip().endswith(f"{total} runs of the plan, the authors' alternatives "
+                                  f"included (the rule of --dry-run and of the train "
+                                  f"stage): 1 done, 0 stored at a reduced budget (the "
+                                  f"train stage trains them further), {total - 1} not "
+                                  f"stored.")
 
 
 CONVERGED = experiments.Plan(Ts=(3,), seeds=(0,), steps=2, eval_every=1, rhos=(1,), rho_T=3,
