@@ -446,12 +446,13 @@ _claim = claim
 
 
 TRANSFER_FACTORS = (1, 2, 5, 10)  # test delays as multiples of the training delay
-MEMRNN_TRANSFER_MAX = 2000  # MemRNN's evaluation costs O(T^2): not beyond this delay
+MEMRNN_TRANSFER_MAX = registry.get("memrnn").transfer_max  # O(T^2): not beyond this delay
 # The longest test delay per model where evaluation costs O(T^2) in time (MemRNN, and
 # SAB, which scores a memory of T / attn_every_k states at every step: 170 s and 3.3 GB
 # for 20 sequences at T = 2000 on this CPU). The Transformer's attention is O(T^2) too,
 # but torch's fused kernel makes T = 5000 take 14 s and 0.8 GB: it runs to transfer_max.
-TRANSFER_MAX = {"memrnn": MEMRNN_TRANSFER_MAX, "sab": 2000}
+TRANSFER_MAX = {m: registry.get(m).transfer_max for m in registry.registered()
+                if registry.get(m).transfer_max is not None}  # from the registry
 # one row of transfer.csv; variant: the tag of an alternative setting (ALTERNATIVES), or
 # empty for the plan's own runs
 TRANSFER_KEY = ["model", "variant", "seed", "T_train", "T"]
@@ -461,7 +462,8 @@ TRANSFER_KEY = ["model", "variant", "seed", "T_train", "T"]
 # were all evaluated on 20 sequences (TRANSFER_BATCH_BEFORE); the stage recomputes a row
 # whose batch is not its model's.
 TRANSFER_BATCH = 100
-TRANSFER_BATCH_BY_MODEL = {"sab": 20}
+TRANSFER_BATCH_BY_MODEL = {m: registry.get(m).transfer_batch for m in registry.registered()
+                           if registry.get(m).transfer_batch != TRANSFER_BATCH}
 TRANSFER_BATCH_BEFORE = 20
 # The transfer stage's sequences come from their own stream: seed TRANSFER_SEED, which
 # no training stream (the run's seed), validation stream (seed + VALIDATION_SEED_OFFSET)
@@ -495,7 +497,7 @@ def transfer_batch(model: str) -> int:
 # Models evaluated at their TRANSFER_MAX itself in place of the delays beyond it (the
 # authors' 5000, a multiple past the cap), so that each is tested as far as it can be:
 # MemRNN trained at 100 or 500 at 2000. Not SAB: it solves no copy delay here.
-TRANSFER_AT_MAX = ("memrnn",)
+TRANSFER_AT_MAX = tuple(m for m in registry.registered() if registry.get(m).transfer_at_max)
 
 
 def transfer_delays(plan: Plan, model: str, T_train: int) -> list[int]:
@@ -742,7 +744,7 @@ def _grad_run_key(row) -> tuple[str, ...]:
 
 # Models without recurrent states h_t, so without a gradient profile ||dL/dh_t||: the
 # Transformer (its layers do not return a trace of states; rsa.transformer).
-NO_STATES = ("transformer",)
+NO_STATES = tuple(m for m in registry.registered() if not registry.get(m).has_states)
 
 
 def _grad_plan_runs(scale: str, plan: Plan) -> tuple[dict, list[dict]]:

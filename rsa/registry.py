@@ -173,6 +173,12 @@ class ModelSpec:
       the fused implementation (:func:`rsa.measure.estimate_memory`);
     - ``long_delays``: trained at the experiment plan's longer delays too (converged
       plan: T = 1000, and seeds 1, 2 at T = 500);
+    - ``transfer_max``: the longest delay the transfer stage evaluates it at (None: no
+      cap; an O(T^2) evaluation has one), ``transfer_at_max``: evaluated at that cap
+      itself in place of the delays beyond it, ``transfer_batch``: sequences per test
+      delay (:func:`rsa.experiments.transfer_delays`, :func:`~rsa.experiments.transfer_batch`);
+    - ``has_states``: its forward returns recurrent states h_t, so gradient profiles
+      ||dL/dh_t|| exist (False: the Transformer);
     - ``in_plan``: part of :data:`MODELS`, the paper's models, which every plan trains
       in full (False: a model that can be built, configured, trained and drawn outside
       :data:`MODELS`; SAB and the Transformer, which the converged plan trains as its
@@ -192,6 +198,10 @@ class ModelSpec:
     memory: Callable[[int, int, int], int] = _linear_memory
     fused_memory: Callable[[int, int, int], int] | None = None
     long_delays: bool = False
+    transfer_max: int | None = None
+    transfer_at_max: bool = False
+    transfer_batch: int = 100
+    has_states: bool = True
     in_plan: bool = True
 
     def takes(self, option: str) -> bool:
@@ -225,6 +235,7 @@ _TABLE = (
     ModelSpec("memrnn", "rsa.models:MemRNN", "MemRNN", "#d55e00",  # red: full attention
               family="rnn", options=("nonlinearity", "init"),
               defaults={"lr": _LR_RNN, "nonlinearity": _MODRELU}, fused=True,
+              transfer_max=2000, transfer_at_max=True,  # O(T^2) evaluation
               # plain loop: per step t several (B, t, n) float32 tensors (the stacked
               # memory, the attention pre-activation and its tanh): 8 B n L^2 bytes;
               # fused: the attention weights, B L^2 floats, and O(B n L) buffers
@@ -251,13 +262,15 @@ _TABLE = (
               # per step t the (B, m_t, 2n) tanh of the score and the (B, m_t) weights,
               # m_t <= 1 + t (attn_every_k >= 1): at most 4 B n L^2 bytes, plus the LSTM's
               memory=lambda B, n, L: 4 * B * n * L * L + _linear_memory(B, n, L),
-              in_plan=False),
+              # O(T^2) evaluation: 100 sequences at T = 2000 take a quarter of an hour
+              # and 16 GB here
+              transfer_max=2000, transfer_batch=20, in_plan=False),
     ModelSpec("transformer", "rsa.transformer:Transformer", "Transformer", "#fbafe4",
               family="attention", defaults={"lr": _LR_LSTM},  # pink
               # per layer and head the (B, L, L) attention weights (softmax output and its
               # use): 2 layers x 4 heads x 2 x 4 bytes, plus linear buffers
               memory=lambda B, n, L: 64 * B * L * L + _linear_memory(B, n, L),
-              in_plan=False),
+              has_states=False, in_plan=False),
 )
 
 # Models the book shows from the authors' numbers only (no class here): label, colour.

@@ -370,3 +370,33 @@ def test_the_command_line_trains_the_baselines_outside_the_plan(tmp_path):
         assert p.parse_args(["--model", model]).model == model
     with pytest.raises(SystemExit):
         p.parse_args(["--model", "gru"])
+
+
+@pytest.mark.parametrize("name", registry.registered())
+def test_the_experiments_take_each_models_facts_from_its_registry_entry(name):
+    """Transfer cap, sequences per delay and whether the model has states h_t live in the
+    registry entry; the experiments read them there, and has_states is what the model
+    does."""
+    from rsa import experiments
+    from rsa.tasks import copy_batch
+
+    spec = registry.get(name)
+    assert experiments.transfer_batch(name) == spec.transfer_batch
+    plan = experiments.PLANS["converged"]
+    delays = experiments.transfer_delays(plan, name, 500)
+    if spec.transfer_max is not None:
+        assert max(delays) <= spec.transfer_max
+        assert (spec.transfer_max in delays) == spec.transfer_at_max
+    else:
+        assert max(delays) >= plan.transfer_max
+    assert (name in experiments.NO_STATES) == (not spec.has_states)
+    torch.manual_seed(0)
+    model = heads.build_task_model(name, "copy", 8).eval()
+    x, _ = copy_batch(3, 2)
+    with torch.no_grad():
+        if not spec.has_states:  # it keeps no trace of states, and says so
+            with pytest.raises(NotImplementedError, match="no trace of recurrent states"):
+                model(x, record=True)
+            return
+        _, trace = model(x, record=True)
+    assert len(trace.states) == x.shape[0], name  # one h_t per step
