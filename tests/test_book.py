@@ -440,3 +440,22 @@ def test_running_a_chapter_also_refreshes_the_reproducibility_page():
     order = run_chapter.chapters([str(BOOK / "relevancy_screening.ipynb")])
     assert [p.name for p in order] == ["relevancy_screening.ipynb", "reproducibility.ipynb"]
     assert run_chapter.chapters([])[-1].name == "reproducibility.ipynb"
+
+
+def test_relevancy_screenings_captions_quote_its_parameters_by_glue():
+    """A re-run (make chapter ... PARAMS="-p T 200 -p rho 8") says what it ran: the
+    figure captions and the summary's scale take T, L, n, nu, rho from the parameters
+    (glued), never as typed literals."""
+    import json
+    import re
+
+    nb = json.loads((ROOT / "book" / "relevancy_screening.ipynb").read_text())
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    captions = re.findall(r"```\{glue:figure\}.*?```", text, re.S)
+    captions += re.findall(r"Scale: small untrained.*?(?:\n\n|$)", text, re.S)
+    assert len(captions) >= 3
+    typed = re.compile(r"\$(T|L|n) = \d+\$|\\nu = \\rho = \d+|\\nu \+ \\rho = \d+|h_\{\d+\}")
+    for caption in captions:
+        assert not typed.search(caption), typed.search(caption).group(0)
+    for key in ("T", "L", "nu", "rho", "n"):
+        assert any(f"{{glue:text}}`param-{key}`" in t for t in captions), key
