@@ -118,6 +118,17 @@ JOBS: tuple[Job, ...] = (
     Job("e", "MemRNN (modReLU), denoise, T = 200, lr 2e-4",
         _seq("memrnn", "denoise", 200, lr=2e-4, nonlinearity="modrelu", steps=20_000),
         variant="lr2e-4", note=_MODRELU_E),
+    # then the other seed-0 cells at T = 200 and 500 whose modReLU runs exploded
+    *(Job("e", f"{label} (modReLU), {task}, T = {T}, lr 2e-4",
+          _seq(model, task, T, lr=2e-4, nonlinearity="modrelu", steps=20_000,
+               **({"nu": 15, "rho": 15} if model == "relrnn" else {})),
+          variant="lr2e-4", note=_MODRELU_E)
+      for model, label, task, T in (("memrnn", "MemRNN", "copy", 200),
+                                    ("relrnn", "RelRNN", "denoise", 200),
+                                    ("rnn", "RNN", "copy", 500),
+                                    ("rnn", "RNN", "denoise", 500),
+                                    ("relrnn", "RelRNN", "denoise", 500),
+                                    ("memrnn", "MemRNN", "denoise", 500))),
     Job("f", "RNN, MNIST (784 steps)", {**_MNIST, "model": "rnn"},
         authors=0, note="patience 10 epochs, up to 100 epochs"),
     Job("f", "LSTM, MNIST (784 steps)", {**_MNIST, "model": "lstm"},
