@@ -80,6 +80,9 @@ def test_a_failing_check_is_shown_and_exits_non_zero(tmp_path):
     chapter = tiny_chapter(tmp_path / "tiny.ipynb")
     done = rerun(chapter, "-p", "k", "500", "--out", tmp_path / "out")
     assert done.returncode == 1 and "k = 500 is too large" in done.stderr
+    out = done.stdout.splitlines()
+    assert done.stderr.startswith("FAILED:")  # the verdict first, then where to look
+    assert out and out[-1].strip().startswith("open ") and "where it stopped" in out[-1]
     page = (tmp_path / "out" / "tiny.html").read_text()
     assert "it stopped with an error" in page and "k = 500 is too large" in page
 

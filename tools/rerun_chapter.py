@@ -327,13 +327,12 @@ def main(argv: list[str] | None = None) -> int:
               + (f"<strong>it stopped with an error</strong>: {html.escape(error)}"
                  if error else "every check of the chapter held."))
     io.atomic_write_text(out_html, render(nb, path.stem, banner, out_html, path.parent))
+    if error:  # the verdict first, then where to look
+        print(f"FAILED: {error}", file=sys.stderr, flush=True)
     print(f"  {seconds:.0f} s; notebook: {io.portable_path(out_nb)}")
     print(f"  open {io.portable_path(out_html)} in a browser to see the text, figures "
-          f"and outputs")
-    if error:
-        print(f"FAILED: {error}", file=sys.stderr)
-        return 1
-    return 0
+          f"and outputs" + (" (the page shows where it stopped)" if error else ""))
+    return 1 if error else 0
 
 
 if __name__ == "__main__":
