@@ -399,15 +399,24 @@ def format_status(data: Path, jobs=JOBS, table=None) -> str:
 
 def main(a, log=print) -> int:
     """``python -m rsa reproduce --scale paper`` (:mod:`rsa.experiments`' parser):
-    ``--status`` prints the table, ``--snapshot`` copies the in-flight states into
-    ``data/paper/`` (then commit them), otherwise the jobs train (``--select``: cell
-    letters or run names)."""
+    ``--status`` prints the table, ``--dry-run`` the commands of the jobs left, in
+    order, ``--snapshot`` copies the in-flight states into ``data/paper/`` (then commit
+    them), otherwise the jobs train (``--select``: cell letters or run names)."""
     data = Path(a.data_dir) if a.data_dir else io.data_root()
     runs = Path(a.runs_dir) if a.runs_dir else io.runs_root()
     if a.status:
         if not (data / SCALE).is_dir() and a.data_dir:
             raise ValueError(f"--data-dir {a.data_dir!r} holds no {SCALE}/ folder")
         log(format_status(data))
+        return 0
+    if a.dry_run:  # what would run, in order, and nothing else
+        states = status_table(data)
+        for job in JOBS:
+            left = [n for n in (job.name(s) for s in job.seeds)
+                    if not states[states["run"] == n]["state"].iloc[0].startswith(
+                        ("solved", "not solved"))]
+            if left:
+                log(f"[{job.cell}] {', '.join(left)}: {job_command(job)}")
         return 0
     if a.snapshot:
         n = snapshot(data, runs, log)

@@ -1268,6 +1268,12 @@ def main(argv=None) -> int:
     if a.scale == "paper":
         from rsa import campaign
 
+        if a.executor != "local" or a.stages != list(STAGES) or a.budget or a.shard:
+            p.error("--scale paper (the campaign) runs its jobs here, in order, with "
+                    "--threads, --select, --data-dir, --runs-dir, --status, --dry-run "
+                    "and --snapshot only; start one process per core (the run locks "
+                    "share the jobs out)")
+
         try:
             return campaign.main(a, log=lambda s: print(s, flush=True))
         except (ValueError, RuntimeError) as e:

@@ -117,3 +117,14 @@ def test_a_population_is_snapshotted_only_at_one_update_for_all_its_runs(tmp_pat
         campaign.snapshot(tmp_path / "data", tmp_path / "runs", jobs=(job,),
                           log=lambda s: None, wait_s=0)
     assert not (tmp_path / "data" / "paper" / "inflight").exists()
+
+
+def test_a_dry_run_of_the_campaign_lists_the_commands_left_and_trains_nothing(
+        tmp_path, capsys):
+    from rsa import experiments
+
+    assert experiments.main(["--scale", "paper", "--dry-run", "--runs-dir",
+                             str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out and all(" python -m rsa train " in line for line in out)
+    assert not (tmp_path / "runs").exists()  # nothing was trained
