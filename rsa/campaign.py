@@ -93,42 +93,37 @@ _MODRELU_E = ("with modReLU the converged plan's seed-0 run exploded at lr 1e-3;
               "authors' own RMSprop modReLU runs are named rms0.0002modr (lr 2e-4, read "
               "from their file names)")
 
+def _denoise_rellstm(seed: int) -> Job:
+    return Job("b", "RelLSTM, denoise, T = 100",
+               _seq("rellstm", "denoise", 100, nu=15, rho=15), seeds=(seed,))
+
+
+def _lr_2e4(model: str, label: str, task: str, T: int) -> Job:
+    """A modReLU cell whose converged-plan run exploded at lr 1e-3, at lr 2e-4 (cell e)."""
+    return Job("e", f"{label} (modReLU), {task}, T = {T}, lr 2e-4",
+               _seq(model, task, T, lr=2e-4, nonlinearity="modrelu", steps=20_000,
+                    **({"nu": 15, "rho": 15} if model == "relrnn" else {})),
+               variant="lr2e-4", note=_MODRELU_E)
+
+
 JOBS: tuple[Job, ...] = (
     Job("a", "RelLSTM, copy, T = 100", _seq("rellstm", "copy", 100, nu=10, rho=15),
         seeds=(0, 1, 2), population=True),
-    Job("b", "RelLSTM, denoise, T = 100", _seq("rellstm", "denoise", 100, nu=15, rho=15)),
+    _denoise_rellstm(0),
     Job("c", "RelRNN, copy, T = 1000 (the authors' README command)",
         _seq("relrnn", "copy", 1000, nu=10, rho=15, lr=2e-4, nonlinearity="tanh")),
-    Job("b", "RelLSTM, denoise, T = 100", _seq("rellstm", "denoise", 100, nu=15, rho=15),
-        seeds=(1,)),
-    Job("b", "RelLSTM, denoise, T = 100", _seq("rellstm", "denoise", 100, nu=15, rho=15),
-        seeds=(2,)),
+    _denoise_rellstm(1),
+    _denoise_rellstm(2),
     Job("d", "SAB, copy, T = 20, the release's training",
         _seq("sab", "copy", 20, optimizer="adam", batch=64, steps=100_000),
         variant="release", note="until solved or 100 000 updates"),
-    Job("e", "RNN (modReLU), copy, T = 200, lr 2e-4",
-        _seq("rnn", "copy", 200, lr=2e-4, nonlinearity="modrelu", steps=20_000),
-        variant="lr2e-4", note=_MODRELU_E),
-    Job("e", "MemRNN (modReLU), copy, T = 500, lr 2e-4",
-        _seq("memrnn", "copy", 500, lr=2e-4, nonlinearity="modrelu", steps=20_000),
-        variant="lr2e-4", note=_MODRELU_E),
-    Job("e", "RNN (modReLU), denoise, T = 200, lr 2e-4",
-        _seq("rnn", "denoise", 200, lr=2e-4, nonlinearity="modrelu", steps=20_000),
-        variant="lr2e-4", note=_MODRELU_E),
-    Job("e", "MemRNN (modReLU), denoise, T = 200, lr 2e-4",
-        _seq("memrnn", "denoise", 200, lr=2e-4, nonlinearity="modrelu", steps=20_000),
-        variant="lr2e-4", note=_MODRELU_E),
-    # then the other seed-0 cells at T = 200 and 500 whose modReLU runs exploded
-    *(Job("e", f"{label} (modReLU), {task}, T = {T}, lr 2e-4",
-          _seq(model, task, T, lr=2e-4, nonlinearity="modrelu", steps=20_000,
-               **({"nu": 15, "rho": 15} if model == "relrnn" else {})),
-          variant="lr2e-4", note=_MODRELU_E)
-      for model, label, task, T in (("memrnn", "MemRNN", "copy", 200),
-                                    ("relrnn", "RelRNN", "denoise", 200),
-                                    ("rnn", "RNN", "copy", 500),
-                                    ("rnn", "RNN", "denoise", 500),
-                                    ("relrnn", "RelRNN", "denoise", 500),
-                                    ("memrnn", "MemRNN", "denoise", 500))),
+    # the issue's four first, then the other seed-0 cells at T = 200 and 500 that exploded
+    *(_lr_2e4(*cell) for cell in (
+        ("rnn", "RNN", "copy", 200), ("memrnn", "MemRNN", "copy", 500),
+        ("rnn", "RNN", "denoise", 200), ("memrnn", "MemRNN", "denoise", 200),
+        ("memrnn", "MemRNN", "copy", 200), ("relrnn", "RelRNN", "denoise", 200),
+        ("rnn", "RNN", "copy", 500), ("rnn", "RNN", "denoise", 500),
+        ("relrnn", "RelRNN", "denoise", 500), ("memrnn", "MemRNN", "denoise", 500))),
     Job("f", "RNN, MNIST (784 steps)", {**_MNIST, "model": "rnn"},
         authors=0, note="patience 10 epochs, up to 100 epochs"),
     Job("f", "LSTM, MNIST (784 steps)", {**_MNIST, "model": "lstm"},
@@ -184,10 +179,12 @@ def _checkpoint_step(path: Path) -> int | None:
     """The updates a checkpoint holds, or None if it cannot be read."""
     import torch
 
+    from rsa.train.checkpoint import UNREADABLE
+
     try:
         io.check_torch_file(path)
         return int(torch.load(path, map_location="cpu", weights_only=True)["state"]["step"])
-    except Exception:  # noqa: BLE001 -- an unreadable file is simply not a state to use
+    except UNREADABLE:  # an unreadable file is no state to use
         return None
 
 
@@ -278,7 +275,7 @@ def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS) -> None:
     a job that another process trains (its lock) is left to it."""
     from rsa.population import train_population
     from rsa.train import train
-    from rsa.train.lock import claim as _claim
+    from rsa.train.lock import claim
 
     for k, job in enumerate(jobs, 1):
         names = [name for _, name, _ in job_runs(job, runs)]
@@ -290,7 +287,7 @@ def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS) -> None:
             log(f"{label}: done")
             continue
         with contextlib.ExitStack() as claims:
-            owners = [claims.enter_context(_claim(w)) for _, _, w in todo]
+            owners = [claims.enter_context(claim(w)) for _, _, w in todo]
             if any(o is not None for o in owners):
                 log(f"{label}: being trained by "
                     f"{next(o for o in owners if o is not None)}; skipped")

@@ -406,7 +406,7 @@ def _stage_train(scale: str, plan: Plan, log, shard: tuple[int, int] = (0, 1),
             log(f"[train {k}/{len(runs)}] {name}: done")
             continue
         work = RUNS / scale / name
-        with _claim(work) as owner:
+        with claim(work) as owner:
             if owner is not None:
                 log(f"[train {k}/{len(runs)}] {name}: being trained by {owner}; skipped")
                 continue
@@ -439,10 +439,6 @@ def _nan_before_the_rule(work: Path, args: dict) -> int | None:
     if not args.get("stop_when_nan") or not path.is_file():
         return None
     return nan_fired_without_rule(_load_checkpoint(path, torch.device("cpu")))
-
-
-# One writer per run folder: the lock every path that trains takes (rsa.train.lock)
-_claim = claim
 
 
 TRANSFER_FACTORS = (1, 2, 5, 10)  # test delays as multiples of the training delay

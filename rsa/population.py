@@ -57,7 +57,6 @@ training).
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from pathlib import Path
 
@@ -75,24 +74,19 @@ from rsa.fused_screened import (
 from rsa.heads import TaskModel
 from rsa.models import LSTM, RNN, MemRNN, RelLSTM, RelRNN
 from rsa.train import (
-    CHECKPOINT,
     MODEL_FILE,
-    RunState,
     TrainConfig,
     TrainResult,
-    _finished_run,
     _Interrupt,
     _progress_bar,
-    config_command,
     resolve_config,
 )
-from rsa.train.checkpoint import restore, resumable_checkpoint
-from rsa.train.lock import hold
+from rsa.train.lock import claim, hold
 from rsa.train.loop import (
     _account,
     _Clock,
     _finish,
-    _prepare,
+    _open,
     _record_evaluation,
     _save,
     _start_segment,
@@ -653,34 +647,11 @@ class _Member:
 
     def __init__(self, c: TrainConfig, argv, population: int):
         self.c = c
-        self.run = run = _prepare(c)  # torch.manual_seed(c.seed), then the model, as alone
-        self.torch_rng = torch.get_rng_state()  # what a single run's checkpoint holds
-        self.state = RunState()
-        self.result = None  # the TrainResult once finished
-        if run.checkpoint is not None and c.resume and run.checkpoint.is_file():
-            ckpt = resumable_checkpoint(run.checkpoint, c, run.recorded, run.device)
-            self.state = RunState.from_checkpoint(restore(
-                run.checkpoint, ckpt, run.model, run.optimizer, run.stream, run.device))
-            self.torch_rng = torch.get_rng_state()  # restore() set the checkpoint's
-            finished = _finished_run(run.out, self.state, c)
-            if finished is not None:
-                run.model.eval()
-                self.result = TrainResult(
-                    finished["config"], finished["history"], finished["summary"],
-                    run.model, run.out, note=(
-                        f"{run.out} already holds this run, finished after "
-                        f"{self.state.step} updates; nothing was trained or rewritten "
-                        f"(--no-resume starts it over)"))
-            elif self.training:
-                print(f"resuming {run.out} from update {self.state.step} of {c.steps}",
-                      file=sys.stderr, flush=True)
-        if run.out is not None and self.result is None:
-            run.manifest = io.build_manifest(
-                run.recorded, seed=c.seed, device=str(run.device), argv=argv,
-                command=config_command(TrainConfig(**run.recorded)),
-                files=["results.json", "history.csv", "manifest.json", CHECKPOINT,
-                       MODEL_FILE])
-        self.segment = _start_segment(run, self.state)
+        self.run, self.state, self.result = _open(c, argv)  # as a single run starts
+        # the torch generator state a single run's checkpoint holds (after the model's
+        # initialisation, or the checkpoint's): the population shares one generator
+        self.torch_rng = torch.get_rng_state()
+        self.segment = _start_segment(self.run, self.state)
         self.segment["population"] = population
         self.clock = None
 
@@ -846,7 +817,7 @@ def stage_train_populations(scale: str, plan, log, shard: tuple[int, int] = (0, 
             mine = []
             for r, name, dest in todo:
                 work = ex.RUNS / scale / name
-                owner = claims.enter_context(ex._claim(work))
+                owner = claims.enter_context(claim(work))
                 if owner is not None:
                     log(f"{label} {name}: being trained by {owner}; skipped")
                     continue

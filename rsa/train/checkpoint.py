@@ -94,13 +94,17 @@ def _one_line(error: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+# What reading or applying a damaged torch file raises (torch.load, load_state_dict)
+UNREADABLE = (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError,
+              AttributeError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
 @contextlib.contextmanager
 def _checkpoint_errors(path: Path):
     """Turn any failure to read or apply the checkpoint at ``path`` into one line."""
     try:
         yield
-    except (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError, AttributeError,
-            pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except UNREADABLE as e:
         raise ResumeError(f"checkpoint {str(path)!r} cannot be resumed "
                           f"({type(e).__name__}: {_one_line(e)}); {_WAY_OUT}") from e
 
@@ -233,8 +237,7 @@ def load_trained(out_dir: str | Path, device: str = "cpu") -> TaskModel:
                                      rho=c["rho"], nonlinearity=c["nonlinearity"],
                                      init=c["init"])
             model.load_state_dict(ckpt["model"])
-        except (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError,
-                AttributeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        except UNREADABLE as e:
             failures.append(f"{str(candidate)!r} ({type(e).__name__}: {_one_line(e, 80)})")
             continue
         if i > 0:

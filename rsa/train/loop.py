@@ -311,8 +311,20 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
 
 
 def _train_held(c: TrainConfig, argv, tensorboard: bool) -> TrainResult:
-    run = _prepare(c)
+    run, state, done = _open(c, argv)
+    if done is not None:
+        return done
     run.tensorboard = tensorboard
+    _run_updates(run, state)
+    return _finish(run, state)
+
+
+def _open(c: TrainConfig, argv) -> tuple[_Run, RunState, TrainResult | None]:
+    """A run's start, the same for a single run and a run of a population: its model,
+    optimizer and data (:func:`_prepare`), resumed from the output folder's checkpoint
+    (saying from which update), and its manifest; or, when the checkpoint's run is
+    finished, the stored record as the result (nothing to train, nothing rewritten)."""
+    run = _prepare(c)
     state = RunState()
     if run.checkpoint is not None and c.resume and run.checkpoint.is_file():
         ckpt = resumable_checkpoint(run.checkpoint, c, run.recorded, run.device)
@@ -324,18 +336,17 @@ def _train_held(c: TrainConfig, argv, tensorboard: bool) -> TrainResult:
         finished = _finished_run(run.out, state, c)
         if finished is not None:  # nothing to train: the record stays as it is
             run.model.eval()
-            return TrainResult(finished["config"], finished["history"], finished["summary"],
-                               run.model, run.out, note=(
-                                   f"{run.out} already holds this run, finished after "
-                                   f"{state.step} updates; nothing was trained or "
-                                   f"rewritten (--no-resume starts it over)"))
+            return run, state, TrainResult(
+                finished["config"], finished["history"], finished["summary"], run.model,
+                run.out, note=(f"{run.out} already holds this run, finished after "
+                               f"{state.step} updates; nothing was trained or rewritten "
+                               f"(--no-resume starts it over)"))
     if run.out is not None:
         run.manifest = io.build_manifest(
             run.recorded, seed=c.seed, device=str(run.device), argv=argv,
             command=config_command(TrainConfig(**run.recorded)),
             files=["results.json", "history.csv", "manifest.json", CHECKPOINT, MODEL_FILE])
-    _run_updates(run, state)
-    return _finish(run, state)
+    return run, state, None
 
 
 def _prepare(c: TrainConfig) -> _Run:
@@ -391,7 +402,7 @@ def _start_segment(run: _Run, state: RunState) -> dict:
     segment = {"start_step": state.step, "end_step": state.step, "wall_time_s": 0.0,
                "device": str(run.device), "cpu": io._cpu_model(),
                "torch_threads": torch.get_num_threads(),
-               "git": io.git_commit(diff=False)}  # the code of this part (diff: manifest)
+               "git": io.git_commit()}  # the code of this part (with its diff if dirty)
     if state.step < run.config.steps and not state.stopped_early:
         state.segments.append(segment)
     return segment
