@@ -274,17 +274,19 @@ CODE_PATHS = ("rsa", "pyproject.toml", "constraints.txt")
 def git_commit(root: str | os.PathLike = REPO_ROOT, diff: bool = True) -> dict[str, Any]:
     """``{"commit": sha or None, "dirty": bool or None}`` of the repository at ``root``.
 
-    ``dirty`` is True when tracked files differ from the commit, so a reader knows the
-    commit alone may not reproduce the result; then ``diff`` (unless ``diff=False``)
-    holds ``git diff HEAD`` of :data:`CODE_PATHS`, the patch that, applied to the commit,
-    gives the code that ran ("" when only other files differ).
+    ``dirty`` is True when the code (:data:`CODE_PATHS`) differs from the commit, so a
+    reader knows the commit alone may not reproduce the result; then ``diff`` (unless
+    ``diff=False``) holds ``git diff HEAD`` of the code, the patch that, applied to the
+    commit, gives the code that ran. Other files (stored results, chapters) do not
+    change what a run computes and do not count.
     """
     def git(*args):
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
                                text=True, timeout=10, check=True).stdout.strip()
     try:
         sha = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--",
+                         *CODE_PATHS))
         if dirty and diff:
             return {"commit": sha, "dirty": True,
                     "diff": git("diff", "HEAD", "--", *CODE_PATHS)}

@@ -128,3 +128,24 @@ def test_a_dry_run_of_the_campaign_lists_the_commands_left_and_trains_nothing(
     out = capsys.readouterr().out.splitlines()
     assert out and all(" python -m rsa train " in line for line in out)
     assert not (tmp_path / "runs").exists()  # nothing was trained
+
+
+def test_a_tree_is_dirty_when_its_code_differs_and_then_the_diff_is_recorded(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "rsa").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "rsa" / "m.py").write_text("x = 1\n")
+    (tmp_path / "data" / "r.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    (tmp_path / "data" / "r.json").unlink()  # a stored result moved: not the code
+    assert io.git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "rsa" / "m.py").write_text("x = 2\n")
+    g = io.git_commit(tmp_path)
+    assert g["dirty"] is True and "+x = 2" in g["diff"]
+    assert "diff" not in io.git_commit(tmp_path, diff=False)
