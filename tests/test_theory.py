@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rsa.theory import (
-    _haar,
     bound_no_attention,
     bound_sparse_chain,
     bound_uniform,
@@ -29,6 +28,7 @@ from rsa.theory import (
     direct_edge_lower_bound,
     edge_weights,
     fixed_orthogonal_mean_square_gradient,
+    haar_matrices,
     jacobian_norms,
     loss_gradient_norms,
     loss_gradient_path_sum,
@@ -587,7 +587,7 @@ def test_sandwich_for_every_orthogonal_realisation(L, name, lam, seed):
     L = max(L, 4)
     rng = np.random.default_rng(seed)
     W = edge_weights(_patterns(L, seed)[name])
-    J = lam * _haar(rng, L, 4)
+    J = lam * haar_matrices(rng, L, 4)
     sv = np.linalg.svd(path_jacobians(W, J, 0), compute_uv=False)
     assert np.all(sv[:, 0] <= path_sum(W, lam, 0) * (1 + 1e-12))
     assert np.all(sv[:, -1] >= direct_edge_lower_bound(W, lam, lam, 0) - 1e-12)
@@ -604,12 +604,12 @@ def test_direct_edge_bound_is_tight_at_long_spans_and_needs_its_correction():
     low, direct = direct_edge_lower_bound(W, lam, lam)[-1], lam * W[-1, 0]
     assert 0 < low <= direct and low > direct * (1 - 1e-3)
     for _ in range(5):
-        sv = np.linalg.svd(path_jacobians(W, lam * _haar(rng, 201, 6), 0)[-1],
+        sv = np.linalg.svd(path_jacobians(W, lam * haar_matrices(rng, 201, 6), 0)[-1],
                            compute_uv=False)
         assert low - 1e-12 <= sv[-1] and sv[0] <= path_sum(W, lam)[-1] * (1 + 1e-12)
     A, _ = chain_pattern(6, 1, kappa)
     W = edge_weights(A)
-    smallest = min(np.linalg.svd(path_jacobians(W, lam * _haar(rng, 6, 6), 0)[-1],
+    smallest = min(np.linalg.svd(path_jacobians(W, lam * haar_matrices(rng, 6, 6), 0)[-1],
                                  compute_uv=False)[-1] for _ in range(50))
     assert smallest < lam * W[-1, 0] * 0.5
 
