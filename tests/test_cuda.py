@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsa.heads import _FUSED, build_model, build_task_model
+from rsa.models.heads import _FUSED, build_model, build_task_model
 from rsa.tasks import copy_batch, make_generator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

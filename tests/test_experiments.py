@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rsa import experiments, io
-from rsa.heads import MODELS
+from rsa.models.heads import MODELS
 
 TINY = experiments.Plan(Ts=(3,), seeds=(0,), steps=2, eval_every=1, rhos=(1,), rho_T=3,
                         digits_steps=1, transfer_Ts=(3,), transfer_max=12, grad_T=3)
@@ -14,8 +14,8 @@ TINY = experiments.Plan(Ts=(3,), seeds=(0,), steps=2, eval_every=1, rhos=(1,), r
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "DATA", tmp_path / "data")
-    monkeypatch.setattr(experiments, "RUNS", tmp_path / "runs")
+    monkeypatch.setenv(io.DATA_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv(io.RUNS_ENV, str(tmp_path / "runs"))
     monkeypatch.setitem(experiments.PLANS, "tiny", TINY)
     return tmp_path / "data" / "tiny"
 
@@ -93,14 +93,14 @@ def test_cost_stage_writes_both_tables_and_resumes(tiny, monkeypatch):
     faked here."""
     import dataclasses
 
-    import rsa.bench
-    import rsa.measure
+    import rsa.experiments.bench
+    import rsa.experiments.measure
 
     def fake_peak(*args, **kwargs):
         return {"peak_bytes": 2**20, "method": "fake"}
 
-    monkeypatch.setattr(rsa.bench, "peak_memory", fake_peak)
-    monkeypatch.setattr(rsa.measure, "peak_memory", fake_peak)
+    monkeypatch.setattr(rsa.experiments.bench, "peak_memory", fake_peak)
+    monkeypatch.setattr(rsa.experiments.measure, "peak_memory", fake_peak)
     monkeypatch.setitem(experiments.PLANS, "tiny",
                         dataclasses.replace(TINY, cost_Ts=(3, 4), unfused_max_T=3))
     experiments.reproduce("tiny", ("cost",), log=lambda s: None)
@@ -214,15 +214,15 @@ def test_the_converged_cost_stage_measures_the_baselines_with_references(tiny, m
     models; a second call keeps both."""
     import dataclasses
 
-    import rsa.bench
-    import rsa.measure
+    import rsa.experiments.bench
+    import rsa.experiments.measure
 
     def fake_peak(*args, **kwargs):
         return {"peak_bytes": 2**20, "method": "fake"}
 
-    monkeypatch.setattr(rsa.bench, "peak_memory", fake_peak)
-    monkeypatch.setattr(rsa.measure, "peak_memory", fake_peak)
-    monkeypatch.setattr(experiments, "BASELINE_COST_TS", (3, 4))
+    monkeypatch.setattr(rsa.experiments.bench, "peak_memory", fake_peak)
+    monkeypatch.setattr(rsa.experiments.measure, "peak_memory", fake_peak)
+    monkeypatch.setattr(experiments.cost, "BASELINE_COST_TS", (3, 4))
     monkeypatch.setitem(experiments.PLANS, "tiny", dataclasses.replace(
         TINY, cost_Ts=(3,), unfused_max_T=3, converged=True))
     experiments.reproduce("tiny", ("cost",), log=lambda s: None)

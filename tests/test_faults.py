@@ -202,8 +202,8 @@ def test_damaged_result_files_are_named_when_read(tmp_path, name):
 
 
 def test_a_damaged_inflight_state_is_refused_with_the_way_out(tmp_path):
-    from rsa import campaign
-    from rsa.campaign import Job
+    from rsa.experiments import campaign
+    from rsa.experiments.campaign import Job
 
     job = Job("x", "tiny", {**{k: v for k, v in ARGS.items() if k != "progress"},
                             "checkpoint_every": 20})

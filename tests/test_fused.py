@@ -1,4 +1,5 @@
-"""The fused MemRNN (rsa/fused.py) against the plain-autograd loop of rsa/models.py,
+"""The fused MemRNN (rsa/models/kernels/fused.py) against the plain-autograd loop of
+rsa/models/cells.py,
 and what the fused models (MemRNN, RelRNN, RelLSTM) share: the default, the fallbacks,
 float32, the input errors.
 
@@ -22,9 +23,9 @@ import pytest
 import torch
 
 from rsa import MemRNN, RelLSTM, RelRNN
-from rsa.fused import MemRNNFunction, memrnn_fused
-from rsa.fused_rellstm import RelLSTMFunction
-from rsa.fused_screened import RelRNNFunction
+from rsa.models.kernels.fused import MemRNNFunction, memrnn_fused
+from rsa.models.kernels.rellstm import RelLSTMFunction
+from rsa.models.kernels.screened import RelRNNFunction
 from tests.helpers import fused_and_plain, fused_function_args, grads, saved_bytes
 
 N_IN, N = 3, 5
@@ -53,8 +54,8 @@ def test_fused_equals_plain_autograd(T, B, nonlinearity):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=f"gradient of {name}")
 
 
-# The fused models: MemRNN (rsa.fused), RelRNN (rsa.fused_screened), RelLSTM
-# (rsa.fused_rellstm)
+# The fused models: MemRNN (rsa.models.kernels.fused), RelRNN (rsa.models.kernels.screened), RelLSTM
+# (rsa.models.kernels.rellstm)
 FUSED = [pytest.param(MemRNN, {}, MemRNNFunction, id="memrnn"),
          pytest.param(RelRNN, {"nu": 4, "rho": 3}, RelRNNFunction, id="relrnn"),
          pytest.param(RelLSTM, {"nu": 4, "rho": 3}, RelLSTMFunction, id="rellstm")]

@@ -1,9 +1,9 @@
-"""The fused RelLSTM (rsa/fused_rellstm.py) against the plain-autograd loop of
-rsa/models.py and the slow reference of rsa/reference.py, in float64.
+"""The fused RelLSTM (rsa/models/kernels/rellstm.py) against the plain-autograd loop of
+rsa/models/cells.py and the slow reference of rsa/models/reference.py, in float64.
 
 The plain loop's screening is checked slot by slot against the reference in
 tests/test_models.py. The fused function shares the fused RelRNN's screening on time
-indices and attention (rsa/fused_screened.py) and adds the LSTM cell with its
+indices and attention (rsa/models/kernels/screened.py) and adds the LSTM cell with its
 hand-written backward: it must give the same outputs and gradients as the plain loop on
 every configuration of tests/test_fused_screened.py (R filling and being replaced,
 nu = 1, rho = 0, rho > T, T < nu, T = 1), when every score ties, and under gradcheck.
@@ -18,10 +18,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import rsa.fused_screened as fs
+import rsa.models.kernels.screened as fs
 from rsa import RelLSTM, RelRNN
-from rsa.fused_rellstm import RelLSTMFunction, rellstm_fused
-from rsa.reference import reference_forward
+from rsa.models.kernels.rellstm import RelLSTMFunction, rellstm_fused
+from rsa.models.reference import reference_forward
 from tests.helpers import fused_and_plain, fused_function_args, grads, saved_bytes
 from tests.test_fused_screened import CONFIGS, replacements
 
@@ -159,10 +159,10 @@ def test_fused_float32_long_sequence_close_to_float64():
 
 def test_both_fused_models_run_the_same_attention_code(monkeypatch):
     """The fused RelRNN and RelLSTM share the screened attention (forward, screening,
-    backward) of rsa.fused_screened: both call it once per step."""
+    backward) of rsa.models.kernels.screened: both call it once per step."""
     calls = []
-    for cls, method in ((fs._Attention, "attend"), (fs._Attention, "screen"),
-                        (fs._AttentionGrad, "step")):
+    for cls, method in ((fs.Attention, "attend"), (fs.Attention, "screen"),
+                        (fs.AttentionGrad, "step")):
         real = getattr(cls, method)
 
         def spy(self, t, *args, _real=real, _name=method, **kwargs):

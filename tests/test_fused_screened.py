@@ -1,5 +1,5 @@
-"""The fused RelRNN (rsa/fused_screened.py) against the plain-autograd loop of
-rsa/models.py and the slow reference of rsa/reference.py, in float64.
+"""The fused RelRNN (rsa/models/kernels/screened.py) against the plain-autograd loop of
+rsa/models/cells.py and the slow reference of rsa/models/reference.py, in float64.
 
 The plain loop's screening (S, R, scores, ties) is itself checked slot by slot against
 the reference in tests/test_models.py; here the fused function, which redoes the
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rsa import RelRNN
-from rsa.fused_screened import RelRNNFunction, _memory_size, relrnn_fused
-from rsa.reference import reference_forward
+from rsa.models.kernels.screened import RelRNNFunction, _memory_size, relrnn_fused
+from rsa.models.reference import reference_forward
 from tests.helpers import fused_and_plain, fused_function_args, grads, saved_bytes
 
 N_IN, N = 3, 5

@@ -23,17 +23,17 @@ FIRST = ["copy/rnn_T3_s0", "denoise/relrnn_T3_rho1_s0"]
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "DATA", tmp_path / "data")
-    monkeypatch.setattr(experiments, "RUNS", tmp_path / "runs")
+    monkeypatch.setenv(io.DATA_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv(io.RUNS_ENV, str(tmp_path / "runs"))
     monkeypatch.setitem(experiments.PLANS, "tiny", TINY)
     calls = []
-    grad_rows = experiments._grad_rows
+    grad_rows = experiments.gradients.grad_rows
 
     def counted(model, task, T, seed):
         calls.append((type(model.core).__name__.lower(), task))
         return grad_rows(model, task, T, seed)
 
-    monkeypatch.setattr(experiments, "_grad_rows", counted)
+    monkeypatch.setattr(experiments.gradients, "grad_rows", counted)
     return tmp_path / "data" / "tiny", calls
 
 
@@ -48,7 +48,7 @@ def test_the_set_is_the_seed0_runs_at_grad_T_and_the_ablation():
     plan = dataclasses.replace(TINY, Ts=(3, 5), seeds=(0, 1))
     experiments.PLANS["tiny_set"] = plan
     try:
-        _, missing = experiments._grad_plan_runs("tiny_set", plan)
+        _, missing = experiments.gradients._grad_plan_runs("tiny_set", plan, io.data_root())
     finally:
         del experiments.PLANS["tiny_set"]
     names = {s["name"] for s in missing}
@@ -74,7 +74,7 @@ def test_incremental_gradient_stage(tiny):
     experiments.reproduce("tiny", ["gradients"], log=log.append)
     out = data / "gradients"
     grads = io.load_csv(out / "grad_norms.csv")
-    assert list(grads.columns) == list(experiments._GRAD_COLUMNS)
+    assert list(grads.columns) == list(experiments.gradients._GRAD_COLUMNS)
     profiles = _profiles(grads)
     assert set(profiles) == {("rnn", "copy", "", w) for w in ("start", "end")} | {
         ("relrnn", "denoise", 1, w) for w in ("start", "end")}

@@ -1,5 +1,6 @@
-"""Measurement (rsa.measure) and the benchmark (rsa.bench): gradient norms against
-closed forms, causality, cost helpers, and a bench smoke test (no timing assertions)."""
+"""Measurement (rsa.experiments.measure) and the benchmark (rsa.experiments.bench):
+gradient norms against closed forms, causality, cost helpers, and a bench smoke test (no
+timing assertions)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rsa.bench import main as bench_main
-from rsa.bench import markdown_table, run_bench
-from rsa.heads import MODELS, build_task_model
-from rsa.measure import (
+from rsa.experiments.bench import main as bench_main
+from rsa.experiments.bench import markdown_table, run_bench
+from rsa.experiments.measure import (
     estimate_memory,
     grad_norms,
     peak_memory,
@@ -18,6 +18,7 @@ from rsa.measure import (
     update_time,
     update_times,
 )
+from rsa.models.heads import MODELS, build_task_model
 from rsa.tasks import copy_batch, denoise_batch, load_digits_data, make_generator
 
 
@@ -158,11 +159,11 @@ def test_estimate_memory_is_quadratic_for_memrnn_only():
 
 def test_update_times_with_options_per_configuration(monkeypatch):
     """A configuration's own options (the plain loop) next to the default, one round."""
-    import rsa.measure
+    import rsa.experiments.measure
 
     built = []
-    real = rsa.measure.build_task_model
-    monkeypatch.setattr(rsa.measure, "build_task_model",
+    real = rsa.experiments.measure.build_task_model
+    monkeypatch.setattr(rsa.experiments.measure, "build_task_model",
                         lambda *a, **k: built.append(real(*a, **k)) or built[-1])
     res = update_times([("rellstm", 3, 2), ("rellstm", 3, 2, {"fused": False})],
                        hidden_size=4, repeats=1, warmup=0, nu=2)
@@ -171,7 +172,7 @@ def test_update_times_with_options_per_configuration(monkeypatch):
 
 
 def test_bench_times_the_plain_loop_next_to_the_fused_model(monkeypatch):
-    import rsa.bench
+    import rsa.experiments.bench
 
     peaks = []
 
@@ -179,7 +180,7 @@ def test_bench_times_the_plain_loop_next_to_the_fused_model(monkeypatch):
         peaks.append((model_name, kwargs.get("fused", True)))
         return {"peak_bytes": 2**20, "method": "fake"}
 
-    monkeypatch.setattr(rsa.bench, "peak_memory", fake_peak)
+    monkeypatch.setattr(rsa.experiments.bench, "peak_memory", fake_peak)
     rows = run_bench(("rellstm", "rellstm_unfused", "memrnn_unfused"), (30,), batch=2,
                      hidden_size=4, large_batch=0, repeats=1, warmup=0)
     assert [r["model"] for r in rows] == ["rellstm", "rellstm_unfused", "memrnn_unfused"]

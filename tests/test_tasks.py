@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsa.heads import build_task_model
+from rsa.models.heads import build_task_model
 from rsa.tasks import (
     COPY_MARKER,
     DENOISE_MARKER,

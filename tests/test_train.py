@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from rsa import io
 from rsa.__main__ import _train_parser, main
-from rsa.heads import TaskModel, build_model, build_task_model
+from rsa.models.heads import TaskModel, build_model, build_task_model
 from rsa.tasks import copy_batch, evaluate_transfer, make_generator
 from rsa.train import (
     DeviceUnavailableError,
@@ -534,7 +534,7 @@ def test_the_nan_rule_stops_at_the_first_non_finite_training_loss(monkeypatch, t
 
 def test_the_nan_rule_may_be_turned_on_at_resume_only_where_it_would_not_have_fired(
         monkeypatch, tmp_path):
-    from rsa.experiments import _nan_before_the_rule
+    from rsa.experiments.train_stage import _nan_before_the_rule
 
     clean, bad = tmp_path / "clean", tmp_path / "bad"
     train(**TINY, steps=4, out_dir=str(clean))

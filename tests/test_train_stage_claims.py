@@ -12,8 +12,8 @@ TINY = experiments.Plan(Ts=(3,), seeds=(0,), steps=2, eval_every=1, rhos=(1,), r
 
 
 def _setup(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "DATA", tmp_path / "data")
-    monkeypatch.setattr(experiments, "RUNS", tmp_path / "runs")
+    monkeypatch.setenv(io.DATA_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv(io.RUNS_ENV, str(tmp_path / "runs"))
     monkeypatch.setitem(experiments.PLANS, "tiny", TINY)
 
 

@@ -14,20 +14,20 @@ TINY = experiments.Plan(Ts=(3,), seeds=(0,), steps=2, eval_every=1, transfer_Ts=
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "DATA", tmp_path / "data")
-    monkeypatch.setattr(experiments, "RUNS", tmp_path / "runs")
+    monkeypatch.setenv(io.DATA_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv(io.RUNS_ENV, str(tmp_path / "runs"))
     monkeypatch.setitem(experiments.PLANS, "tiny", TINY)
     # MemRNN's cap (2000 in the real plans) inside the tiny delays, so that it shows
-    monkeypatch.setattr(experiments, "MEMRNN_TRANSFER_MAX", 6)
+    monkeypatch.setattr(experiments.transfer, "MEMRNN_TRANSFER_MAX", 6)
     monkeypatch.setitem(experiments.TRANSFER_MAX, "memrnn", 6)
     evaluated = []
-    real = experiments._transfer_rows
+    real = experiments.transfer._transfer_rows
 
     def counting(folder, run, Ts, device="cpu"):
         evaluated.append((folder.relative_to(tmp_path / "data" / "tiny").as_posix(), Ts))
         return real(folder, run, Ts, device)
 
-    monkeypatch.setattr(experiments, "_transfer_rows", counting)
+    monkeypatch.setattr(experiments.transfer, "_transfer_rows", counting)
     return tmp_path / "data" / "tiny", evaluated
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from rsa import campaign, experiments
-from rsa.experiments import GRAD_SEED_OFFSET, TRANSFER_SEED, check_transfer_stream
+from rsa import experiments
+from rsa.experiments import GRAD_SEED_OFFSET, TRANSFER_SEED, campaign, check_transfer_stream
 from rsa.tasks import copy_batch, get_task, make_generator
 from rsa.train import VALIDATION_SEED_OFFSET
 from rsa.train.loop import _SyntheticStream

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from rsa import heads
+from rsa.models import heads
+from rsa.models.transformer import Transformer, parameter_count, sinusoidal_positions
 from rsa.train import train
-from rsa.transformer import Transformer, parameter_count, sinusoidal_positions
 
 
 def make(input_size=3, hidden_size=16, seed=0, **kwargs):

@@ -1,4 +1,4 @@
-"""Bring the committed record of the campaign (rsa.campaign) up to date, for a commit:
+"""Bring the committed record of the campaign (rsa.experiments.campaign) up to date, for a commit:
 
 1. ``python -m rsa reproduce --scale paper --snapshot``: the in-flight state of every
    unfinished run into ``data/paper/inflight/``, finished runs into ``data/paper/``;
@@ -27,7 +27,7 @@ END = "<!-- campaign-table: end -->"
 
 
 def readme_block(data: Path) -> str:
-    from rsa import campaign
+    from rsa.experiments import campaign
 
     table = campaign.status_table(data)
     shown = table.drop(columns=["what"])

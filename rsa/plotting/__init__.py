@@ -4,7 +4,7 @@ Every chapter calls :func:`set_style` once; each ``plot_*`` function draws one f
 and returns it (the chapter glues it under a name and caption, see
 :func:`rsa.book.glue_figure`). Colours are fixed per model, so RelRNN has the same
 colour in every chapter: the model's colour and label are those of its entry in
-:mod:`rsa.registry`.
+:mod:`rsa.models.registry`.
 
 The package is split by concept: :mod:`rsa.plotting.style` (the style, model colours
 and labels, shared helpers), :mod:`rsa.plotting.lines` (a value against T, one line per
@@ -46,7 +46,6 @@ from rsa.plotting.style import (
     _as_numpy,  # noqa: F401
     _by_model_order,  # noqa: F401
     _color,  # noqa: F401
-    _empty_figure,  # noqa: F401
     _fig_ax,  # noqa: F401
     _legend_below,  # noqa: F401
     _legend_outside,  # noqa: F401
@@ -56,6 +55,7 @@ from rsa.plotting.style import (
     _require,  # noqa: F401
     _split_variant,  # noqa: F401
     _variant_style,  # noqa: F401
+    empty_figure,  # noqa: F401
     model_color,
     model_label,
     set_style,

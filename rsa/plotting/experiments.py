@@ -20,7 +20,6 @@ from rsa.plotting.style import (
     _CHANCE,
     _by_model_order,
     _color,
-    _empty_figure,
     _fig_ax,
     _legend_below,
     _legend_outside,
@@ -29,6 +28,7 @@ from rsa.plotting.style import (
     _require,
     _split_variant,
     _variant_style,
+    empty_figure,
     model_color,
     model_label,
 )
@@ -356,7 +356,7 @@ def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = 
     _require(df, ["model", col, x, y, unit])
     values = list(col_order) if col_order is not None else sorted(df[col].unique())
     if not values:
-        return _empty_figure(xlabel, ylabel)
+        return empty_figure(xlabel, ylabel)
     fig, axes = _panels(len(values))
     drawn_models, clipped = [], False
     for ax, v in zip(axes, values, strict=True):
@@ -435,7 +435,7 @@ def plot_updates_to_solve(table, x: str = "T", y: str = "solved_step", col: str 
     values = (sorted(present) if col_order is None
               else [v for v in col_order if v in present])
     if not values:
-        return _empty_figure(xlabel, ylabel)
+        return empty_figure(xlabel, ylabel)
     xs = sorted(df[x].unique())
     models = _by_model_order(df["model"].unique())
     fig, axes = _panels(len(values))

@@ -32,7 +32,7 @@ def plot_value_against_T(table, y: str, x: str = "T", ax=None, *, agg: str = "me
     scales, ticks, labels and the legend.
 
     ``table``: columns ``model``, ``x``, ``y``. ``order``: "models" (the models' usual
-    order, :mod:`rsa.registry`) or "given" (as they first appear). ``label``: the
+    order, :mod:`rsa.models.registry`) or "given" (as they first appear). ``label``: the
     legend entry of a model name; ``style``: its line style (default: solid with round
     markers, a variant ``"<model>, <variant>"`` or ``"<model>_<variant>"`` dotted with
     squares, in its model's colour). ``fits``: {model: (slope, intercept, x_min,

@@ -1,5 +1,5 @@
 """The book's one figure style: :func:`set_style`, the colour and label of each model
-(read from the table of :mod:`rsa.registry`, so a model has the same colour and name in
+(read from the table of :mod:`rsa.models.registry`, so a model has the same colour and name in
 every chapter), and the small helpers every figure module shares (axes, panels,
 legends, log ticks, table checks).
 """
@@ -16,11 +16,11 @@ import seaborn as sns
 from matplotlib.colors import to_rgb
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from rsa import registry
+from rsa.models import registry
 
 
 class _RegistryView(Mapping):
-    """A read-only dict that follows the table of :mod:`rsa.registry`."""
+    """A read-only dict that follows the table of :mod:`rsa.models.registry`."""
 
     def __init__(self, source):
         self._source = source
@@ -39,7 +39,7 @@ class _RegistryView(Mapping):
 
 
 # One colour per model, keyed by lower-case model name, and how models are written in
-# legends (and their order): views of the table of rsa.registry, not copies of it. The
+# legends (and their order): views of the table of rsa.models.registry, not copies of it. The
 # colours are RGB tuples (the book's are seaborn's "colorblind" palette).
 PALETTE = _RegistryView(lambda: {m: to_rgb(c) for m, c in registry.palette().items()})
 MODEL_LABELS = _RegistryView(registry.labels)
@@ -157,7 +157,7 @@ def _legend_outside(fig, ax, title=None) -> None:
         ax.legend(handles, labels, title=title, fontsize="small", loc="center left",
                   bbox_to_anchor=(1.02, 0.5))
 
-def _empty_figure(xlabel: str, ylabel: str):
+def empty_figure(xlabel: str, ylabel: str):
     """A figure that says there is nothing to show yet (a plan not run this far)."""
     fig, ax = plt.subplots(figsize=(5, 2.5))
     ax.text(0.5, 0.5, "no runs stored yet", ha="center", va="center",

@@ -36,7 +36,7 @@ when it lies inside it (:func:`rsa.io.portable_path`).
 """
 
 # Every name the module rsa.train defined before it became a package, the private ones
-# too (tests, rsa.bench and rsa.measure import some of them from here).
+# too (tests, rsa.experiments.bench and rsa.experiments.measure import some of them from here).
 from rsa.train.checkpoint import (
     _WAY_OUT,  # noqa: F401
     CHECKPOINT,
@@ -46,8 +46,8 @@ from rsa.train.checkpoint import (
     _checkpoint_errors,  # noqa: F401
     _finished_run,  # noqa: F401
     _Interrupt,  # noqa: F401
-    _load_checkpoint,  # noqa: F401
     _one_line,  # noqa: F401
+    load_checkpoint,  # noqa: F401
     load_trained,
 )
 from rsa.train.config import (
@@ -56,12 +56,12 @@ from rsa.train.config import (
     OPTIMIZERS,
     DeviceUnavailableError,
     TrainConfig,
-    _check_device_name,  # noqa: F401
-    _device,  # noqa: F401
     _int,  # noqa: F401
     _n_train,  # noqa: F401
+    check_device_name,  # noqa: F401
     config_command,
     resolve_config,
+    torch_device,  # noqa: F401
 )
 from rsa.train.loop import (
     VALIDATION_SEED_OFFSET,

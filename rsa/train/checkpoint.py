@@ -6,7 +6,7 @@ line naming the file and the way out when it cannot be), and the SIGINT/SIGTERM
 The checkpoint (``checkpoint.pt``, written atomically by :func:`save_checkpoint`) is a
 dict: ``format`` (1), ``config`` (the recorded config), ``model``, ``optimizer``,
 ``data`` (the training stream's generator), ``torch_rng``, ``cuda_rng`` (None on CPU)
-and ``state`` (:meth:`rsa.train.loop.RunState.to_checkpoint`: step, history, times,
+and ``state`` (:meth:`rsa.train.state.RunState.to_checkpoint`: step, history, times,
 the running sums of the current interval, best and first perfect step, stopping
 record, segments). ``model.pt`` holds the trained weights alone.
 """
@@ -21,17 +21,15 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from rsa import io
-from rsa.heads import TaskModel, build_task_model
-from rsa.train.config import _IDENTITY, _IDENTITY_DEFAULTS, TrainConfig, _device
+from rsa.models.heads import TaskModel, build_task_model
+from rsa.train.config import _IDENTITY, _IDENTITY_DEFAULTS, TrainConfig, torch_device
+from rsa.train.state import RunState
 from rsa.train.stopping import nan_at
-
-if TYPE_CHECKING:
-    from rsa.train.loop import RunState
 
 CHECKPOINT = "checkpoint.pt"
 MODEL_FILE = "model.pt"  # the trained weights alone (small; stored with results in data/)
@@ -51,7 +49,7 @@ class _Interrupt:
     USR2 before a preemption or the time limit) into a flag the loop checks between
     updates (main thread only), so the state saved on interruption is always that of a
     whole number of updates. The run then stops with ``SystemExit(128 + signal)``; the
-    handlers that were there before are back by then (:mod:`rsa.cluster` calls
+    handlers that were there before are back by then (:mod:`rsa.experiments.cluster` calls
     submitit's, which requeues the job)."""
 
     def __init__(self):
@@ -109,7 +107,7 @@ def _checkpoint_errors(path: Path):
                           f"({type(e).__name__}: {_one_line(e)}); {_WAY_OUT}") from e
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict:
+def load_checkpoint(path: Path, device: torch.device) -> dict:
     """The checkpoint at ``path``, with the fields resuming needs, or a ResumeError."""
     with _checkpoint_errors(path):
         io.check_torch_file(path)
@@ -144,7 +142,7 @@ def resumable_checkpoint(path: Path, c: TrainConfig, config_dict: dict,
     ``config_dict``): made with the same values of the identity fields and holding no
     more than ``c.steps`` updates. Else a :class:`ResumeError` naming the file, what
     differs, and the way out."""
-    ckpt = _load_checkpoint(path, device)
+    ckpt = load_checkpoint(path, device)
     made = {k: ckpt["config"].get(k, _IDENTITY_DEFAULTS.get(k)) for k in _IDENTITY}
     diff = {k: (made[k], config_dict[k]) for k in _IDENTITY if made[k] != config_dict[k]}
     if diff:
@@ -224,7 +222,7 @@ def load_trained(out_dir: str | Path, device: str = "cpu") -> TaskModel:
         how = f"regenerate it with:\n    {regenerate}" if regenerate else \
             "train a model with `python -m rsa train --out DIR` first"
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found; {how}")
-    dev = _device(device)
+    dev = torch_device(device)
     candidates = [path] + ([Path(out_dir) / MODEL_FILE] if path.name == CHECKPOINT
                            and (Path(out_dir) / MODEL_FILE).is_file() else [])
     failures = []

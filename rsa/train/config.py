@@ -2,7 +2,7 @@
 :func:`resolve_config` (the task's and the model's defaults filled in, every value
 checked), the device check and :func:`config_command` (the command that regenerates a
 run). The defaults are the authors' per task (the book's page *The paper*, section 5)
-and, per model, the table of :mod:`rsa.registry`.
+and, per model, the table of :mod:`rsa.models.registry`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from rsa import registry
+from rsa.models import describe, registry
 from rsa.tasks import get_task, train_size
 
 OPTIMIZERS = ("rmsprop", "adam")
@@ -49,9 +49,9 @@ class TrainConfig:
     - ``eval_batch``: 100 validation sequences / 500 (evaluation chunk size)
     - ``checkpoint_every``: ``eval_every``; ``seed``: 0; ``device``: "cpu".
 
-    Defaults that depend on the model, from the table of :mod:`rsa.registry`:
+    Defaults that depend on the model, from the table of :mod:`rsa.models.registry`:
 
-    [generated: rsa.registry.defaults_doc()]
+    [generated: rsa.models.describe.defaults_doc()]
 
     Stopping before ``steps`` (all off by default; see :func:`solved_at`,
     :func:`stalled_at`, :func:`patience_exhausted_at`):
@@ -105,7 +105,7 @@ class TrainConfig:
 
 if TrainConfig.__doc__:  # (python -OO strips docstrings)
     TrainConfig.__doc__ = TrainConfig.__doc__.replace(
-        "    [generated: rsa.registry.defaults_doc()]", registry.defaults_doc())
+        "    [generated: rsa.models.describe.defaults_doc()]", describe.defaults_doc())
 
 
 def _int(name, value, low=1):
@@ -173,7 +173,7 @@ def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> Tra
     c.checkpoint_every = _int("checkpoint_every", c.eval_every if c.checkpoint_every is None
                               else c.checkpoint_every)
     c.seed = _int("seed", c.seed, 0)
-    _check_device_name(c.device)
+    check_device_name(c.device)
     for name in model.defaults:  # the model's options with a per-task default
         if name in registry.OPTIONS and getattr(c, name) is None:
             setattr(c, name, registry.task_default(c.model, name, c.task, c.T))
@@ -194,15 +194,15 @@ def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> Tra
     return c
 
 
-def _check_device_name(device: str) -> None:
+def check_device_name(device: str) -> None:
     if not isinstance(device, str) or not (device == "cpu" or device == "cuda"
                                            or (device.startswith("cuda:")
                                                and device[5:].isdigit())):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
-def _device(device: str) -> torch.device:
-    _check_device_name(device)
+def torch_device(device: str) -> torch.device:
+    check_device_name(device)
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DeviceUnavailableError(

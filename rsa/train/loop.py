@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rsa import io
-from rsa.heads import TaskModel, build_task_model
+from rsa.models.heads import TaskModel, build_task_model
 from rsa.tasks import PixelBatches, get_task, load_pixel_data, make_generator, synthetic_batch
 from rsa.train.checkpoint import (
     CHECKPOINT,
@@ -33,8 +33,9 @@ from rsa.train.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from rsa.train.config import OPTIMIZERS, TrainConfig, _device, config_command, resolve_config
+from rsa.train.config import OPTIMIZERS, TrainConfig, config_command, resolve_config, torch_device
 from rsa.train.lock import hold
+from rsa.train.state import Interval, RunState
 from rsa.train.stopping import _stop_reason, memoryless_loss, solved_at
 
 # A validation set is drawn from its own stream, so training batches never repeat it.
@@ -44,7 +45,7 @@ VALIDATION_SEED_OFFSET = 1_000_000
 @dataclass
 class TrainResult:
     """What :func:`train` returns: resolved config, history rows, summary, the trained
-    :class:`~rsa.heads.TaskModel`, the output folder (None if nothing was written), and a
+    :class:`~rsa.models.heads.TaskModel`, the output folder (None if nothing was written), and a
     ``note`` for the user (e.g. that a finished run was loaded and nothing rewritten)."""
 
     config: dict
@@ -53,63 +54,6 @@ class TrainResult:
     model: TaskModel = field(repr=False)
     out_dir: Path | None = None
     note: str | None = None
-
-
-# -- where a run stands ------------------------------------------------------------------
-
-@dataclass
-class Interval:
-    """Running sums of the training loss and accuracy since the last history row."""
-
-    loss: float = 0.0
-    accuracy: float = 0.0
-    count: int = 0
-
-
-@dataclass
-class RunState:
-    """Where a run stands after ``step`` updates: the history rows so far, the wall and
-    training times, the running sums of the current interval, the best validation
-    accuracy with its step, the first step with 100 % accuracy, the stopping record, and
-    one segment per call of :func:`train` that trained (where each part of a resumed run
-    ran). The checkpoint stores it as a dict (:meth:`to_checkpoint`)."""
-
-    step: int = 0
-    history: list[dict] = field(default_factory=list)
-    wall_time_s: float = 0.0
-    train_time_s: float = 0.0
-    interval: Interval = field(default_factory=Interval)
-    first_perfect_step: int | None = None
-    best_val_accuracy: float | None = None
-    best_step: int | None = None
-    stopped_early: bool = False
-    segments: list[dict] = field(default_factory=list)
-    stop_reason: str | None = None
-    best_model: dict | None = None  # pixel tasks: the best-validation weights (on CPU)
-
-    def to_checkpoint(self) -> dict:
-        """The dict the checkpoint's ``state`` holds (``stop_reason`` only once set)."""
-        d = {"step": self.step, "history": self.history, "wall_time_s": self.wall_time_s,
-             "train_time_s": self.train_time_s, "interval": asdict(self.interval),
-             "first_perfect_step": self.first_perfect_step,
-             "best_val_accuracy": self.best_val_accuracy, "best_step": self.best_step,
-             "stopped_early": self.stopped_early, "segments": self.segments}
-        if self.stop_reason is not None:
-            d["stop_reason"] = self.stop_reason
-        if self.best_model is not None:
-            d["best_model"] = self.best_model
-        return d
-
-    @classmethod
-    def from_checkpoint(cls, d: dict) -> RunState:
-        """The state a checkpoint's ``state`` dict holds (checkpoints made before
-        segments were recorded have none)."""
-        return cls(step=d["step"], history=d["history"], wall_time_s=d["wall_time_s"],
-                   train_time_s=d["train_time_s"], interval=Interval(**d["interval"]),
-                   first_perfect_step=d["first_perfect_step"],
-                   best_val_accuracy=d["best_val_accuracy"], best_step=d["best_step"],
-                   stopped_early=d["stopped_early"], segments=d.get("segments", []),
-                   stop_reason=d.get("stop_reason"), best_model=d.get("best_model"))
 
 
 @dataclass
@@ -129,7 +73,7 @@ class _Run:
     out: Path | None
     manifest: dict | None = None
     tensorboard: bool = False  # also write the history as TensorBoard scalars
-    board: Any = None  # the open rsa.scalars.Scalars while the loop runs
+    board: Any = None  # the open rsa.train.scalars.Scalars while the loop runs
 
     @property
     def checkpoint(self) -> Path | None:
@@ -296,12 +240,12 @@ def train(config: TrainConfig | dict | None = None, *, argv: list[str] | None = 
     checkpoint there is resumed (its config must match on the fields that determine the
     result; ``steps`` may be larger). ``argv`` is the command line recorded in the
     manifest (defaults to ``sys.argv``). ``tensorboard=True`` also writes the history as
-    TensorBoard scalars next to ``history.csv`` (:class:`rsa.scalars.Scalars`; the CSV
+    TensorBoard scalars next to ``history.csv`` (:class:`rsa.train.scalars.Scalars`; the CSV
     and JSON stay the record).
     """
     c = resolve_config(config, **overrides)
     if tensorboard:
-        from rsa.scalars import require_tensorboard
+        from rsa.train.scalars import require_tensorboard
 
         require_tensorboard()
         if c.out_dir is None:
@@ -351,7 +295,7 @@ def _open(c: TrainConfig, argv) -> tuple[_Run, RunState, TrainResult | None]:
 
 def _prepare(c: TrainConfig) -> _Run:
     """The model (initialised from ``c.seed``), optimizer and data of a run."""
-    device = _device(c.device)
+    device = torch_device(c.device)
     torch.manual_seed(c.seed)  # model initialisation
     model = build_task_model(c.model, get_task(c.task), c.hidden_size, nu=c.nu, rho=c.rho,
                              nonlinearity=c.nonlinearity, init=c.init).to(device)
@@ -377,7 +321,7 @@ def _run_updates(run: _Run, state: RunState) -> None:
     clock = _Clock(state.wall_time_s)
     run.model.train()
     if run.tensorboard:
-        from rsa.scalars import Scalars
+        from rsa.train.scalars import Scalars
 
         run.board = Scalars(run.out, purge_step=state.step + 1)
     with _Interrupt() as interrupt, contextlib.closing(bar), \
@@ -420,7 +364,7 @@ def _account(state: RunState, clock: _Clock, segment: dict, loss: float, acc: fl
              train_s: float) -> None:
     """Add one update (its batch loss and accuracy, ``train_s`` seconds) to the run's
     state: the interval's sums, the step, the times and the segment. A population
-    (:mod:`rsa.population`) calls it for each of its runs after its batched update."""
+    (:mod:`rsa.train.population`) calls it for each of its runs after its batched update."""
     state.train_time_s += train_s
     state.interval.loss += loss
     state.interval.accuracy += acc

@@ -16,15 +16,15 @@ The self-attentive update (MemRNN, RelRNN) at step t >= 2, with memory M:
 (the book's *Notation* page: {eq}`eq-attention-score`, {eq}`eq-attention-context`,
 {eq}`eq-recurrent-update`), where the query q is s_{t-2} (s_0 = 0) and
 h_1 = phi(U x_1 + b). MemRNN attends to
-every past state; RelRNN to the screened memory S ∪ R of :mod:`rsa.memory`.
+every past state; RelRNN to the screened memory S ∪ R of :mod:`rsa.models.memory`.
 LSTM and RelLSTM use the same attention with LSTM gates reading [s_{t-1}; x_t].
 
 The pieces: the cell (:class:`_RNNCell`, :class:`_LSTMCell`), the additive attention
-(:meth:`_Recurrent.attend`) and the memory (:class:`rsa.memory.ScreenedMemory`), put
+(:meth:`_Recurrent.attend`) and the memory (:class:`rsa.models.memory.ScreenedMemory`), put
 together by the loop :meth:`_Recurrent.forward`, which the chapter shows next to the
 algorithm. A recorded pass (``record=True``) logs what each step saw through its memory
 (:class:`_RecordingMemory`), outside the loop. The specification all of them (and the
-fused functions) are tested against is :mod:`rsa.reference`.
+fused functions) are tested against is :mod:`rsa.models.reference`.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rsa.fused import check_sequence
-from rsa.fused import fused_forward as memrnn_fused_forward
-from rsa.fused_rellstm import fused_forward as rellstm_fused_forward
-from rsa.fused_screened import fused_forward as relrnn_fused_forward
-from rsa.memory import ScreenedMemory
+from rsa.models.kernels.fused import check_sequence
+from rsa.models.kernels.fused import fused_forward as memrnn_fused_forward
+from rsa.models.kernels.rellstm import fused_forward as rellstm_fused_forward
+from rsa.models.kernels.screened import fused_forward as relrnn_fused_forward
+from rsa.models.memory import ScreenedMemory
 
 __all__ = ["RNN", "LSTM", "MemRNN", "RelRNN", "RelLSTM", "ModReLU", "Trace",
            "henaff_skew", "orthogonal_init"]
@@ -120,7 +120,7 @@ class _Recurrent(nn.Module):
     """The loop shared by the five models: a cell (:class:`_RNNCell` or
     :class:`_LSTMCell`) reading s_{t-1}, and, with ``attention`` ("full" or
     "screened"), the additive attention (:meth:`attend`) over the memory R ∪ S
-    (:class:`rsa.memory.ScreenedMemory`). ``gates``: rows of U and V per unit (1 for
+    (:class:`rsa.models.memory.ScreenedMemory`). ``gates``: rows of U and V per unit (1 for
     the RNN cell, 4 for the LSTM's)."""
 
     gates = 1
@@ -283,8 +283,9 @@ class _Fusable(_Recurrent):
     RelLSTM).
 
     With ``fused`` (the default) a forward without ``record`` or ``freeze_attention``
-    calls the class's ``_fused_forward(model, x)`` (:mod:`rsa.fused`,
-    :mod:`rsa.fused_screened`, :mod:`rsa.fused_rellstm`); otherwise, and always for
+    calls the class's ``_fused_forward(model, x)`` (:mod:`rsa.models.kernels.fused`,
+    :mod:`rsa.models.kernels.screened`, :mod:`rsa.models.kernels.rellstm`); otherwise, and always
+    for
     ``record=True`` or ``freeze_attention=True``, it runs the plain-autograd loop of
     :class:`_Recurrent`.
     """
@@ -305,7 +306,8 @@ class MemRNN(_Fusable, _RNNCell):
     """Self-attentive RNN with full attention over every past state: O(T^2) per sequence.
 
     ``fused=True`` (default): a plain forward (no ``record``, no ``freeze_attention``)
-    runs the whole sequence as one autograd node, :class:`rsa.fused.MemRNNFunction`. It
+    runs the whole sequence as one autograd node,
+    :class:`rsa.models.kernels.fused.MemRNNFunction`. It
     keeps O(T n B + T^2 B) memory (states, keys, queries, attention weights) and
     recomputes the attention block in its hand-written backward, whose time is about
     twice the forward's (1.9-2.2x measured on CPU). ``fused=False`` is the plain-autograd
@@ -328,9 +330,9 @@ class RelRNN(_Fusable, _RNNCell):
 
     ``fused=True`` (default): a plain forward (no ``record``, no ``freeze_attention``)
     runs the whole sequence as one autograd node,
-    :class:`rsa.fused_screened.RelRNNFunction`: the screening is done on time indices,
+    :class:`rsa.models.kernels.screened.RelRNNFunction`: the screening is done on time indices,
     the backward is hand-written, and memory is O(T B (n + nu + rho)). ``fused=False``
-    is the plain-autograd loop over :class:`rsa.memory.ScreenedMemory`, which the
+    is the plain-autograd loop over :class:`rsa.models.memory.ScreenedMemory`, which the
     chapter *Relevancy screening* walks through; ``record=True`` and
     ``freeze_attention=True`` always take it.
     """
@@ -357,10 +359,10 @@ class RelLSTM(_Fusable, _LSTMCell):
 
     ``fused=True`` (default): a plain forward (no ``record``, no ``freeze_attention``)
     runs the whole sequence as one autograd node,
-    :class:`rsa.fused_rellstm.RelLSTMFunction`, which shares the fused RelRNN's
+    :class:`rsa.models.kernels.rellstm.RelLSTMFunction`, which shares the fused RelRNN's
     screening on time indices and attention (forward and hand-written backward) and adds
     the LSTM cell's backward; memory O(T B (n + nu + rho)). ``fused=False`` is the
-    plain-autograd loop of :class:`_Recurrent` over :class:`rsa.memory.ScreenedMemory`;
+    plain-autograd loop of :class:`_Recurrent` over :class:`rsa.models.memory.ScreenedMemory`;
     ``record=True`` and ``freeze_attention=True`` always take it.
     """
 

@@ -1,6 +1,6 @@
 """Measurements: gradient propagation ||dL/dh_t|| and the cost of a training update.
 
-Used by the chapters *Gradient propagation* and *Cost* and by :mod:`rsa.bench`.
+Used by the chapters *Gradient propagation* and *Cost* and by :mod:`rsa.experiments.bench`.
 
 **Gradient propagation.** The loss L is the cross-entropy on the answer steps only (the
 last 10 steps of copy/denoise, the last step of a classification), so ||dL/dh_t|| says
@@ -51,8 +51,8 @@ from pathlib import Path
 
 import torch
 
-from rsa import registry
-from rsa.heads import TaskModel, build_task_model
+from rsa.models import registry
+from rsa.models.heads import TaskModel, build_task_model
 from rsa.tasks import get_task, load_pixel_data, make_generator, synthetic_batch
 
 __all__ = ["grad_norms", "update_time", "update_times", "peak_memory", "saved_tensor_bytes",
@@ -96,9 +96,9 @@ def grad_norms(model: TaskModel, x: torch.Tensor, y: torch.Tensor, *,
 # -- cost -----------------------------------------------------------------------------------
 
 def _setup(model_name, T, batch, hidden_size, task, device, seed, model_options):
-    from rsa.train import _device, make_optimizer
+    from rsa.train import make_optimizer, torch_device
 
-    dev = _device(device)
+    dev = torch_device(device)
     spec = get_task(task)
     torch.manual_seed(seed)
     model = build_task_model(model_name, spec, hidden_size, **model_options).to(dev)
@@ -241,7 +241,7 @@ def peak_memory(model_name: str, T: int, *, batch: int = 10, hidden_size: int = 
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")  # freed big blocks leave the RSS
-    code = ("import json, sys, torch; from rsa.measure import _peak_in_process; "
+    code = ("import json, sys, torch; from rsa.experiments.measure import _peak_in_process; "
             "a = json.loads(sys.argv[1]); torch.set_num_threads(a.pop('threads')); "
             "print(json.dumps(_peak_in_process(**a)))")
     proc = subprocess.run(
@@ -276,7 +276,7 @@ def estimate_memory(model_name: str, T: int, *, batch: int = 10, hidden_size: in
                     fused: bool = True) -> int:
     """A rough upper estimate, in bytes, of an update's extra memory, used only to skip
     configurations that would not fit (MemRNN at large T): the budget of the model's
-    entry in :mod:`rsa.registry` over L = T + 20 steps (``memory``, or ``fused_memory``
+    entry in :mod:`rsa.models.registry` over L = T + 20 steps (``memory``, or ``fused_memory``
     for its fused implementation; the table says what each one counts).
 
     Measured on CPU against the budget: MemRNN's plain loop, 355 MiB at T = 200, B = 10,

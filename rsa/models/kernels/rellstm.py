@@ -21,11 +21,12 @@ with M_t the screened memory S ∪ R before step t. Step 0 has no forget term, w
 the same as cell_{-1} = 0 (its gradient through f_0 is then 0, as autograd's).
 
 Everything about the attention is that of the fused RelRNN
-(:mod:`rsa.fused_screened`) and runs through the same code: the memory table HK of
+(:mod:`rsa.models.kernels.screened`) and runs through the same code: the memory table HK of
 ``[h_t | 2 W_k h_t]`` rows, the screening on time indices after each step
-(``_Attention.screen``), the attention forward of a step (``_Attention.attend``), its
-backward with the attention block recomputed (``_AttentionGrad.step``) and the weight
-gradients of W_q and W_k (:func:`rsa.fused.attention_weight_grads`). What is new is the cell.
+(``Attention.screen``), the attention forward of a step (``Attention.attend``), its
+backward with the attention block recomputed (``AttentionGrad.step``) and the weight
+gradients of W_q and W_k (:func:`rsa.models.kernels.fused.attention_weight_grads`). What is new
+is the cell.
 
 Forward buffers, all O(T B n) (memory O(T B (n + nu + rho)) with the attention weights
 and row indices): HK (T, B, 2n); ZQ (T, B, 5n), row ``[z_t | 2 W_q s_{t-1}]``, whose
@@ -62,8 +63,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from rsa.fused import _exact_tanh, attention_weight_grads, fused_inputs
-from rsa.fused_screened import _Attention, _AttentionGrad, _check_screening
+from rsa.models.kernels.fused import attention_weight_grads, exact_tanh, fused_inputs
+from rsa.models.kernels.screened import Attention, AttentionGrad, check_screening
 
 __all__ = ["RelLSTMFunction", "rellstm_fused", "fused_forward", "lstm_cell_step"]
 
@@ -73,7 +74,7 @@ def lstm_cell_step(t, if_t, i_t, f_t, g_t, o_t, cell_t, tc, h_t):
     of one buffer, ``if_t`` covering i and f): the gates replace z_t in place,
     c_t = i g + f c_{t-1} is written to ``cell_t[t]`` and h_t = o tanh(c_t) to ``h_t[t]``
     (``tc`` holds tanh(c_t)); returns h_t. Shared with the population's batched forward
-    (:mod:`rsa.population`), which runs it on the rows of all its runs at once."""
+    (:mod:`rsa.train.population`), which runs it on the rows of all its runs at once."""
     if_t[t].sigmoid_()
     g_t[t].tanh_()
     o_t[t].sigmoid_()
@@ -88,7 +89,7 @@ class RelLSTMFunction(torch.autograd.Function):
 
     Inputs: ``ux`` (T, B, 4n), gates in the order (i, f, g, o); ``V`` (4n, n), ``W_q``,
     ``W_k`` (n, n) weight matrices (``nn.Linear`` layout); ``v`` (n,); ``nu`` >= 1,
-    ``rho`` >= 0. Scores are evaluated as in :class:`rsa.fused_screened.RelRNNFunction`
+    ``rho`` >= 0. Scores are evaluated as in :class:`rsa.models.kernels.screened.RelRNNFunction`
     (exact tanh in float64, the sigmoid form below). Saved for backward: HK (2n), ZQ
     (5n), CELL (n), s_prev (n) per step and example, the row indices and the alphas.
     """
@@ -104,7 +105,7 @@ class RelLSTMFunction(torch.autograd.Function):
         s_prev = torch.zeros(T, B, n, **opts)   # s_prev[t] = s_{t-1}, the input to V at step t
         VQ = torch.cat([V, 2 * W_q]).t()        # (n, 5n): s -> [V s | 2 W_q s]
         W_k2 = (2 * W_k).t()
-        att = _Attention(HK, v, nu, rho, _exact_tanh(ux.dtype))
+        att = Attention(HK, v, nu, rho, exact_tanh(ux.dtype))
         # per-step views made once (slicing in the loop costs more than the arithmetic)
         zq, q2_t = ZQ.unbind(0), ZQ[..., 4 * n:].unbind(0)
         if_t, o_t = ZQ[..., :2 * n].unbind(0), ZQ[..., 3 * n:4 * n].unbind(0)
@@ -152,7 +153,7 @@ class RelLSTMFunction(torch.autograd.Function):
         # loop, except the last step's query part (there is no q_T)
         DQ = torch.empty(T, B, 5 * n, dtype=HK.dtype, device=HK.device)
         DQ[-1, :, 4 * n:] = 0
-        att = _AttentionGrad(HK, GHK, IDX, ALPHA, ctx.sizes)
+        att = AttentionGrad(HK, GHK, IDX, ALPHA, ctx.sizes)
         v4 = 4 * v
         Wk4 = v4[:, None] * W_k
         VQ4 = torch.cat([V, v4[:, None] * W_q]).mul_(0.5)  # [dz | gq] -> dL/ds / 2
@@ -190,7 +191,7 @@ def rellstm_fused(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: tor
     if ux.dim() != 3 or ux.shape[0] < 1 or ux.shape[2] != 4 * W_k.shape[0]:
         raise ValueError(f"ux must have shape (T >= 1, B, 4n) with n = {W_k.shape[0]}, got "
                          f"{tuple(ux.shape)}")
-    _check_screening(nu, rho)
+    check_screening(nu, rho)
     return RelLSTMFunction.apply(ux, V, W_q, W_k, v, nu, rho)
 
 

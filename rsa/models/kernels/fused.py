@@ -1,5 +1,6 @@
 """MemRNN over a whole sequence in one autograd node, with a hand-written backward; and
-the pieces that every fused function (:mod:`rsa.fused_screened`, :mod:`rsa.fused_rellstm`)
+the pieces that every fused function (:mod:`rsa.models.kernels.screened`,
+:mod:`rsa.models.kernels.rellstm`)
 shares with it.
 
 The update is that of :class:`rsa.models.MemRNN` (*The paper* §2, chapter *Relevancy
@@ -42,14 +43,14 @@ tensor outlives its step: memory O(T n B + T^2 B) (107 MiB for that update), tim
 about twice the forward (the recomputation plus the tanh derivative). Measured by
 ``python tests/test_fused.py``.
 
-Why not the screened function of :mod:`rsa.fused_screened` with a buffer that never
+Why not the screened function of :mod:`rsa.models.kernels.screened` with a buffer that never
 evicts: it gathers each step's memory rows by index and scatters their gradient back
 (``index_select``, ``index_add_``), which full attention does not need (its memory is
 the slice HK[:t]); measured, forward and backward take about 1.5x as long at T = 100
 and at T = 300 (B = 10, n = 128, float32, one thread; medians of 11 interleaved rounds).
 
 Backward, for one step t (G = dL/d·), walking t from T - 1 down to 0 (the step numbers
-tag the lines; the same steps in :mod:`rsa.fused_screened`):
+tag the lines; the same steps in :mod:`rsa.models.kernels.screened`):
 
 1. G_{h_t} = dL/dH_t + G_{s_t}/2 + G^val_t + G^key_t (4 v ⊙ W_k): the accumulator
    GHK[t] = [G^val_t | G^key_t] holds, for every later step t' (all of which attended
@@ -79,7 +80,7 @@ __all__ = ["MemRNNFunction", "memrnn_fused", "fused_forward", "fused_inputs", "c
            "attention_weight_grads"]
 
 
-def _phi(z: torch.Tensor, phi_b: torch.Tensor | None,
+def activation(z: torch.Tensor, phi_b: torch.Tensor | None,
          out: torch.Tensor | None = None) -> torch.Tensor:
     """tanh (``phi_b is None``) or modReLU(z) = sign(z) relu(|z| + b), as in rsa.models;
     written into ``out`` if given."""
@@ -88,7 +89,7 @@ def _phi(z: torch.Tensor, phi_b: torch.Tensor | None,
     return torch.mul(torch.sign(z), torch.relu(z.abs() + phi_b), out=out)
 
 
-def _phi_derivative(H: torch.Tensor, Z: torch.Tensor | None, phi_b: torch.Tensor | None):
+def activation_derivative(H: torch.Tensor, Z: torch.Tensor | None, phi_b: torch.Tensor | None):
     """phi'(z) for every step, from the states H = phi(Z): tanh' = 1 - h^2, or modReLU'
     = sign(z)^2 [|z| + b > 0] (0 at z = 0, as autograd). Returns (phi', sign(Z) or None);
     sign(Z) also gives modReLU's dL/db = sum dL/dz sign(z)^3 = sum dL/dz sign(z)."""
@@ -98,7 +99,7 @@ def _phi_derivative(H: torch.Tensor, Z: torch.Tensor | None, phi_b: torch.Tensor
     return sign * sign * ((Z.abs() + phi_b) > 0), sign
 
 
-def _exact_tanh(dtype: torch.dtype) -> bool:
+def exact_tanh(dtype: torch.dtype) -> bool:
     """Whether the forward scores use torch.tanh itself (float64: bitwise equal to the
     generic loop of rsa.models) or the sigmoid form (float32 and below: torch.tanh is
     about 4x slower than torch.sigmoid on this CPU; the sigmoid form is float32-accurate)."""
@@ -184,7 +185,7 @@ class MemRNNFunction(torch.autograd.Function):
     def forward(ctx, ux, V, W_q, W_k, v, phi_b):  # noqa: D102
         T, B, n = ux.shape
         opts = dict(dtype=ux.dtype, device=ux.device)
-        exact = _exact_tanh(ux.dtype)
+        exact = exact_tanh(ux.dtype)
         HK = torch.empty(T, B, 2 * n, **opts)   # [h_t | 2 W_k h_t]
         s_prev = torch.zeros(T, B, n, **opts)   # s_prev[t] = s_{t-1}, the input to V at step t
         Q2 = torch.zeros(T, B, n, **opts)       # Q2[t] = 2 W_q q_t (q_1 = 0)
@@ -197,7 +198,7 @@ class MemRNNFunction(torch.autograd.Function):
         h_t, k_t, s_t, q2_t = HK[..., :n].unbind(0), HK[..., n:].unbind(0), \
             s_prev.unbind(0), Q2.unbind(0)
         z = ux[0]
-        h = _phi(z, phi_b, out=h_t[0])
+        h = activation(z, phi_b, out=h_t[0])
         torch.mm(h, W_k2, out=k_t[0])
         if Z is not None:
             Z[0] = z
@@ -206,7 +207,7 @@ class MemRNNFunction(torch.autograd.Function):
                           out=s_t[t])  # s_{t-1}
             alpha[t, :t] = a
             z = torch.addmm(ux[t], s, V.t())  # z_t = U x_t + b + V s_{t-1}
-            h = _phi(z, phi_b, out=h_t[t])
+            h = activation(z, phi_b, out=h_t[t])
             torch.mm(h, W_k2, out=k_t[t])
             if Z is not None:
                 Z[t] = z
@@ -223,7 +224,7 @@ class MemRNNFunction(torch.autograd.Function):
         n = n2 // 2
         opts = dict(dtype=HK.dtype, device=HK.device)
         H = HK[..., :n]
-        dphi, sign = _phi_derivative(H, Z, phi_b)
+        dphi, sign = activation_derivative(H, Z, phi_b)
         # per state: [dL/dH_t + value path | key path / (4 v)], complete when t is reached
         GHK = torch.cat([gout, torch.zeros_like(gout)], dim=2)
         DZ = torch.empty(T, B, n, **opts)      # dL/dz_t

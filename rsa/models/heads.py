@@ -7,10 +7,10 @@
   cross-entropy averaged over all L steps and the batch; the accuracy is over the last
   10 steps (the answer steps). :meth:`TaskModel.answer_loss` is the cross-entropy on the
   answer steps only, the loss whose gradient the chapter *Gradient propagation*
-  measures (:func:`rsa.measure.grad_norms`).
+  measures (:func:`rsa.experiments.measure.grad_norms`).
 - classification: logits from the last hidden state h_L, (B, C).
 
-:func:`build_model` makes a core by name from the table of :mod:`rsa.registry`, which
+:func:`build_model` makes a core by name from the table of :mod:`rsa.models.registry`, which
 checks the combination of options.
 """
 
@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsa import registry
+from rsa.models import registry
 from rsa.tasks import N_DATA, TaskSpec, get_task
 
 __all__ = ["MODELS", "build_model", "TaskModel", "build_task_model"]
 
-# Views of the table of rsa.registry (they follow rsa.registry.register).
+# Views of the table of rsa.models.registry (they follow rsa.models.registry.register).
 MODELS = registry.MODELS
 _FUSED = registry.FUSED
 
@@ -33,18 +33,19 @@ _FUSED = registry.FUSED
 def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | None = None,
                 rho: int | None = None, nonlinearity: str | None = None,
                 init: str | None = None, fused: bool | None = None) -> nn.Module:
-    """The core model ``model_name``, one of :data:`MODELS` (:mod:`rsa.registry`).
+    """The core model ``model_name``, one of :data:`MODELS` (:mod:`rsa.models.registry`).
 
     ``fused`` (MemRNN, RelRNN and RelLSTM; default True) picks the fused sequence
-    function with a hand-written backward (:mod:`rsa.fused`, :mod:`rsa.fused_screened`,
-    :mod:`rsa.fused_rellstm`); ``fused=False`` is the plain-autograd loop (for MemRNN,
+    function with a hand-written backward (:mod:`rsa.models.kernels.fused`,
+    :mod:`rsa.models.kernels.screened`,
+    :mod:`rsa.models.kernels.rellstm`); ``fused=False`` is the plain-autograd loop (for MemRNN,
     memory growing like T^2 n B).
 
     ``None`` options take the class's default (RelRNN/RelLSTM: nu=10, rho=15; RNN
     family: tanh, orthogonal init; LSTMs: xavier). Raises ValueError, naming the value
     and what is accepted, for an unknown name, nu < 1, rho < 0, nu/rho on a model
     without screening, a nonlinearity on an LSTM, or an unknown init
-    (:func:`rsa.registry.check_options`).
+    (:func:`rsa.models.registry.check_options`).
     """
     options = registry.check_options(model_name, fused=fused, nu=nu, rho=rho,
                                      nonlinearity=nonlinearity, init=init)

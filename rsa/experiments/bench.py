@@ -2,7 +2,7 @@
 
 The cost claim of the paper (MemRNN O(T^2), RelRNN linear in T; the book's page *The
 paper*, section 2) and the reviewers' request for wall-clock numbers (section 7),
-measured with :mod:`rsa.measure` on the copy task: for each model and T in
+measured with :mod:`rsa.experiments.measure` on the copy task: for each model and T in
 {100, 200, 500, 1000} at B = 10, n = 128, and at B = 100 for T = 200, the median and the
 fastest of ``repeats`` updates after ``warmup`` updates, the peak extra memory of one
 update, and the bytes autograd saves for backward.
@@ -10,12 +10,12 @@ The models with a fused default (MemRNN, RelRNN, RelLSTM) can also be timed with
 autograd, their specification, next to it: ``--models rellstm rellstm_unfused`` times
 ``RelLSTM(fused=False)`` in the same rounds as the fused RelLSTM.
 
-The updates are timed in interleaved rounds (:func:`rsa.measure.update_times`). On a
+The updates are timed in interleaved rounds (:func:`rsa.experiments.measure.update_times`). On a
 shared virtual machine the same update can take twice as long for seconds to minutes
 at a time (the book's *Using rsa*, Speed, shows it): interleaving spreads such periods
 over every configuration, the fastest update says what the code does when the machine
 is quiet, and the median what a run met. Configurations whose estimated memory
-(:func:`rsa.measure.estimate_memory`) exceeds the budget are skipped and say so (MemRNN
+(:func:`rsa.experiments.measure.estimate_memory`) exceeds the budget are skipped and say so (MemRNN
 at large T). The torch thread count is printed with the table, since CPU timings
 depend on it.
 """
@@ -30,15 +30,16 @@ from pathlib import Path
 
 import torch
 
-from rsa import io, registry
-from rsa.heads import _FUSED, MODELS
-from rsa.measure import estimate_memory, peak_memory, saved_tensor_bytes, update_times
+from rsa import io
+from rsa.experiments.measure import estimate_memory, peak_memory, saved_tensor_bytes, update_times
+from rsa.models import registry
+from rsa.models.heads import MODELS
 
 __all__ = ["run_bench", "markdown_table", "main", "DEFAULT_TS", "UNFUSED_VARIANTS"]
 
 DEFAULT_TS = (100, 200, 500, 1000)
 # the plain-autograd loop of each model with a fused default, as a bench "model"
-UNFUSED_VARIANTS = tuple(f"{m}_unfused" for m in _FUSED)
+UNFUSED_VARIANTS = tuple(f"{m}_unfused" for m in registry.FUSED)
 
 
 def _model_and_options(name: str) -> tuple[str, dict]:
@@ -69,7 +70,7 @@ def run_bench(models=MODELS, Ts=DEFAULT_TS, *, batch: int = 10, hidden_size: int
     ``large_batch`` (0 skips it). Returns one dict per row: model, T, batch, time_ms
     (median), time_min_ms (fastest), times_ms, peak_mib and saved_mib (peak extra memory
     and bytes saved for backward, None without ``memory``), skipped (reason or None),
-    threads, method. ``models`` are names of the registry (:data:`rsa.heads.MODELS` and
+    threads, method. ``models`` are names of the registry (:data:`rsa.models.heads.MODELS` and
     the baselines outside it, SAB and the Transformer) or of
     :data:`UNFUSED_VARIANTS` (``"memrnn_unfused"``...: the model with ``fused=False``).
     ``max_memory_gb`` defaults to half the available RAM (CPU) or 80 % of the free GPU
@@ -79,9 +80,9 @@ def run_bench(models=MODELS, Ts=DEFAULT_TS, *, batch: int = 10, hidden_size: int
     unknown = [m for m in models if m not in accepted]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; accepted: {', '.join(accepted)}")
-    from rsa.train import _device
+    from rsa.train import torch_device
 
-    _device(device)  # fails early if CUDA was asked for and is missing
+    torch_device(device)  # fails early if CUDA was asked for and is missing
     if max_memory_gb is None:
         frac = 0.8 if device.startswith("cuda") else 0.5
         limit = frac * _available_bytes(device)
@@ -156,9 +157,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m rsa bench`` (see ``--help``); ``bench population ...``:
-    :func:`rsa.bench_population.main`."""
+    :func:`rsa.experiments.bench_population.main`."""
     if argv and argv[0] == "population":
-        from rsa.bench_population import main as population_main
+        from rsa.experiments.bench_population import main as population_main
 
         return population_main(argv[1:])
     p = argparse.ArgumentParser(
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                     "interleaved rounds, for\nevery model and T, plus one row at a larger "
                     "batch. Prints a markdown table;\n--out also writes it with a manifest. "
                     "`bench population --help`: the throughput of population\ntraining "
-                    "(rsa.bench_population).")
+                    "(rsa.experiments.bench_population).")
     p.add_argument("--models", nargs="+", default=list(MODELS),
                    choices=MODELS + UNFUSED_VARIANTS, metavar="MODEL",
                    help="models to time: " + ", ".join(MODELS + UNFUSED_VARIANTS)

@@ -6,8 +6,8 @@ of the book's notation).
 
 It shares the *parameters* of a fast model (so that the two can be compared exactly, in
 float64) but none of its code: the batched loop of :mod:`rsa.models`, the screened
-memory of :mod:`rsa.memory` and the fused functions (:mod:`rsa.fused`,
-:mod:`rsa.fused_screened`, :mod:`rsa.fused_rellstm`) are all tested against it
+memory of :mod:`rsa.models.memory` and the fused functions (:mod:`rsa.models.kernels.fused`,
+:mod:`rsa.models.kernels.screened`, :mod:`rsa.models.kernels.rellstm`) are all tested against it
 (``tests/test_models.py``, ``tests/test_fused*.py``).
 
 Each model class has a *branch*: a function ``(model, x, freeze_attention)`` for one
@@ -30,8 +30,8 @@ _BRANCHES: dict[type, Callable] = {}
 
 
 def branch(*classes: type) -> Callable:
-    """Decorator: ``fn`` is the reference of the model classes ``classes`` (and of their
-    subclasses that have none of their own)."""
+    """Decorator: ``fn`` is the reference of the model classes ``classes`` (exactly: a
+    subclass, which may change the equations, needs a branch of its own)."""
     def register(fn: Callable) -> Callable:
         for cls in classes:
             _BRANCHES[cls] = fn
@@ -48,12 +48,11 @@ def reference_forward(model, x, freeze_attention=False):
     relevance scores after step t's attention. A model without attention returns empty
     dicts and lists for the last three.
     """
-    for cls in type(model).__mro__:
-        if cls in _BRANCHES:
-            return _BRANCHES[cls](model, x, freeze_attention)
+    if type(model) in _BRANCHES:  # the exact class: a subclass needs a branch of its own
+        return _BRANCHES[type(model)](model, x, freeze_attention)
     raise TypeError(f"no reference for {type(model).__name__}; models with one: "
                     f"{', '.join(sorted(c.__name__ for c in _BRANCHES))} (add one with "
-                    f"rsa.reference.branch)")
+                    f"rsa.models.reference.branch)")
 
 
 def _phi(model, z):
@@ -138,7 +137,7 @@ def reference_batch(model, x, freeze_attention=False):
 
 def reference_sab(model, x, freeze_attention=False):
     """SAB (``rsa.SAB``) on one example x (T, input_size), straight from the equations of
-    rsa/sab.py's docstring: Python lists for the memory, the top-k threshold found by
+    rsa/models/sab.py's docstring: Python lists for the memory, the top-k threshold found by
     sorting Python floats (the first of tied slots holds the threshold), eps = 1e-7
     written out.
 

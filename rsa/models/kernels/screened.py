@@ -1,8 +1,8 @@
 """RelRNN over a whole sequence in one autograd node, with a hand-written backward; and
-the screened attention it shares with the fused RelLSTM (:mod:`rsa.fused_rellstm`).
+the screened attention it shares with the fused RelLSTM (:mod:`rsa.models.kernels.rellstm`).
 
 The update is that of :class:`rsa.models.RelRNN` (*The paper* §2, chapter *Relevancy
-screening*), 0-based in time as in :mod:`rsa.fused`: h_0 = phi(U x_0 + b), and for
+screening*), 0-based in time as in :mod:`rsa.models.kernels.fused`: h_0 = phi(U x_0 + b), and for
 t >= 1, with M_t the screened memory S ∪ R before step t,
 
     e_tj    = v . tanh(W_q q_t + W_k h_j)   for h_j in M_t,   q_t = s_{t-2} (q_1 = 0)
@@ -28,7 +28,7 @@ Slot layout: S is a ring of nu slots (h_t enters slot t mod nu, where the state 
 S sat), R the rho slots after it, filled in order and then replaced in place: the valid
 slots at every step are a prefix [0, m) shared by the batch (R only fills once S is
 full). Attention is a sum over the set M_t, so slot order changes only the rounding; R's
-slot order, which decides ties, is that of :class:`rsa.memory.ScreenedMemory`: the
+slot order, which decides ties, is that of :class:`rsa.models.memory.ScreenedMemory`: the
 leaving state replaces the *first* slot of lowest score, and only if its score is
 *strictly* greater.
 
@@ -43,23 +43,23 @@ Backward, for one step t (G = dL/d·), walking t from T - 1 down to 0:
 3. G_{s_{t-1}} = G_{z_t} V + G_{q_{t+1}}; G_{c_t} = G_{s_{t-1}} / 2 (and G_{s_{t-1}}/2
    is also h_{t-1}'s share, step 1 at t - 1).
 4. ge_t = alpha_t ⊙ (g_t - <alpha_t, g_t>) with g_tj = G_{c_t} . h_j (softmax
-   backward, :func:`rsa.fused.softmax_backward`).
+   backward, :func:`rsa.models.kernels.fused.softmax_backward`).
 5. With sigma = sigmoid(2 (W_q q_t + W_k h_j)) recomputed (tanh(x) = 2 sigma(2x) - 1):
    G_{W_q q_t} = 4 v ⊙ sum_j ge_tj sigma (1 - sigma); dL/dv collects
    sum_j ge_tj tanh(...) = sum_j ge_tj (2 sigma - 1) = 2 sum_j ge_tj sigma, since
    sum_j ge_tj = 0 (alpha_t sums to 1); and GHK[j] += [alpha_tj G_{c_t} |
    ge_tj sigma (1 - sigma)] for each attended h_j (one ``index_add_``)
-   (:func:`rsa.fused.attention_block_backward`).
+   (:func:`rsa.models.kernels.fused.attention_block_backward`).
 
 The weight gradients (V, W_q, W_k, v, modReLU's b) are single matmuls or sums at the
-end. ``U x + b`` is computed outside, by autograd, as in :mod:`rsa.fused`.
+end. ``U x + b`` is computed outside, by autograd, as in :mod:`rsa.models.kernels.fused`.
 
 Shared with the fused RelLSTM: the attention forward of a step and the screening after
-it (:class:`_Attention`: steps t >= 1 above, up to s_{t-1}), the attention backward of
-a step (:class:`_AttentionGrad`: steps 4 and 5) and the attention's weight gradients
-(:func:`rsa.fused.attention_weight_grads`). Both models store their states in memory the same
-way (the RelLSTM stores its outputs h_t, not its cells), so only the cell, step 2, and
-the shape of V differ.
+it (:class:`Attention`: steps t >= 1 above, up to s_{t-1}), the attention backward of
+a step (:class:`AttentionGrad`: steps 4 and 5) and the attention's weight gradients
+(:func:`rsa.models.kernels.fused.attention_weight_grads`). Both models store their states in
+memory the same way (the RelLSTM stores its outputs h_t, not its cells), so only the
+cell, step 2, and the shape of V differ.
 """
 
 from __future__ import annotations
@@ -67,13 +67,13 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from rsa.fused import (
-    _exact_tanh,
-    _phi,
-    _phi_derivative,
+from rsa.models.kernels.fused import (
+    activation,
+    activation_derivative,
     attend,
     attention_block_backward,
     attention_weight_grads,
+    exact_tanh,
     fused_inputs,
 )
 
@@ -115,7 +115,7 @@ def _screen_step(slot, score, trow, t, nu, rho, nR, R_slots):
     return nR
 
 
-class _Attention:
+class Attention:
     """The forward half of the screened attention, shared by the fused RelRNN and
     RelLSTM: for each step t >= 1, :meth:`attend` (the memory M_t read from the table
     HK, the scores, alpha_t, c_t and s_{t-1}), then, once h_t is in HK, :meth:`screen`
@@ -175,13 +175,13 @@ class _Attention:
 
     def alpha(self) -> torch.Tensor:
         """Every step's alpha in one flat tensor (so that autograd's saved-tensor
-        accounting sees it), split again by :class:`_AttentionGrad`."""
+        accounting sees it), split again by :class:`AttentionGrad`."""
         if len(self.alphas) < 2:
             return self.rows.new_empty(0)
         return torch.cat([a.reshape(-1) for a in self.alphas[1:]])
 
 
-class _AttentionGrad:
+class AttentionGrad:
     """The backward half of the screened attention, shared by the fused RelRNN and
     RelLSTM (steps 4 and 5 of the module docstring): :meth:`step` takes G_{c_t} and adds
     the memory's gradient into ``GHK`` (T, B, 2n) and G_{W_q q_t} / (4 v) into its
@@ -223,7 +223,8 @@ class RelRNNFunction(torch.autograd.Function):
     Inputs: ``ux`` (T, B, n), ``V``, ``W_q``, ``W_k`` (n, n) weight matrices
     (``nn.Linear`` layout), ``v`` (n,), ``phi_b`` (n,) modReLU bias or None for tanh,
     ``nu`` >= 1, ``rho`` >= 0. Scores are evaluated as in
-    :class:`rsa.fused.MemRNNFunction` (exact tanh in float64, the sigmoid form below).
+    :class:`rsa.models.kernels.fused.MemRNNFunction` (exact tanh in float64, the sigmoid form
+    below).
 
     Layout, chosen to keep the number of operations per step small (at B = 10 each
     costs more in overhead than in arithmetic):
@@ -246,16 +247,16 @@ class RelRNNFunction(torch.autograd.Function):
         s_prev = torch.zeros(T, B, n, **opts)   # s_prev[t] = s_{t-1}, the input to V at step t
         VQ = torch.cat([V, 2 * W_q]).t()        # (n, 2n): s -> [V s | 2 W_q s]
         W_k2 = (2 * W_k).t()
-        att = _Attention(HK, v, nu, rho, _exact_tanh(ux.dtype))
+        att = Attention(HK, v, nu, rho, exact_tanh(ux.dtype))
         # per-step views made once (slicing in the loop costs more than the arithmetic)
         zq, z_t, q2_t = ZQ.unbind(0), ZQ[..., :n].unbind(0), ZQ[..., n:].unbind(0)
         h_t, k_t, s_t = HK[..., :n].unbind(0), HK[..., n:].unbind(0), s_prev.unbind(0)
-        h = _phi(z_t[0], phi_b, out=h_t[0])
+        h = activation(z_t[0], phi_b, out=h_t[0])
         torch.mm(h, W_k2, out=k_t[0])
         for t in range(1, T):
             s = att.attend(t, q2_t[t - 1], h, out=s_t[t])  # s_{t-1}
             zq[t].addmm_(s, VQ)
-            h = _phi(z_t[t], phi_b, out=h_t[t])
+            h = activation(z_t[t], phi_b, out=h_t[t])
             torch.mm(h, W_k2, out=k_t[t])
             att.screen(t)
         ctx.sizes = att.sizes
@@ -269,12 +270,12 @@ class RelRNNFunction(torch.autograd.Function):
         T, B, n2 = HK.shape
         n = n2 // 2
         H = HK[..., :n]
-        dphi, sign = _phi_derivative(H, ZQ[..., :n], phi_b)
+        dphi, sign = activation_derivative(H, ZQ[..., :n], phi_b)
         # per state: [dL/dH_t + value path | key path / (4 v)], complete when t is reached
         GHK = torch.cat([gout, torch.zeros_like(gout)], dim=2)
         DQ = torch.zeros(T, B, n2, dtype=HK.dtype, device=HK.device)
         # DQ[t] = [dL/dz_t | dL/d(W_q q_{t+1}) / (4 v)]
-        att = _AttentionGrad(HK, GHK, IDX, ALPHA, ctx.sizes)
+        att = AttentionGrad(HK, GHK, IDX, ALPHA, ctx.sizes)
         v4 = 4 * v
         Wk4 = v4[:, None] * W_k
         VQ4 = torch.cat([V, v4[:, None] * W_q]).mul_(0.5)  # [dz | gq] -> dL/ds / 2
@@ -297,7 +298,7 @@ class RelRNNFunction(torch.autograd.Function):
         return DZ, gV, gW_q, gW_k, att.gv, gb, None, None
 
 
-def _check_screening(nu, rho) -> None:
+def check_screening(nu, rho) -> None:
     for name, val, lo in (("nu", nu, 1), ("rho", rho, 0)):
         if not isinstance(val, int) or isinstance(val, bool) or val < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
@@ -310,7 +311,7 @@ def relrnn_fused(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: torc
     :class:`RelRNNFunction` (memory O(T B (n + nu + rho)), one autograd node)."""
     if ux.dim() != 3 or ux.shape[0] < 1:
         raise ValueError(f"ux must have shape (T >= 1, B, n), got {tuple(ux.shape)}")
-    _check_screening(nu, rho)
+    check_screening(nu, rho)
     return RelRNNFunction.apply(ux, V, W_q, W_k, v, phi_b, nu, rho)
 
 

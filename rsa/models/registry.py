@@ -6,26 +6,29 @@ range (:data:`OPTIONS`, checked here by :func:`check_options`) and their per-tas
 defaults (the authors' settings, the book's page *The paper*, section 5), its memory
 budget and its part in the experiment plan. Everything that names models reads it:
 
-- :func:`rsa.heads.build_model`: the class and the options;
+- :func:`rsa.models.heads.build_model`: the class and the options;
 - :func:`rsa.train.resolve_config`: the per-task defaults (:func:`task_default`) and the
   options, checked without building a model; :class:`rsa.train.TrainConfig`'s docstring
   and the help of ``python -m rsa train`` (choices, :func:`describe_default`);
-- :mod:`rsa.experiments` (the plan's model lists), :func:`rsa.measure.estimate_memory`
+- :mod:`rsa.experiments` (the plan's model lists), :func:`rsa.experiments.measure.estimate_memory`
   (:func:`memory_budget`) and :mod:`rsa.plotting` (labels, colours, legend order).
 
 Adding a model touches these files, and no other file of the package
 (``tests/test_registry.py`` does it with a toy model registered at test time, trained
 from the command line):
 
-1. its class: a module of rsa (``rsa/models.py`` for a recurrent core; a fused
-   implementation, if any, in a module of its own like ``rsa/fused_screened.py``), and
+1. its class: a module of rsa (``rsa/models/cells.py`` for a recurrent core; a fused
+   implementation, if any, in a module of its own under ``rsa/models/kernels/``), and
    its name in ``rsa/__init__.py`` if it is public;
-2. one entry in the table below, ``rsa/registry.py`` (or a :func:`register` call
-   anywhere before it is used);
-3. a branch of the per-example reference, ``rsa/reference.py``
-   (:func:`rsa.reference.branch`);
-4. tests: against the reference (the list of models of ``tests/test_models.py``, and
-   ``tests/test_fused*.py`` for a fused implementation).
+2. one entry in the table below, ``rsa/models/registry.py`` (or a :func:`register` call
+   anywhere before it is used): its options, defaults, memory, transfer cap, whether
+   it has states, and its population forward (``population``; None: each run's own
+   forward inside a population, stated when used);
+3. a branch of the per-example reference, ``rsa/models/reference.py``
+   (:func:`rsa.models.reference.branch`; for its exact class: a subclass needs its own);
+4. its cases in the list of ``tests/test_models.py``. Tests that iterate over this
+   table fail until 3 and 4 are done (``test_every_registered_model_*``), and train,
+   reload and run every entry as a population (``tests/test_population.py``).
 
 This module imports neither torch nor another module of rsa: the table names classes as
 ``"module:Class"``, imported when a model is first built, so that any module can read
@@ -37,8 +40,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-import textwrap
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,8 +47,8 @@ from typing import Any
 __all__ = ["PerTask", "Option", "ModelSpec", "OPTIONS", "FAMILIES", "AUTHORS_ONLY",
            "MODELS", "FUSED", "register", "unregister", "get", "names", "registered",
            "fused_names",
-           "with_option", "config_options", "check_options", "task_default",
-           "class_default", "describe_default", "defaults_doc", "memory_budget", "label",
+           "with_option", "config_options", "check_options", "task_default", "entry_of",
+           "class_default", "memory_budget", "label",
            "color", "labels", "palette", "UNFUSED_SUFFIX"]
 
 
@@ -80,7 +81,7 @@ class PerTask:
 
 @dataclass(frozen=True)
 class Option:
-    """A model option: a keyword of the model classes and of :func:`rsa.heads.build_model`
+    """A model option: a keyword of the model classes and of :func:`rsa.models.heads.build_model`
     (and, with ``config``, a field of :class:`rsa.train.TrainConfig` and a flag of
     ``python -m rsa train``). ``None`` always means "not given": the default applies.
 
@@ -170,7 +171,7 @@ class ModelSpec:
     - ``fused``: it has a fused implementation (and takes ``fused``, default True);
     - ``memory``, ``fused_memory``: an upper budget of the extra memory of one update,
       in bytes, as a function of (batch B, hidden size n, steps L); ``fused_memory`` for
-      the fused implementation (:func:`rsa.measure.estimate_memory`);
+      the fused implementation (:func:`rsa.experiments.measure.estimate_memory`);
     - ``long_delays``: trained at the experiment plan's longer delays too (converged
       plan: T = 1000, and seeds 1, 2 at T = 500);
     - ``transfer_max``: the longest delay the transfer stage evaluates it at (None: no
@@ -179,6 +180,11 @@ class ModelSpec:
       delay (:func:`rsa.experiments.transfer_delays`, :func:`~rsa.experiments.transfer_batch`);
     - ``has_states``: its forward returns recurrent states h_t, so gradient profiles
       ||dL/dh_t|| exist (False: the Transformer);
+    - ``population``: the batched forward a population of its runs shares
+      (:data:`rsa.models.kernels.population.BATCHED`: ``"recurrent"``, ``"memrnn"``,
+      ``"relrnn"``, ``"rellstm"``; a fused model uses it when built fused), or None:
+      each run's own forward inside the population (the same results, no gain;
+      population training says so when it happens);
     - ``in_plan``: part of :data:`MODELS`, the paper's models, which every plan trains
       in full (False: a model that can be built, configured, trained and drawn outside
       :data:`MODELS`; SAB and the Transformer, which the converged plan trains as its
@@ -202,6 +208,7 @@ class ModelSpec:
     transfer_at_max: bool = False
     transfer_batch: int = 100
     has_states: bool = True
+    population: str | None = None
     in_plan: bool = True
 
     def takes(self, option: str) -> bool:
@@ -228,14 +235,16 @@ _XAVIER_ONLY = {"init": ("xavier",)}
 _TABLE = (
     ModelSpec("rnn", "rsa.models:RNN", "RNN", "#949494",  # grey: the baseline
               family="rnn", options=("nonlinearity", "init"),
-              defaults={"lr": _LR_RNN, "nonlinearity": _MODRELU}, long_delays=True),
+              defaults={"lr": _LR_RNN, "nonlinearity": _MODRELU}, long_delays=True,
+              population="recurrent"),
     ModelSpec("lstm", "rsa.models:LSTM", "LSTM", "#0173b2",  # blue
               family="lstm", options=("init",), choices=_XAVIER_ONLY,
-              defaults={"lr": _LR_LSTM}),
+              defaults={"lr": _LR_LSTM}, population="recurrent"),
     ModelSpec("memrnn", "rsa.models:MemRNN", "MemRNN", "#d55e00",  # red: full attention
               family="rnn", options=("nonlinearity", "init"),
               defaults={"lr": _LR_RNN, "nonlinearity": _MODRELU}, fused=True,
               transfer_max=2000, transfer_at_max=True,  # O(T^2) evaluation
+              population="memrnn",
               # plain loop: per step t several (B, t, n) float32 tensors (the stacked
               # memory, the attention pre-activation and its tanh): 8 B n L^2 bytes;
               # fused: the attention weights, B L^2 floats, and O(B n L) buffers
@@ -248,16 +257,17 @@ _TABLE = (
                         "nu": _NU, "rho": _RHO,
                         "nonlinearity": PerTask(copy="tanh", denoise="modrelu",
                                                 pixel="modrelu")},
-              fused=True, long_delays=True,
+              fused=True, long_delays=True, population="relrnn",
               # fused: O(B n L) buffers, per step the nu + rho weights and row indices
               fused_memory=lambda B, n, L: 64 * B * n * L + 16 * B * L * 25),
     ModelSpec("rellstm", "rsa.models:RelLSTM", "RelLSTM", "#cc78bc",  # purple
               family="lstm", options=("nu", "rho", "init"), choices=_XAVIER_ONLY,
               defaults={"lr": _LR_LSTM, "nu": _NU, "rho": _RHO}, fused=True,
+              population="rellstm",
               # fused: as RelRNN's with the larger buffers of the gates and cells
               fused_memory=lambda B, n, L: 160 * B * n * L + 16 * B * L * 25),
     # -- outside MODELS (in_plan=False): the converged plan's baselines -----------------
-    ModelSpec("sab", "rsa.sab:SAB", "SAB", "#ca9161",  # brown: the authors' SAB numbers'
+    ModelSpec("sab", "rsa.models.sab:SAB", "SAB", "#ca9161",  # brown: the authors' SAB numbers'
               family="lstm", defaults={"lr": _LR_LSTM},  # the release's copy lr
               # per step t the (B, m_t, 2n) tanh of the score and the (B, m_t) weights,
               # m_t <= 1 + t (attn_every_k >= 1): at most 4 B n L^2 bytes, plus the LSTM's
@@ -265,7 +275,7 @@ _TABLE = (
               # O(T^2) evaluation: 100 sequences at T = 2000 take a quarter of an hour
               # and 16 GB here
               transfer_max=2000, transfer_batch=20, in_plan=False),
-    ModelSpec("transformer", "rsa.transformer:Transformer", "Transformer", "#fbafe4",
+    ModelSpec("transformer", "rsa.models.transformer:Transformer", "Transformer", "#fbafe4",
               family="attention", defaults={"lr": _LR_LSTM},  # pink
               # per layer and head the (B, L, L) attention weights (softmax output and its
               # use): 2 layers x 4 heads x 2 x 4 bytes, plus linear buffers
@@ -328,7 +338,7 @@ def names() -> tuple[str, ...]:
 
 def registered() -> tuple[str, ...]:
     """Every model of the table: those of the plan, then those outside it (SAB, the
-    Transformer), each in the table's order. :func:`get`, :func:`rsa.heads.build_model`
+    Transformer), each in the table's order. :func:`get`, :func:`rsa.models.heads.build_model`
     and :func:`rsa.train.resolve_config` accept all of them."""
     return names() + tuple(n for n, s in _REGISTRY.items() if not s.in_plan)
 
@@ -339,6 +349,15 @@ def get(name: str) -> ModelSpec:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; accepted: {', '.join(names())}")
     return _REGISTRY[name]
+
+
+def entry_of(core) -> ModelSpec | None:
+    """The entry whose class is exactly ``type(core)`` (a subclass is a model of its
+    own: it has an entry of its own, or none), or None."""
+    for name in names():
+        if _REGISTRY[name].model_class() is type(core):
+            return _REGISTRY[name]
+    return None
 
 
 def fused_names() -> tuple[str, ...]:
@@ -389,8 +408,8 @@ class _Names(Sequence):
         return repr(self._source())
 
 
-MODELS = _Names(names)        # rsa.MODELS, rsa.heads.MODELS
-FUSED = _Names(fused_names)   # rsa.heads._FUSED
+MODELS = _Names(names)        # rsa.MODELS, rsa.models.heads.MODELS
+FUSED = _Names(fused_names)   # rsa.models.heads._FUSED
 
 
 # -- options: the one place they are checked ---------------------------------------------
@@ -452,88 +471,6 @@ def class_default(model: str, option: str):
     if parameter is None or parameter.default is inspect.Parameter.empty:
         return None
     return parameter.default
-
-
-def _words(value) -> str:
-    if isinstance(value, float) and value != 0 and abs(value) < 1e-2:
-        mantissa, exponent = f"{value:.6e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    return str(value)
-
-
-_TASK_WORDS = (("copy", "copy"), ("denoise", "denoise"), ("pixel", "pixel tasks"))
-
-
-def _per_task_words(default: PerTask) -> str:
-    """"10 for copy, 15 for denoise, 10 for pixel tasks": equal neighbours merged."""
-    runs: list[list] = []
-    for attr, words in _TASK_WORDS:
-        value = getattr(default, attr)
-        if runs and runs[-1][0] == value:
-            runs[-1][1].append(words)
-        else:
-            runs.append([value, [words]])
-    text = _words(runs[0][0]) if len(runs) == 1 else ", ".join(
-        f"{_words(v)} for {' and '.join(w)}" for v, w in runs)
-    if default.long_copy is not None:
-        T_min, value = default.long_copy
-        text += f", but {_words(value)} on copy at T >= {T_min}"
-    return text
-
-
-def _majority_words(specs: list[ModelSpec], name: str) -> str:
-    """"modrelu, but tanh for relrnn on copy": the most common value, then the others."""
-    cells = [(s.name, words, getattr(s.defaults[name], attr))
-             for s in specs for attr, words in _TASK_WORDS]
-    common = Counter(v for _, _, v in cells).most_common(1)[0][0]
-    by_value: dict[tuple, list[str]] = {}
-    for model, words, value in cells:
-        if value != common:
-            by_value.setdefault((value, words), []).append(model)
-    merged: dict[tuple, list[str]] = {}  # (value, models) -> task words
-    for (value, words), models in by_value.items():
-        merged.setdefault((value, tuple(models)), []).append(words)
-    everyone = tuple(s.name for s in specs)
-    parts = [f"{_words(v)}{'' if m == everyone else ' for ' + ', '.join(m)} on "
-             f"{' and '.join(w)}" for (v, m), w in merged.items()]
-    parts += [f"{_words(s.defaults[name].long_copy[1])} for {s.name} on copy at T >= "
-              f"{s.defaults[name].long_copy[0]}" for s in specs
-              if s.defaults[name].long_copy is not None]
-    return _words(common) + (", but " + "; ".join(parts) if parts else "")
-
-
-def describe_default(name: str) -> str:
-    """The default of ``name`` (an option, or ``"lr"``) in words, from the table: its
-    per-task default (e.g. "15 for copy and denoise, 10 for pixel tasks"; "modrelu, but
-    tanh for relrnn on copy"), or for an option without one each class's default
-    ("orthogonal for rnn, ...; xavier, the only choice, for lstm, ...")."""
-    specs = [s for s in _REGISTRY.values() if name in s.defaults]
-    if specs:
-        if len({s.defaults[name] for s in specs}) == 1:  # one table for all its models
-            return _per_task_words(specs[0].defaults[name])
-        return _majority_words(specs, name)
-    by_value: dict[Any, list[ModelSpec]] = {}
-    for s in _REGISTRY.values():
-        if s.takes(name):
-            by_value.setdefault(class_default(s.name, name), []).append(s)
-    return "; ".join(
-        f"{_words(value)}"
-        f"{', the only choice,' if all(s.choices.get(name) == (value,) for s in specs) else ''}"
-        f" for {', '.join(s.name for s in specs)}" for value, specs in by_value.items())
-
-
-def defaults_doc(indent: str = "    ") -> str:
-    """The model-dependent defaults as a reST list (for :class:`rsa.train.TrainConfig`)."""
-    lines = []
-    for name in (*TRAINING_DEFAULTS, *(o.name for o in config_options())):
-        users = with_option(name) if name in OPTIONS else registered()
-        only = "" if len(users) == len(_REGISTRY) else f" ({', '.join(users)} only)"
-        kept = "" if any(name in s.defaults for s in _REGISTRY.values()) else \
-            " (the class's own default: the configuration keeps None)"
-        lines.append(textwrap.fill(f"- ``{name}``{only}: {describe_default(name)}{kept}",
-                                   width=88, initial_indent=indent,
-                                   subsequent_indent=indent + "  "))
-    return "\n".join(lines)
 
 
 # -- memory ------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ Quirks of the release kept here (each changes the function or its gradient):
 
 Left out of the release (no effect on the function): the attention visualisation
 (``attn_w_viz``, ``print_attention_step``), ``.cuda()`` calls, the read-out layer ``fc``
-(here :class:`rsa.heads.TaskModel`'s read-out on the output [h_t; s_t]). The release's
+(here :class:`rsa.models.heads.TaskModel`'s read-out on the output [h_t; s_t]). The release's
 copy data feed the symbol as one float (input size 1) and read out 10 classes; the
 book's copy task feeds it one-hot (10 inputs) and reads out 9 classes (the blank and the
 8 symbols), as for every model of the book.
@@ -99,8 +99,8 @@ import math
 import torch
 from torch import nn
 
-from rsa.fused import check_sequence
 from rsa.models import Trace
+from rsa.models.kernels.fused import check_sequence
 
 __all__ = ["SAB", "sparsify", "EPS"]
 
@@ -129,7 +129,7 @@ class SAB(nn.Module):
 
     ``hidden_size`` is n, the LSTM's units (the release's ``hidden_size``). The output
     of :meth:`forward` is [h_t; s_t], of width 2n, and ``self.hidden_size`` is that
-    width, 2n: the features :class:`rsa.heads.TaskModel`'s read-out reads (the
+    width, 2n: the features :class:`rsa.models.heads.TaskModel`'s read-out reads (the
     release's ``fc`` is ``Linear(2 n, classes)``); ``self.n`` is n.
 
     Parameters: ``U`` (4n x input_size, bias ``U.bias`` = b_U), ``V`` (4n x n, bias

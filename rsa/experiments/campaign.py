@@ -19,7 +19,7 @@ checkpoint into it). A finished run is stored as the converged plan stores its r
 file is removed.
 
 Each job is one call of :func:`rsa.train.train` (or of
-:func:`rsa.population.train_population` for seeds trained as one population), whose
+:func:`rsa.train.population.train_population` for seeds trained as one population), whose
 ``python -m rsa train`` command :func:`job_command` gives; the work folder under
 ``runs/paper/`` is that command's ``--out-dir``.
 """
@@ -273,9 +273,9 @@ def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS) -> None:
     """Train the campaign's jobs in order (or those whose cell letter or run name is in
     ``select``), each resumed from its work folder or its committed in-flight state;
     a job that another process trains (its lock) is left to it."""
-    from rsa.population import train_population
     from rsa.train import train
     from rsa.train.lock import claim
+    from rsa.train.population import train_population
 
     for k, job in enumerate(jobs, 1):
         names = [name for _, name, _ in job_runs(job, runs)]

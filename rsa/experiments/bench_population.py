@@ -1,8 +1,9 @@
-"""``python -m rsa bench population``: throughput of population training (:mod:`rsa.population`).
+"""``python -m rsa bench population``: throughput of population training
+(:mod:`rsa.train.population`).
 
 For each model, T, population size P and torch thread count: the wall time of one
-population update of P runs (:func:`rsa.population.population_step`) and of P single-run
-updates one after the other (:func:`rsa.train.train_step` on each run), on the copy
+population update of P runs (:func:`rsa.models.kernels.population.population_step`) and
+of P single-run updates one after the other (:func:`rsa.train.train_step` on each run), on the copy
 task at B = 10, n = 128, with each run's own weights and batch. The two are timed in the
 same interleaved rounds (every configuration once per round, population and sequential
 back to back), so that a slow period of a shared machine falls on both; the table gives
@@ -27,8 +28,8 @@ from pathlib import Path
 import torch
 
 from rsa import io
-from rsa.heads import MODELS, build_task_model
-from rsa.population import batched, population_step
+from rsa.models.heads import MODELS, build_task_model
+from rsa.models.kernels.population import batched, population_step
 from rsa.tasks import make_generator, synthetic_batch
 from rsa.train import make_optimizer, train_step
 

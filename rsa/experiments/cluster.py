@@ -1,0 +1,216 @@
+"""The experiment plan on a cluster (``python -m rsa reproduce --executor slurm``) and
+its estimated cost (``reproduce --dry-run``).
+
+- :func:`submit`: through submitit (the optional ``cluster`` extra), the train stage as
+  one SLURM job array, one element per run not stored yet (:class:`PlanJob` on the
+  run's name), and each later stage (transfer, gradients, cost) as a job that starts
+  when every element has succeeded (``--dependency=afterok:<array>``). Jobs get
+  SIGUSR2 before their time limit or a preemption (submitit's ``--signal``); the
+  training loop (:func:`rsa.train.train`) finishes its update, saves its checkpoint and
+  stops, and :class:`PlanJob` hands the signal to submitit, which requeues the job: the
+  next attempt resumes from the checkpoint, update for update. With ``cluster="local"``
+  or ``"debug"`` (submitit's executors on this machine: the tests) the later stages wait
+  for the array instead.
+- :func:`dry_run`: the plan's runs with updates x measured time per update on the
+  chosen device, from the stored measurements (:func:`update_cost`).
+
+The stages themselves are :func:`rsa.reproduce`'s: a job runs
+``reproduce`` on its part of the plan, so everything it writes (atomically, with
+manifests) is what a local run writes.
+"""
+
+from __future__ import annotations
+
+import glob
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsa import io
+from rsa.experiments.plan import PLANS, STAGES, Plan, plan_runs, run_name, select_runs
+from rsa.experiments.stages import reproduce, set_deterministic
+from rsa.experiments.store import run_states
+
+__all__ = ["PlanJob", "submit", "INSTALL", "REQUEUE_SIGNALS"]
+
+INSTALL = "pip install 'rsa[cluster]' (or: pip install submitit)"
+REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # SLURM's warnings before the end
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise ValueError(f"--executor slurm needs the submitit package, which is not "
+                         f"installed; install it with {INSTALL}") from None
+    return submitit
+
+
+@dataclass
+class PlanJob:
+    """One job: ``reproduce`` of ``stages`` of the plan ``scale`` (the :class:`Plan`
+    travels with the job, so a plan defined in Python runs as well), with ``select`` the
+    run's name when called on one (an array element). Checkpointable for submitit: on
+    preemption or time-out the job is submitted again as it was, and the training run
+    resumes from its checkpoint."""
+
+    scale: str
+    plan: Plan
+    stages: tuple[str, ...]
+    device: str
+    data_dir: str
+    runs_dir: str
+    tensorboard: bool = False
+    deterministic: bool = False
+    threads: int = 1
+
+    def __call__(self, name: str | None = None):
+        import torch
+
+        torch.set_num_threads(self.threads)
+        if self.deterministic:
+            set_deterministic()
+        PLANS.setdefault(self.scale, self.plan)
+        select = None if name is None else [glob.escape(name)]
+        try:
+            reproduce(self.scale, list(self.stages), log=_log, select=select,
+                                  device=self.device, data_dir=self.data_dir,
+                                  runs_dir=self.runs_dir, tensorboard=self.tensorboard)
+        except SystemExit as e:  # stopped by a signal, its checkpoint saved
+            signum = e.code - 128 if isinstance(e.code, int) else None
+            if signum in REQUEUE_SIGNALS:
+                handler = signal.getsignal(signum)  # submitit's again: requeue and exit
+                if callable(handler):
+                    handler(signum, None)
+            raise
+        return name if name is not None else list(self.stages)
+
+    def checkpoint(self, *args, **kwargs):
+        """What submitit resubmits after a preemption or time-out: the same call (the
+        run's checkpoint makes it resume)."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args, **kwargs)
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def _todo(scale: str, select, data: Path) -> list[str]:
+    """Names of the plan's runs (matching ``select``) whose results are not stored
+    complete under ``data``."""
+    runs = select_runs(plan_runs(scale, data), select)
+    if select is not None and not runs:
+        raise ValueError(f"--select {' '.join(select)} matches no run of the {scale!r} "
+                         f"plan; run names look like "
+                         f"{run_name('copy', 'relrnn', 100, 0)!r}")
+    states = run_states(scale, data)  # the one rule (status, dry run, stages)
+    return [r["name"] for r in runs if states[r["name"]] != "done"]
+
+
+def submit(scale: str, stages=STAGES, *, cluster: str = "slurm",
+           select=None, device: str = "auto", deterministic: bool = False,
+           tensorboard: bool = False, threads: int = 1, data_dir=None, runs_dir=None,
+           folder=None, partition: str | None = None, gpus: int | None = None,
+           cpus: int | None = None, mem_gb: float = 8, time_min: int = 24 * 60,
+           max_parallel: int | None = None, max_timeouts: int = 10, shard=None,
+           log=_log) -> dict:
+    """Submit the plan of ``scale`` through submitit; returns ``{"array": [jobs],
+    "stages": {stage: job}}`` (submitit ``Job`` objects).
+
+    ``cluster``: ``"slurm"`` (``reproduce --executor slurm``), or submitit's ``"local"``
+    and ``"debug"`` executors, which run here (the later stages then wait for the
+    array). ``device`` is resolved on the node (``auto``: its GPU if it has one), so the
+    machine that submits needs none. ``gpus`` (default 1 for a CUDA or auto device),
+    ``cpus`` (default ``threads``), ``mem_gb``, ``time_min``, ``partition`` and
+    ``max_parallel`` (array elements at a time) are the SLURM request of every job;
+    a job that reaches ``time_min`` is requeued up to ``max_timeouts`` times
+    (preemptions do not count);
+    ``folder`` is submitit's (scripts, logs; default ``<runs>/slurm/<scale>``).
+    """
+    from rsa.train import check_device_name
+
+    if shard is not None:
+        raise ValueError("--shard is for processes started by hand; with --executor slurm "
+                         "every run is an element of the job array: leave --shard out")
+    if scale not in PLANS:
+        raise ValueError(f"--scale must be one of {sorted(PLANS)}, got {scale!r}")
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {bad}; accepted: {', '.join(STAGES)}")
+    if device != "auto":
+        try:
+            check_device_name(device)
+        except ValueError:
+            raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}"
+                             ) from None
+    for name, value, low in (("--gpus", gpus, 0), ("--cpus", cpus, 1), ("--threads", threads, 1),
+                             ("--time-min", time_min, 1), ("--max-parallel", max_parallel, 1),
+                             ("--max-timeouts", max_timeouts, 0)):
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if mem_gb <= 0:
+        raise ValueError(f"--mem-gb must be > 0, got {mem_gb}")
+    if tensorboard and "train" in stages:
+        from rsa.train.scalars import require_tensorboard
+
+        require_tensorboard()
+    submitit = _submitit()
+    data = io.check_output_root(io.data_root() if data_dir is None else data_dir,
+                                "--data-dir", io.DATA_ENV)
+    runs = io.check_output_root(io.runs_root() if runs_dir is None else runs_dir,
+                                "--runs-dir", io.RUNS_ENV)
+    folder = Path(folder) if folder is not None else runs / "slurm" / scale
+    if gpus is None:
+        gpus = 0 if device == "cpu" else 1
+    job = PlanJob(scale, PLANS[scale], ("train",), device, str(data), str(runs),
+                  tensorboard, deterministic, threads)
+    extra = {"slurm_max_num_timeout": max_timeouts} if cluster == "slurm" else {}
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **extra)
+    except RuntimeError as e:  # submitit finds no srun: not a SLURM machine
+        raise ValueError(f"--executor {cluster}: {e} (submit from a machine of the "
+                         f"cluster, where srun and sbatch are on PATH)") from None
+    params = {"name": f"rsa-{scale}-train", "timeout_min": time_min, "mem_gb": mem_gb,
+              "cpus_per_task": cpus or threads, "tasks_per_node": 1, "nodes": 1}
+    if cluster == "slurm":
+        if gpus:
+            params["gpus_per_node"] = gpus
+        if partition:
+            params["slurm_partition"] = partition
+        if max_parallel:
+            params["slurm_array_parallelism"] = max_parallel
+    executor.update_parameters(**params)
+
+    out = {"array": [], "stages": {}}
+    if "train" in stages:
+        names = _todo(scale, select, data)
+        if names:
+            with executor.batch():  # one array: one element per run
+                out["array"] = [executor.submit(job, name) for name in names]
+            array_id = out["array"][0].job_id.split("_")[0]
+            log(f"[submit] train: {len(names)} run(s) as job "
+                f"{'array ' if len(names) > 1 else ''}{array_id} ({folder})")
+        else:
+            log("[submit] train: every selected run is stored; no array")
+    later = [s for s in STAGES if s in stages and s != "train"]
+    if later and out["array"]:
+        if cluster == "slurm":
+            array_id = out["array"][0].job_id.split("_")[0]
+            executor.update_parameters(
+                slurm_additional_parameters={"dependency": f"afterok:{array_id}"})
+        else:  # here: wait for the array (raises if a run failed)
+            for j in out["array"]:
+                j.result()
+    for s in later:
+        executor.update_parameters(name=f"rsa-{scale}-{s}")
+        out["stages"][s] = executor.submit(
+            PlanJob(scale, job.plan, (s,), device, str(data), str(runs), False,
+                    deterministic, threads))
+        log(f"[submit] {s}: job {out['stages'][s].job_id}"
+            + (" (after the array)" if out["array"] and cluster == "slurm" else ""))
+    if cluster != "slurm":
+        for j in out["stages"].values():
+            j.result()
+    return out
