@@ -75,7 +75,10 @@ from rsa.experiments.transfer import (  # noqa: F401
     TRANSFER_MAX,
     TRANSFER_SEED,
     TRANSFER_STREAM_BEFORE,
+    chance_bar,
     check_transfer_stream,
+    keeps_bar,
+    point_standard_error,
     transfer_batch,
     transfer_delays,
 )

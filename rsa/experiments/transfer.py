@@ -14,7 +14,8 @@ from rsa.experiments.plan import Plan, run_name
 from rsa.experiments.store import Store, load_stored_runs, write_stage
 from rsa.models import registry
 from rsa.models.heads import MODELS
-from rsa.train import MODEL_FILE
+from rsa.tasks import N_DATA, N_SYMBOLS
+from rsa.train import MODEL_FILE, SOLVED_ACCURACY
 
 TRANSFER_FACTORS = (1, 2, 5, 10)  # test delays as multiples of the training delay
 
@@ -276,3 +277,24 @@ def stage_transfer(scale: str, plan: Plan, store: Store, log, device: str = "cpu
          "batch": 20, "note": "memrnn evaluated up to T = 2000 only (O(T^2))"},
         seed=TRANSFER_SEED, wall_time_s=time.perf_counter() - t0, device=device,
         tables={"transfer.csv": rows})
+
+
+# -- what a transfer point supports: the bars the chapter *Transfer* judges by --------------
+
+def point_standard_error(p: float, batch: int) -> float:
+    """The standard error of one transfer point at accuracy ``p``: ``batch`` sequences
+    of N_DATA answer symbols each, sqrt(p (1 - p) / (N_DATA batch))."""
+    return (p * (1 - p) / (N_DATA * batch)) ** 0.5
+
+
+def keeps_bar(batch: int) -> float:
+    """A model *keeps* its accuracy at a delay when its point is at least this:
+    SOLVED_ACCURACY less two standard errors of one point there."""
+    return SOLVED_ACCURACY - 2 * point_standard_error(SOLVED_ACCURACY, batch)
+
+
+def chance_bar(batch: int) -> float:
+    """A point at most this is no better than a network without memory (a uniform guess
+    over the N_SYMBOLS data symbols, 1/8) plus two standard errors."""
+    chance = 1 / N_SYMBOLS
+    return chance + 2 * point_standard_error(chance, batch)
