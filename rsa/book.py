@@ -148,10 +148,27 @@ def check_parameters(namespace: dict, spec: dict[str, tuple]) -> None:
 
 def glue_figure(name: str, fig) -> None:
     """Store ``fig`` in the notebook under ``name`` for a ``{glue:figure}`` directive
-    (its caption and label live there), without showing it twice, then close it."""
+    (its caption and label live there), without showing it twice, then close it. A
+    figure that cannot be read (:func:`rsa.plotting.readable.problems`: a colour or line
+    style without a legend entry, an axis over 30 decades) is refused with a
+    ValueError naming the problems (with ``RSA_FIGURE_REPORT`` set to a file, they are
+    appended there instead)."""
+    import json
+    import os
+
     import matplotlib.pyplot as plt
     from myst_nb import glue
 
+    from rsa.plotting.readable import problems
+
+    found = problems(fig)
+    report = os.environ.get("RSA_FIGURE_REPORT")  # survey mode: record, do not refuse
+    if report:
+        with open(report, "a") as f:
+            f.write(json.dumps({"figure": name, "problems": found}) + "\n")
+    elif found:
+        plt.close(fig)
+        raise ValueError(f"figure {name!r} cannot be read: " + "; ".join(found))
     glue(name, fig, display=False)
     plt.close(fig)
 

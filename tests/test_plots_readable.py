@@ -142,3 +142,46 @@ def test_one_model_per_panel_gets_one_legend_of_line_styles_below_the_figure():
     assert all(ax.get_legend() is None for ax in fig.axes)  # no legend in a panel
     labels = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
     assert labels == ["start (untrained)", "end (trained)"]
+
+
+# -- the check every chapter figure passes (rsa.book.glue_figure) --------------------------
+
+def test_a_line_without_a_legend_entry_is_a_problem():
+    from rsa.plotting.readable import problems
+
+    fig, ax = plt.subplots()
+    x = np.arange(5)
+    ax.plot(x, x, color="C0", label="a")
+    ax.plot(x, x + 1, color="C1", label="b")
+    assert any("colour" in p for p in problems(fig))  # two colours, no legend
+    ax.legend()
+    assert problems(fig) == []
+    ax.plot(x, x + 2, color="C0", ls="--")  # a line style the legend does not show
+    assert any("line style(s) --" in p for p in problems(fig))
+    ax.errorbar(x, x, yerr=0.1, color="C0", capsize=3, ls="none")  # caps are not lines
+    assert not any("marker" in p for p in problems(fig))
+
+
+def test_a_log_axis_blown_up_or_too_wide_is_a_problem():
+    from rsa.plotting.readable import MAX_DECADES, problems
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [1e-2, 1.0, 1e28])
+    ax.set_yscale("log")
+    found = problems(fig)
+    assert any("reaches" in p for p in found), found
+    ax.set_ylim(10 ** -(MAX_DECADES + 1), 1.0)
+    assert any("decades" in p for p in problems(fig))
+    ax.set_ylim(1e-3, 10.0)
+    assert problems(fig) == []
+
+
+def test_glue_figure_refuses_an_unreadable_figure(monkeypatch):
+    from rsa.book import glue_figure
+
+    monkeypatch.delenv("RSA_FIGURE_REPORT", raising=False)
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [1e-2, 1.0, 1e28])
+    ax.set_yscale("log")
+    with pytest.raises(ValueError, match="figure 'bad' cannot be read: panel 1: the y axis"):
+        glue_figure("bad", fig)

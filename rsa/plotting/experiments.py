@@ -203,6 +203,8 @@ def plot_scaling(table, y: str, ylabel: str, x: str = "T",
     _plain_log_ticks(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    if fits:  # the dashed lines' own entry
+        ax.plot([], [], color="0.4", ls="--", label="fitted power law")
     _legend_outside(fig, ax, "model (fitted slope)" if fits else "model")
     if title:
         ax.set_title(title)
