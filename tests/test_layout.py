@@ -191,3 +191,25 @@ def test_the_import_paths_readers_use_still_work(name):
 
     module, attr = name.rsplit(".", 1)
     assert hasattr(importlib.import_module(module), attr)
+
+
+def test_every_file_the_book_includes_exists_with_the_objects_it_shows():
+    import re
+
+    found = []
+    for page in sorted((ROOT / "book").glob("*.*")):
+        if page.suffix not in (".md", ".ipynb"):
+            continue
+        text = page.read_text()
+        if page.suffix == ".ipynb":
+            text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"])
+        for m in re.finditer(r"```\{literalinclude\} (\S+)\n((?::\w+:.*\n)*)", text):
+            path = (page.parent / m.group(1)).resolve()
+            found.append(path)
+            assert path.is_file(), f"{page.name} includes {m.group(1)}, which does not exist"
+            obj = re.search(r":pyobject: (\S+)", m.group(2))
+            if obj:
+                names = {n.name for n in ast.walk(ast.parse(path.read_text()))
+                         if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+                assert obj.group(1).split(".")[-1] in names, (page.name, obj.group(1))
+    assert found  # the chapters do include code

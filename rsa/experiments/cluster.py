@@ -1,5 +1,5 @@
-"""The experiment plan on a cluster (``python -m rsa reproduce --executor slurm``) and
-its estimated cost (``reproduce --dry-run``).
+"""The experiment plan on a SLURM cluster (``python -m rsa reproduce --executor slurm``;
+its cost before submitting: ``--dry-run``, :mod:`rsa.experiments.report`).
 
 - :func:`submit`: through submitit (the optional ``cluster`` extra), the train stage as
   one SLURM job array, one element per run not stored yet (:class:`PlanJob` on the
@@ -11,10 +11,7 @@ its estimated cost (``reproduce --dry-run``).
   next attempt resumes from the checkpoint, update for update. With ``cluster="local"``
   or ``"debug"`` (submitit's executors on this machine: the tests) the later stages wait
   for the array instead.
-- :func:`dry_run`: the plan's runs with updates x measured time per update on the
-  chosen device, from the stored measurements (:func:`update_cost`).
-
-The stages themselves are :func:`rsa.reproduce`'s: a job runs
+The stages themselves are :func:`rsa.experiments.reproduce`'s: a job runs
 ``reproduce`` on its part of the plan, so everything it writes (atomically, with
 manifests) is what a local run writes.
 """
