@@ -108,6 +108,10 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
                         "(default: data/mnist)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (default: a bar on the terminal)")
+    p.add_argument("--json", action="store_true",
+                   help="end with the run's summary as JSON (its results.json summary and "
+                        "out_dir; a list, one per seed, with --seeds) instead of a short "
+                        "summary in words (default: words)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over even if the output folder has a checkpoint (default: "
                         "resume from it)")
@@ -130,8 +134,8 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
                         "cores)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write the history as TensorBoard event files next to "
-                        "history.csv (needs tensorboard: pip install 'rsa[cluster]'; "
-                        "default: off)")
+                        "history.csv (needs tensorboard: pip install -e '.[cluster]' in "
+                        "the checkout; default: off)")
 
 
 def _flag(name: str) -> str:
@@ -183,7 +187,7 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
     names = {f.name for f in fields(TrainConfig)}
     config = resolve_config({k: v for k, v in vars(a).items() if k in names})
     if getattr(a, "seeds", None) is not None:
-        return _train_population(config, a.seeds, argv)
+        return _train_population(config, a.seeds, argv, a.json)
     if config.out_dir is None:
         config.out_dir = str(Path("runs") / f"{config.task}_{config.model}_T{config.T}"
                                             f"_s{config.seed}")
@@ -199,11 +203,37 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
         raise
     if result.note:
         print(f"note: {result.note}", file=sys.stderr)
-    print(json.dumps({"out_dir": str(result.out_dir), **result.summary}, indent=2))
+    if a.json:
+        print(json.dumps({"out_dir": str(result.out_dir), **result.summary}, indent=2))
+    else:
+        print(_in_words(result.config, result.summary, result.out_dir))
     return 0
 
 
-def _train_population(config, seeds: list[int], argv: list[str]) -> int:
+def _in_words(config: dict, s: dict, out_dir) -> str:
+    """The end of ``rsa train`` for a reader: what ran, how it ended, where the files are
+    (the full summary: ``--json``, or the folder's results.json)."""
+    what = f"{config['model']} on {config['task']}" + (
+        f", T = {config['T']}" if config.get("T") is not None else "") + f", seed {config['seed']}"
+    if s.get("solved"):
+        how = f"solved at update {s['solved_step']}"
+    elif config["task"] in ("copy", "denoise"):
+        how = f"not solved within {s['steps_done']} updates"
+    else:
+        how = f"{s['steps_done']} updates"
+    best = s.get("best_val_accuracy")
+    lines = [f"{what}: {how} (stopped: {s.get('stop_reason') or 'budget'}; "
+             f"best validation accuracy "
+             f"{'—' if best is None else f'{best:.3f}'}"
+             + (f", test accuracy {s['test_accuracy']:.3f}" if s.get("test_accuracy")
+                is not None else "")
+             + f"; {s['wall_time_s']:.0f} s)",
+             f"files: {out_dir} (results.json, history.csv, manifest.json, model.pt; "
+             f"--json prints the summary)"]
+    return "\n".join(lines)
+
+
+def _train_population(config, seeds: list[int], argv: list[str], json_out: bool) -> int:
     """``train --seeds ...``: one population (:func:`rsa.train.population.train_population`)."""
     from rsa.train.population import seed_dirs, train_population
 
@@ -222,8 +252,11 @@ def _train_population(config, seeds: list[int], argv: list[str]) -> int:
     for result in results:
         if result.note:
             print(f"note: {result.note}", file=sys.stderr)
-    print(json.dumps([{"seed": s, "out_dir": str(r.out_dir), **r.summary}
-                      for s, r in zip(seeds, results, strict=True)], indent=2))
+    if json_out:
+        print(json.dumps([{"seed": s, "out_dir": str(r.out_dir), **r.summary}
+                          for s, r in zip(seeds, results, strict=True)], indent=2))
+    else:
+        print("\n".join(_in_words(r.config, r.summary, r.out_dir) for r in results))
     return 0
 
 

@@ -137,3 +137,19 @@ def test_errors_name_the_flags_a_user_types(args, says, not_says, capsys):
 ])
 def test_cli_message(message, expected):
     assert cli_message(message) == expected
+
+
+def test_train_ends_with_a_summary_in_words_and_json_behind_a_flag(tmp_path, capsys):
+    import json
+
+    from rsa.__main__ import main
+
+    argv = ["train", "--model", "rnn", "--T", "2", "--hidden-size", "4", "--steps", "2",
+            "--eval-every", "1", "--eval-batch", "4", "--no-progress", "--out",
+            str(tmp_path / "run")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rnn on copy, T = 2, seed 0: not solved within 2 updates"), out
+    assert f"files: {tmp_path / 'run'}" in out and "{" not in out
+    assert main([*argv, "--json"]) == 0  # the finished run, loaded
+    assert json.loads(capsys.readouterr().out)["steps_done"] == 2

@@ -211,7 +211,7 @@ def test_slurm_without_slurm_is_a_clear_error(tiny, monkeypatch, tmp_path):
 def test_missing_submitit_is_a_clear_error(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(ValueError, match=r"--executor slurm needs the submitit package.*"
-                                         r"pip install 'rsa\[cluster\]'"):
+                                         r"pip install -e '\.\[cluster\]' in the checkout"):
         cluster.submit("tiny", ["train"], device="cpu")
 
 
@@ -349,7 +349,8 @@ def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--tensorboard needs the tensorboard package" in err
-    assert "pip install 'rsa[cluster]'" in err
+    assert "pip install -e '.[cluster]' in the checkout" in err
+    assert "rsa[cluster]" not in err  # that would install the unrelated Python-RSA
     assert not (tmp_path / "results.json").exists()
 
 
@@ -410,3 +411,15 @@ def test_status_and_dry_run_count_the_plan_by_one_rule(capsys):
                   capsys.readouterr().out)
     assert d and tuple(map(int, d.groups())) == (total, done, reduced + missing)
     assert total == done + reduced + missing == len(experiments.plan_runs("converged"))
+
+
+def test_slurm_dry_run_says_what_it_would_submit_and_submits_nothing(tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # not needed for a dry run
+    n = len(experiments.plan_runs("tiny"))
+    text = cluster.submit("tiny", experiments.STAGES, device="cpu", gpus=0, cpus=2,
+                          mem_gb=4, time_min=90, max_parallel=3, dry_run=True)
+    assert "nothing was submitted" in text
+    assert f"one job array 'rsa-tiny-train' of {n} element(s)" in text
+    assert "at most 3 at a time" in text and "0 GPU(s), 2 CPU(s), 4 GB, 90 min" in text
+    assert text.count("--dependency=afterok:<array>") == 3  # transfer, gradients, cost
+    assert not (tiny / "runs").exists()  # no submitit folder, nothing written

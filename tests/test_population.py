@@ -341,7 +341,7 @@ def test_out_dirs_must_match_seeds(tmp_path):
 def test_cli_seeds_writes_one_folder_per_seed(tmp_path, capsys):
     rc = main(["train", "--model", "rnn", "--T", "4", "--hidden-size", "8", "--steps", "2",
                "--eval-every", "1", "--batch", "3", "--eval-batch", "4", "--no-progress",
-               "--seeds", "0", "1", "--out", str(tmp_path)])
+               "--seeds", "0", "1", "--out", str(tmp_path), "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["seed"] for r in out] == [0, 1]

@@ -199,7 +199,7 @@ def test_a_new_model_is_its_class_an_entry_a_reference_branch_and_tests(leaky, t
         out = tmp_path / "run"
         assert main(["train", "--model", "leaky", "--task", "copy", "--T", "3",
                      "--hidden-size", "6", "--batch", "4", "--steps", "4", "--eval-every",
-                     "2", "--eval-batch", "8", "--out", str(out), "--no-progress"]) == 0
+                     "2", "--eval-batch", "8", "--out", str(out), "--no-progress", "--json"]) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["steps_done"] == 4
         run = json.loads((out / "results.json").read_text())

@@ -17,7 +17,7 @@ TINY = dict(model="relrnn", task="copy", T=3, hidden_size=6, batch=4, eval_batch
             rho=2, eval_every=2, checkpoint_every=2, progress=False)
 RECORD = ("results.json", "manifest.json", "history.csv", "model.pt", "checkpoint.pt")
 CLI = ["train", "--model", "rnn", "--T", "2", "--hidden-size", "4", "--eval-every", "1",
-       "--eval-batch", "4", "--no-progress"]
+       "--eval-batch", "4", "--no-progress", "--json"]
 
 
 def snapshot(folder) -> dict:

@@ -209,7 +209,7 @@ def test_manifest_contents(tmp_path):
     p = argparse.ArgumentParser()
     _train_parser(p)
     a = vars(p.parse_args(argv[4:]))
-    a.pop("threads"), a.pop("tensorboard")  # options of the command, not of the run
+    a.pop("threads"), a.pop("tensorboard"), a.pop("json")  # options of the command, not of the run
     assert resolve_config(a) == resolve_config(r.config)
 
 
@@ -330,7 +330,7 @@ def test_cli_train_and_errors(tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["train", "--model", "rnn", "--T", "2", "--hidden-size", "4", "--steps", "2",
                  "--eval-every", "1", "--eval-batch", "4", "--out", str(out),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps_done"] == 2 and summary["out_dir"] == str(out)
     assert io.load_manifest(out)["argv"].startswith("python -m rsa train --model rnn")

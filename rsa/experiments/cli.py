@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--tensorboard", action="store_true",
                    help="also write each run's history as TensorBoard event files next to "
                         "its history.csv under the runs folder (needs tensorboard: pip "
-                        "install 'rsa[cluster]'; default: off)")
+                        "install -e '.[cluster]' in the checkout; default: off)")
     p.add_argument("--populations", action="store_true",
                    help="train the seeds of one configuration as one population "
                         "(rsa.train.population; the same results; default: run by run)")
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     cluster = p.add_argument_group(
         "cluster", "--executor slurm submits the train stage as one SLURM job array (one\n"
         "element per run not stored yet) and each later stage as a job that starts when\n"
-        "the array has succeeded (afterok), through submitit (pip install 'rsa[cluster]').\n"
+        "the array has succeeded (afterok), through submitit (pip install -e '.[cluster]'\n"
+        "in the checkout).\n"
         "Jobs get SIGUSR2 before their time limit or a preemption: the run finishes its\n"
         "update, saves its checkpoint, is requeued and resumes from it.")
     cluster.add_argument("--executor", choices=("local", "slurm"), default="local",
@@ -146,6 +147,15 @@ def main(argv=None) -> int:
     try:
         if a.dry_run:
             print(dry_run(a.scale, a.device, a.select, a.data_dir))
+            if a.executor == "slurm":  # and what would be submitted
+                from rsa.experiments.cluster import submit
+
+                print("\n" + submit(
+                    a.scale, a.stages, select=a.select, device=a.device,
+                    threads=a.threads, data_dir=a.data_dir, runs_dir=a.runs_dir,
+                    folder=a.slurm_dir, partition=a.partition, gpus=a.gpus, cpus=a.cpus,
+                    mem_gb=a.mem_gb, time_min=a.time_min, max_parallel=a.max_parallel,
+                    max_timeouts=a.max_timeouts, shard=a.shard, dry_run=True))
             return 0
         if a.executor == "slurm":
             from rsa.experiments.cluster import submit

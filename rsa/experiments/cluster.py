@@ -30,7 +30,8 @@ from rsa.experiments.store import run_states
 
 __all__ = ["PlanJob", "submit", "INSTALL", "REQUEUE_SIGNALS"]
 
-INSTALL = "pip install 'rsa[cluster]' (or: pip install submitit)"
+INSTALL = ("pip install -e '.[cluster]' in the checkout (or: pip install submitit; "
+           "not pip install rsa, an unrelated package)")
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # SLURM's warnings before the end
 
 
@@ -112,7 +113,7 @@ def submit(scale: str, stages=STAGES, *, cluster: str = "slurm",
            folder=None, partition: str | None = None, gpus: int | None = None,
            cpus: int | None = None, mem_gb: float = 8, time_min: int = 24 * 60,
            max_parallel: int | None = None, max_timeouts: int = 10, shard=None,
-           log=_log) -> dict:
+           log=_log, dry_run: bool = False) -> dict | str:
     """Submit the plan of ``scale`` through submitit; returns ``{"array": [jobs],
     "stages": {stage: job}}`` (submitit ``Job`` objects).
 
@@ -125,6 +126,8 @@ def submit(scale: str, stages=STAGES, *, cluster: str = "slurm",
     a job that reaches ``time_min`` is requeued up to ``max_timeouts`` times
     (preemptions do not count);
     ``folder`` is submitit's (scripts, logs; default ``<runs>/slurm/<scale>``).
+    ``dry_run``: check everything, submit nothing, and return what would be submitted
+    (the array, its elements and every job's request) in words; submitit is not needed.
     """
     from rsa.train import check_device_name
 
@@ -153,7 +156,6 @@ def submit(scale: str, stages=STAGES, *, cluster: str = "slurm",
         from rsa.train.scalars import require_tensorboard
 
         require_tensorboard()
-    submitit = _submitit()
     data = io.check_output_root(io.data_root() if data_dir is None else data_dir,
                                 "--data-dir", io.DATA_ENV)
     runs = io.check_output_root(io.runs_root() if runs_dir is None else runs_dir,
@@ -161,6 +163,13 @@ def submit(scale: str, stages=STAGES, *, cluster: str = "slurm",
     folder = Path(folder) if folder is not None else runs / "slurm" / scale
     if gpus is None:
         gpus = 0 if device == "cpu" else 1
+    if dry_run:
+        return _would_submit(scale, stages, _todo(scale, select, data) if "train" in stages
+                             else [], folder, partition=partition, gpus=gpus,
+                             cpus=cpus or threads, mem_gb=mem_gb, time_min=time_min,
+                             max_timeouts=max_timeouts, max_parallel=max_parallel,
+                             device=device)
+    submitit = _submitit()
     job = PlanJob(scale, PLANS[scale], ("train",), device, str(data), str(runs),
                   tensorboard, deterministic, threads)
     extra = {"slurm_max_num_timeout": max_timeouts} if cluster == "slurm" else {}
@@ -211,3 +220,30 @@ def submit(scale: str, stages=STAGES, *, cluster: str = "slurm",
         for j in out["stages"].values():
             j.result()
     return out
+
+
+def _would_submit(scale, stages, names, folder, *, partition, gpus, cpus, mem_gb, time_min,
+                  max_timeouts, max_parallel, device) -> str:
+    """What :func:`submit` would submit, in words (``--executor slurm --dry-run``)."""
+    request = (f"partition {partition or 'the cluster default'}, {gpus} GPU(s), {cpus} "
+               f"CPU(s), {mem_gb:g} GB, {time_min} min (requeued up to {max_timeouts} "
+               f"times at the time limit; preemptions do not count), device {device}")
+    lines = [f"--executor slurm would submit, for the plan {scale!r} (nothing was "
+             f"submitted):"]
+    if "train" in stages:
+        if names:
+            shown = ", ".join(names[:5]) + (f", ... ({len(names) - 5} more)"
+                                            if len(names) > 5 else "")
+            lines.append(f"- train: one job array 'rsa-{scale}-train' of {len(names)} "
+                         f"element(s), one per run not stored ({shown})"
+                         + (f", at most {max_parallel} at a time" if max_parallel else "")
+                         + f"; each element requests {request}")
+        else:
+            lines.append("- train: every selected run is stored; no array")
+    later = [s for s in STAGES if s in stages and s != "train"]
+    for st in later:
+        lines.append(f"- {st}: one job 'rsa-{scale}-{st}' requesting {request}"
+                     + (", started when every element of the array has succeeded "
+                        "(--dependency=afterok:<array>)" if names else ""))
+    lines.append(f"Job scripts and logs would go to {io.portable_path(folder)}.")
+    return "\n".join(lines)

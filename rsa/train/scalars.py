@@ -7,7 +7,7 @@ written as each evaluation row is. A resumed run purges the events after its che
 (``purge_step``), so TensorBoard shows each update once, as the CSV does.
 
 The ``tensorboard`` package is optional (the ``cluster`` extra: ``pip install
-'rsa[cluster]'``); :func:`require_tensorboard` says so when it is missing.
+'.[cluster]'`` in the checkout); :func:`require_tensorboard` says so when it is missing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 
 __all__ = ["Scalars", "require_tensorboard", "INSTALL"]
 
-INSTALL = "pip install 'rsa[cluster]' (or: pip install tensorboard)"
+INSTALL = ("pip install -e '.[cluster]' in the checkout (or: pip install tensorboard; "
+           "not pip install rsa, an unrelated package)")
 
 
 def require_tensorboard() -> None:
