@@ -100,6 +100,48 @@ def test_make_chapter_runs_the_tool_with_the_parameters():
     assert "tools/rerun_chapter.py relevancy_screening -p T 200 -p rho 8" in done.stdout
 
 
+
+def load_rerun_chapter():
+    spec = importlib.util.spec_from_file_location("rerun_chapter", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_page_renders_citations_admonitions_and_labels_as_the_book_does(tmp_path):
+    """No raw citation keys, directive names ("admonition:", "prf:definition:") or bare
+    labels: what the book shows (author and year, titles, what a label points to)."""
+    tool = load_rerun_chapter()
+    (tmp_path / "references.bib").write_text(
+        "@article{smith2001x,\n  author = {Smith, Ann and Jones, Bo and Li, Cy},\n"
+        "  title = {X},\n  year = {2001}\n}\n")
+    (tmp_path / "other.md").write_text("(other-sec)=\n# Other\n\n$$ a = b $$ (eq-ab)\n")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(
+        "# Tiny\n\nAs {cite:t}`smith2001x` and {cite}`smith2001x` show, see "
+        "{ref}`other-sec`, {eq}`eq-ab` and {prf:ref}`def-thing`.\n\n"
+        ":::{admonition} A claim\nIt holds.\n:::\n\n"
+        "```{prf:definition} A thing with $x$\n:label: def-thing\n\nA thing.\n```\n")]
+    page = tool.render(nb, "tiny", "banner", tmp_path / "out" / "tiny.html", tmp_path)
+    assert "Smith et al. (2001)" in page and "(Smith et al., 2001)" in page
+    assert "smith2001x" not in page
+    assert "see Other, Other (1) and Definition (A thing with \\(x\\))." in page
+    assert "admonition:" not in page and "prf:definition:" not in page
+    assert '<div class="title">A claim</div>' in page
+    assert 'id="def-thing"' in page and "Definition (A thing with \\(x\\))" in page
+
+
+def test_the_page_carries_its_mathjax_so_the_folder_can_be_moved(tmp_path):
+    tool = load_rerun_chapter()
+    out = tmp_path / "out"
+    out.mkdir()
+    tag = tool._mathjax(out / "tiny.html")
+    if not tag:
+        pytest.skip("sphinx-mathjax-offline is not installed")
+    assert 'src="mathjax/tex-chtml.js"' in tag and ".venv" not in tag and ".." not in tag
+    assert (out / "mathjax" / "tex-chtml.js").is_file()
+
+
 # -- make figures (tools/run_chapter.py) -------------------------------------------------
 
 def load_run_chapter():

@@ -549,3 +549,14 @@ def test_the_nan_rule_may_be_turned_on_at_resume_only_where_it_would_not_have_fi
     assert _nan_before_the_rule(bad, {**TINY, "steps": 8, "stop_when_nan": True}) == 4
     assert _nan_before_the_rule(bad, {**TINY, "steps": 8}) is None  # the rule is off
     train(**TINY, steps=8, out_dir=str(bad))  # as it was made: it resumes
+
+
+def test_stop_reasons_read_as_words():
+    """The NaN rule's "nan" reads as a divergence, not as missing data; a missing reason
+    reads as missing."""
+    from rsa.train import stop_in_words
+
+    assert stop_in_words("nan") == "diverged (NaN loss)"
+    assert stop_in_words(None) == "—" and stop_in_words(float("nan")) == "—"
+    assert stop_in_words(None, missing="not recorded") == "not recorded"
+    assert stop_in_words("stalled") == "stalled" and stop_in_words("budget") == "budget"

@@ -5,11 +5,13 @@ HTML page (``make chapter``). The chapter itself is not touched.
 A chapter stores its figures as *glue* records (``myst_nb.glue``), which the book
 places where its text names them but which no notebook viewer shows. This tool runs
 the chapter with papermill into ``_build/chapters/<chapter>/<chapter>.ipynb`` and
-writes ``<chapter>.html`` next to it: the chapter's text (markdown, with its math typeset
-by the MathJax that the book ships, when installed), each figure with its caption where
-the text places it, the code folded under each cell, and every output (tables, printed
-numbers, errors). Any ``-p`` not accepted by the chapter stops the run at the
-chapter's parameter check, with a message listing what it accepts.
+writes ``<chapter>.html`` next to it: the chapter's text as the book renders it
+(citations by author and year, references by what they point to, admonitions and
+definitions by their titles; math typeset by the MathJax that the book ships, copied
+into ``mathjax/`` beside the page so that the folder can be moved or sent), each figure
+with its caption where the text places it, the code folded under each cell, and every
+output (tables, printed numbers, errors). Any ``-p`` not accepted by the chapter stops
+the run at the chapter's parameter check, with a message listing what it accepts.
 
 Usage (from the repository root)::
 
@@ -24,8 +26,8 @@ import argparse
 import ast
 import html
 import importlib.metadata
-import os
 import re
+import shutil
 import sys
 import textwrap
 import time
@@ -136,9 +138,64 @@ def glue_store(nb) -> dict[str, dict]:
     return store
 
 
-def _roles(text: str, store: dict) -> str:
-    """MyST roles in plain words: references by their target, citations by key, glued
-    text by its value."""
+def _bib(path: Path) -> dict[str, tuple[str, str]]:
+    """Citation key -> (authors as the book cites them, year), read from the book's
+    bibliography (``references.bib``)."""
+    if not path.is_file():
+        return {}
+    entries = {}
+    text = path.read_text(encoding="utf-8")
+    for m in re.finditer(r"@\w+\s*\{\s*([^,\s]+)\s*,(.*?)\n\}", text, flags=re.S):
+        fields = dict((k.lower(), " ".join(v.split())) for k, v in re.findall(
+            r"(\w+)\s*=\s*\{((?:[^{}]|\{[^{}]*\})*)\}", m[2]))
+        names = [a.split(",")[0].strip(" {}") if "," in a else a.split()[-1].strip(" {}")
+                 for a in re.split(r"\s+and\s+", fields.get("author", "")) if a.strip()]
+        who = (names[0] if len(names) == 1 else f"{names[0]} and {names[1]}"
+               if len(names) == 2 else f"{names[0]} et al." if names else m[1])
+        entries[m[1]] = (who, fields.get("year", ""))
+    return entries
+
+
+def _labels(book: Path, nb=None) -> dict[str, str]:
+    """Label -> what the book shows for a reference to it: a section's title, a
+    directive's kind and title (``Definition (Additive attention)``), an equation's
+    number within its page, ``(2)``, with the page named when it is another one; the
+    labels of the book's pages and of ``nb``, the notebook shown (it wins)."""
+    found: dict[str, str] = {}
+    sources = [(p.stem, p) for p in sorted(book.glob("*.md")) + sorted(book.glob("*.ipynb"))]
+    for stem, path in sources + ([(None, nb)] if nb is not None else []):
+        if not isinstance(path, Path) or path.suffix == ".ipynb":
+            cells = path.cells if not isinstance(path, Path) else nbformat.read(
+                path, as_version=4).cells
+            text = "\n\n".join(c.source for c in cells if c.cell_type == "markdown")
+        else:
+            text = path.read_text(encoding="utf-8")
+        page = re.search(r"^#\s+(.+)$", text, flags=re.M)
+        page = page[1].strip() if page else stem
+        for m in re.finditer(r"^\(([\w:-]+)\)=\s*\n+#+\s+(.+)$", text, flags=re.M):
+            found[m[1]] = m[2].strip()
+        for m in re.finditer(r"^(?:```+|:::+)\{([\w:-]+)\}[ \t]*(.*)\n((?::[\w-]+:.*\n)*)",
+                             text, flags=re.M):
+            label = re.search(r"^:(?:label|name):\s*(\S+)", m[3], flags=re.M)
+            if label:
+                kind = m[1].split(":")[-1].replace("-", " ").capitalize()
+                title = re.sub(r"\{[\w:-]+\}`([^`]*)`", r"\1", m[2].strip())
+                title = re.sub(r"\$([^$]+)\$", r"\\(\1\\)", title)  # math for MathJax
+                found[label[1]] = f"{kind} ({title})" if title else kind
+        for number, m in enumerate(re.finditer(r"\$\$\s*\(([\w:-]+)\)", text), 1):
+            found["eq:" + m[1]] = f"({number})"
+            found["eq-page:" + m[1]] = page
+        if stem:
+            found["doc:" + stem] = page
+    return found
+
+
+def _roles(text: str, store: dict, refs: dict | None = None) -> str:
+    """MyST roles as the book renders them: citations as author and year, references by
+    what they point to (a section's title, a definition's name, an equation's number),
+    glued text by its value."""
+    refs = refs if refs is not None else {}
+
     def role(m):
         kind, body = m[1], m[2]
         if kind.startswith("glue"):
@@ -152,8 +209,23 @@ def _roles(text: str, store: dict) -> str:
                     pass
             return with_fmt
         if kind.startswith("cite"):
-            return f"[{body}]"
-        return re.sub(r"\s*<[^>]*>$", "", body) if "<" in body else body
+            bib = refs.get("_bib", {})
+            cited = [bib.get(k.strip(), (k.strip(), "")) for k in body.split(",")]
+            if kind in ("cite:t", "cite:ts"):
+                return "; ".join(f"{who} ({year})" if year else who for who, year in cited)
+            return "(" + "; ".join(f"{who}, {year}" if year else who
+                                   for who, year in cited) + ")"
+        explicit = re.match(r"^(.*?)\s*<([^>]*)>$", body, flags=re.S)
+        if explicit and explicit[1]:
+            return explicit[1]
+        label = explicit[2] if explicit else body
+        if kind == "eq":
+            page = refs.get("eq-page:" + label)
+            number = refs.get("eq:" + label, label)
+            return number if page in (None, refs.get("_page")) else f"{page} {number}"
+        if kind == "doc":
+            return refs.get("doc:" + Path(label).stem, label)
+        return refs.get(label, label)
     return ROLE.sub(role, text)
 
 
@@ -183,7 +255,8 @@ def _pyobject(path: Path, dotted: str) -> str:
     return textwrap.dedent("\n".join(lines))
 
 
-def _directive(info: str, content: str, store: dict, md, folder: Path) -> str:
+def _directive(info: str, content: str, store: dict, md, folder: Path,
+               refs: dict | None = None) -> str:
     kind, _, argument = info.strip()[1:].partition("}")
     argument = argument.strip()
     options, lines = {}, content.splitlines()
@@ -192,7 +265,7 @@ def _directive(info: str, content: str, store: dict, md, folder: Path) -> str:
         options[key] = value.strip()
     body = "\n".join(lines).strip()
     if kind == "glue:figure":
-        return _figure(argument, md.render(_roles(body, store)), store)
+        return _figure(argument, md.render(_roles(body, store, refs)), store)
     if kind == "literalinclude":
         path = (folder / argument).resolve()
         code = path.read_text(encoding="utf-8") if path.is_file() else ""
@@ -201,16 +274,27 @@ def _directive(info: str, content: str, store: dict, md, folder: Path) -> str:
         title = options.get("caption", argument)
         return (f'<details class="code" open><summary>{html.escape(title)}</summary>'
                 f"<pre>{html.escape(code)}</pre></details>")
-    title = argument or kind.split(":")[-1].capitalize()
-    return (f'<div class="directive"><div class="title">{html.escape(kind)}: '
-            f'{md.renderInline(_roles(title, store))}</div>'
-            f"{md.render(_roles(body, store))}</div>")
+    # as the book shows them: an admonition by its title, a note or a definition by its
+    # kind (and its title), never the directive's name
+    word = kind.split(":")[-1].replace("-", " ").capitalize()
+    if kind == "admonition":
+        title = md.renderInline(_roles(argument, store, refs))
+    elif argument:
+        title = f"{word} ({md.renderInline(_roles(argument, store, refs))})"
+    else:
+        title = word
+    label = options.get("label") or options.get("name")
+    anchor = f' id="{html.escape(label)}"' if label else ""
+    css = html.escape(kind.replace(":", "-"))
+    return (f'<div class="directive {css}"{anchor}><div class="title">{title}</div>'
+            f"{md.render(_roles(body, store, refs))}</div>")
 
 
-def render_markdown(source: str, store: dict, md, folder: Path) -> str:
-    """A markdown cell as HTML: targets ``(label)=`` dropped, directives as boxes, glued
-    figures where they are named, roles in plain words."""
-    source = re.sub(r"^\([\w:-]+\)=\s*$", "", source, flags=re.M)
+def render_markdown(source: str, store: dict, md, folder: Path,
+                    refs: dict | None = None) -> str:
+    """A markdown cell as HTML: targets ``(label)=`` as anchors, directives as boxes,
+    glued figures where they are named, roles as the book renders them."""
+    source = re.sub(r"^\(([\w:-]+)\)=\s*$", r'<a id="\1"></a>\n', source, flags=re.M)
     tokens = md.parse(source)
     out, plain = [], []
 
@@ -222,19 +306,19 @@ def render_markdown(source: str, store: dict, md, folder: Path) -> str:
     for tok in tokens:
         if tok.type in ("fence", "colon_fence") and tok.info.strip().startswith("{"):
             flush()
-            out.append(_directive(tok.info, tok.content, store, md, folder))
+            out.append(_directive(tok.info, tok.content, store, md, folder, refs))
         else:
             if tok.type == "inline" and tok.children:
                 for child in tok.children:
                     if child.type == "text":
-                        child.content = _roles(child.content, store)
+                        child.content = _roles(child.content, store, refs)
                 # roles are split into text + code_inline by the parser: re-join them
                 joined = []
                 for child in tok.children:
                     if (child.type == "code_inline" and joined and joined[-1].type == "text"
                             and re.search(r"\{[\w:-]+\}$", joined[-1].content)):
                         prev = joined[-1]
-                        prev.content = _roles(prev.content + f"`{child.content}`", store)
+                        prev.content = _roles(prev.content + f"`{child.content}`", store, refs)
                         continue
                     joined.append(child)
                 tok.children = joined
@@ -266,25 +350,33 @@ def render_output(output, store: dict, md) -> str:
 
 
 def _mathjax(out_html: Path) -> str:
-    """A script tag for the MathJax the book ships (sphinx-mathjax-offline), if any."""
+    """A script tag for the MathJax the book ships (sphinx-mathjax-offline), if any,
+    copied into ``mathjax/`` beside the page: the page's math works offline and wherever
+    its folder is moved or sent (no path into the virtual environment)."""
     try:
         dist = importlib.metadata.distribution("sphinx-mathjax-offline")
         js = next(f for f in dist.files or [] if str(f).endswith("mathjax/tex-chtml.js"))
     except (importlib.metadata.PackageNotFoundError, StopIteration):
         return ""
-    src = os.path.relpath(Path(dist.locate_file(js)).resolve(), out_html.parent.resolve())
+    source = Path(dist.locate_file(js)).resolve().parent
+    shutil.copytree(source, out_html.parent / "mathjax", dirs_exist_ok=True)
     return ('<script>window.MathJax = {tex: {macros: {R: "\\\\mathbb{R}"}}};</script>'
-            f'<script defer src="{html.escape(Path(src).as_posix())}"></script>')
+            '<script defer src="mathjax/tex-chtml.js"></script>')
 
 
 def render(nb, title: str, banner: str, out_html: Path, folder: Path = BOOK) -> str:
     """The whole executed chapter as one HTML page."""
     md = _markdown()
     store = glue_store(nb)
+    refs = {**_labels(folder, nb), "_bib": _bib(folder / "references.bib"), "_page": None}
+    heading = next((re.search(r"^#\s+(.+)$", c.source, flags=re.M) for c in nb.cells
+                    if c.cell_type == "markdown" and re.search(r"^#\s", c.source, flags=re.M)),
+                   None)
+    refs["_page"] = heading[1].strip() if heading else None
     parts = [f'<div class="banner">{banner}</div>']
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            parts.append(render_markdown(cell.source, store, md, folder))
+            parts.append(render_markdown(cell.source, store, md, folder, refs))
         elif cell.cell_type == "code":
             if cell.source.strip():
                 tags = cell.metadata.get("tags", [])

@@ -12,6 +12,7 @@ from rsa import io
 from rsa.experiments.plan import PLANS, plan_runs, select_runs
 from rsa.experiments.stages import resolve_device
 from rsa.experiments.store import load_stored_runs, run_states, runs_table
+from rsa.train import stop_in_words
 
 
 def plan_status(scale: str, data=None) -> str:
@@ -49,8 +50,7 @@ def plan_status(scale: str, data=None) -> str:
                                           else (str(steps[0]) if steps else "—")),
                      "best val. accuracy": (f"{best[0]:.3f}–{best[-1]:.3f}" if len(best) > 1
                                             else (f"{best[0]:.3f}" if best else "—")),
-                     "stopped by": ", ".join(sorted({str(r) if r == r and r is not None
-                                                      else "not recorded"
+                     "stopped by": ", ".join(sorted({stop_in_words(r, missing="not recorded")
                                                       for r in done["stop_reason"]})) or "—"
                      if len(done) else "—"})
     hours = (table["wall_time_s"].sum() / 3600) if len(table) else 0.0
@@ -61,7 +61,8 @@ def plan_status(scale: str, data=None) -> str:
         out += "\n\nAlternatives (the authors' options, for unsolved seed-0 runs): " + "; ".join(
             f"{r['name']}: " + (("solved at " + str(found[r['name']]['summary']['solved_step'])
                                  if found[r["name"]]["summary"].get("solved") else
-                                 f"not solved ({found[r['name']]['summary']['stop_reason']})")
+                                 "not solved (" + stop_in_words(
+                                     found[r["name"]]["summary"].get("stop_reason")) + ")")
                                 if r["name"] in found else "not run yet")
             for r in alternatives) + "."
     states = run_states(scale, data)

@@ -87,6 +87,7 @@ from rsa.train.stopping import (
     patience_exhausted_at,
     solved_at,
     stalled_at,
+    stop_in_words,
 )
 
 __all__ = ["TrainConfig", "TrainResult", "DeviceUnavailableError", "ResumeError",
@@ -94,4 +95,5 @@ __all__ = ["TrainConfig", "TrainResult", "DeviceUnavailableError", "ResumeError"
            "train_step", "evaluate", "make_optimizer", "load_trained", "config_command",
            "OPTIMIZERS", "SOLVED_ACCURACY", "SOLVED_CONSECUTIVE", "STALL_FRACTION",
            "solved_at", "stalled_at", "nan_at", "patience_exhausted_at", "memoryless_loss",
+           "stop_in_words",
            "MODEL_FILE", "CHECKPOINT", "VALIDATION_SEED_OFFSET", "RunState"]

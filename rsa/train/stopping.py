@@ -101,3 +101,15 @@ def _stop_reason(c: TrainConfig, history: list[dict]) -> str | None:
         return "patience"
     return None
 
+
+
+STOP_WORDS = {"nan": "diverged (NaN loss)"}
+
+
+def stop_in_words(reason, missing: str = "—") -> str:
+    """A run's ``stop_reason`` as a reader reads it: ``"nan"`` (the NaN rule fired)
+    as ``"diverged (NaN loss)"``, a missing one (None or NaN) as ``missing``, the others
+    (``"stalled"``, ``"solved"``, ``"budget"``, ...) as they are."""
+    if reason is None or (isinstance(reason, float) and math.isnan(reason)):
+        return missing
+    return STOP_WORDS.get(str(reason), str(reason))
