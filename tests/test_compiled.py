@@ -109,3 +109,52 @@ def test_kernel_option_errors():
     comp, _ = pair("tanh")
     with pytest.raises(ValueError, match=r"x must have shape"):
         comp(torch.randn(4, 2, N_IN + 1, dtype=torch.float64))
+
+
+# -- the option through training: recorded, resumed on the same kernel, old runs torch ----
+
+TINY = dict(model="rnn", task="copy", T=3, hidden_size=6, batch=4, eval_batch=8,
+            eval_every=2, checkpoint_every=2, progress=False)
+
+
+def test_config_kernel_default_and_errors():
+    from rsa.train.config import _IDENTITY_DEFAULTS, config_command, resolve_config
+    assert resolve_config(**TINY).kernel == "torch"
+    assert _IDENTITY_DEFAULTS["kernel"] == "torch"  # a stored run without it: torch
+    assert "--kernel" not in config_command(resolve_config(**TINY))  # old commands hold
+    assert "--kernel compiled" in config_command(resolve_config(**TINY, kernel="compiled"))
+    with pytest.raises(ValueError, match=r"model 'relrnn' has no compiled kernel.*rnn"):
+        resolve_config(**dict(TINY, model="relrnn"), kernel="compiled")
+    with pytest.raises(ValueError, match=r"kernel must be one of.*'fast'"):
+        resolve_config(**TINY, kernel="fast")
+    with pytest.raises(ValueError, match=r"CPU only.*'cuda'"):
+        resolve_config(**TINY, kernel="compiled", device="cuda")
+
+
+def test_compiled_run_records_its_kernel_and_resumes_on_it(tmp_path):
+    from rsa import io
+    from rsa.train import train
+    out = tmp_path / "run"
+    r = train(**TINY, steps=2, kernel="compiled", out_dir=str(out))
+    assert r.model.core.kernel == "compiled"
+    assert io.load_manifest(out)["parameters"]["kernel"] == "compiled"
+    with pytest.raises(ValueError, match=r"different config.*'kernel': \('compiled', 'torch'\)"):
+        train(**TINY, steps=4, out_dir=str(out))
+    resumed = train(**TINY, steps=4, kernel="compiled", out_dir=str(out))
+    assert resumed.summary["steps_done"] == 4
+
+
+def test_compiled_training_equals_torch_training():
+    """Two updates of the copy task, float32: the same losses to float32 rounding."""
+    from rsa.train import train
+    a = train(**TINY, steps=4, kernel="compiled")
+    b = train(**TINY, steps=4)
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_population_refuses_the_compiled_kernel():
+    from rsa.train.population import train_population
+    with pytest.raises(ValueError, match=r"population trains on kernel='torch' only.*"
+                                         r"'compiled'"):
+        train_population(**TINY, steps=2, kernel="compiled", seeds=[0, 1])

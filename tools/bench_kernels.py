@@ -4,6 +4,10 @@ and the ratio as a markdown table.
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/bench_kernels.py --models rnn --T 100 500
 
+``--compile``: instead, the time of the compiled kernel's first calls in this process
+(numba compiles them, or loads them from its on-disk cache) and of the second calls;
+run it twice with an empty ``NUMBA_CACHE_DIR`` to see both.
+
 The update is the training loop's (:func:`rsa.train.loop.train_step`): copy task, B = 10,
 n = 128, RMSprop, gradient clipping at 1.0, the model's copy defaults (RNN: modReLU).
 """
@@ -47,12 +51,36 @@ def bench(model: str, T: int, rounds: int, batch: int = 10, hidden: int = 128) -
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def compile_time() -> None:
+    """Print the first and second call times of the compiled RNN kernel, per dtype
+    (both nonlinearities, forward and backward)."""
+    import numpy as np
+
+    from rsa.models.kernels import compiled
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        ux = rng.standard_normal((5, 2, 4)).astype(dtype)
+        VT = rng.standard_normal((4, 4)).astype(dtype)
+        b = np.zeros(4, dtype)
+        for call in ("first", "second"):
+            t0 = time.perf_counter()
+            for modrelu in (False, True):
+                H, Z = compiled._rnn_forward(ux, VT, b, modrelu)
+                compiled._rnn_backward(H, Z, H, VT, b, modrelu)
+            print(f"{np.dtype(dtype).name} {call} call: {time.perf_counter() - t0:.3f} s")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["rnn"])
     p.add_argument("--T", nargs="+", type=int, default=[100, 500])
     p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--compile", action="store_true",
+                   help="time the compiled kernel's first calls instead")
     a = p.parse_args(argv)
+    if a.compile:
+        compile_time()
+        return 0
     torch.set_num_threads(1)
     print("| model | T | torch (ms) | compiled (ms) | speed-up |")
     print("|---|---|---|---|---|")

@@ -14,7 +14,7 @@ SciPy's BLAS) without autograd bookkeeping; its backward:
 
 with phi' = 1 - h^2 or sign(z)^2 [|z| + b > 0] (0 at z = 0, as autograd).
 
-numba compiles on first call (measured by ``python -m rsa.models.kernels.compiled``)
+numba compiles on first call (measured by ``python tools/bench_kernels.py --compile``)
 and caches the machine code on disk (``cache=True``: in ``__pycache__`` next to this
 module, or in ``NUMBA_CACHE_DIR`` when that is set, e.g. for a read-only install).
 """
@@ -137,23 +137,3 @@ def rnn_compiled_forward(model, x: torch.Tensor) -> torch.Tensor:
     kernel: H (T, B, n), differentiable in all the model's parameters."""
     phi_b = model.phi.b if model.nonlinearity == "modrelu" else None
     return CompiledRNNFunction.apply(model.U(x), model.V.weight, phi_b)
-
-
-def _measure_compile() -> None:  # pragma: no cover - a measurement script
-    """Time the first call (compile, or load from the on-disk cache) and a second."""
-    import time
-    rng = np.random.default_rng(0)
-    for dtype in (np.float32, np.float64):
-        ux = rng.standard_normal((5, 2, 4)).astype(dtype)
-        VT = rng.standard_normal((4, 4)).astype(dtype)
-        b = np.zeros(4, dtype)
-        for call in ("first", "second"):
-            t0 = time.perf_counter()
-            for modrelu in (False, True):
-                H, Z = _rnn_forward(ux, VT, b, modrelu)
-                _rnn_backward(H, Z, H, VT, b, modrelu)
-            print(f"{np.dtype(dtype).name} {call} call: {time.perf_counter() - t0:.3f} s")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _measure_compile()
