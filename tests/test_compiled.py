@@ -123,7 +123,7 @@ def test_config_kernel_default_and_errors():
     assert _IDENTITY_DEFAULTS["kernel"] == "torch"  # a stored run without it: torch
     assert "--kernel" not in config_command(resolve_config(**TINY))  # old commands hold
     assert "--kernel compiled" in config_command(resolve_config(**TINY, kernel="compiled"))
-    with pytest.raises(ValueError, match=r"model 'relrnn' has no compiled kernel.*rnn"):
+    with pytest.raises(ValueError, match=r"model .relrnn. has no compiled kernel.*rnn, lstm"):
         resolve_config(**dict(TINY, model="relrnn"), kernel="compiled")
     with pytest.raises(ValueError, match=r"kernel must be one of.*'fast'"):
         resolve_config(**TINY, kernel="fast")
@@ -158,3 +158,52 @@ def test_population_refuses_the_compiled_kernel():
     with pytest.raises(ValueError, match=r"population trains on kernel='torch' only.*"
                                          r"'compiled'"):
         train_population(**TINY, steps=2, kernel="compiled", seeds=[0, 1])
+
+
+# -- the LSTM ------------------------------------------------------------------------------
+
+def lstm_pair(seed=0, dtype=torch.float64, n=N):
+    from rsa import LSTM
+    torch.manual_seed(seed)
+    ref = LSTM(N_IN, n).to(dtype)
+    with torch.no_grad():  # a nonzero gate bias, so every gate's path is exercised
+        ref.U.bias.uniform_(-0.5, 0.5)
+    comp = LSTM(N_IN, n, kernel="compiled").to(dtype)
+    comp.load_state_dict(ref.state_dict())
+    return comp, ref
+
+
+@pytest.mark.parametrize("T,B", [(1, 1), (2, 3), (17, 4)])
+def test_compiled_lstm_equals_torch_float64(T, B):
+    comp, ref = lstm_pair()
+    x = torch.randn(T, B, N_IN, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(T, B, N, dtype=torch.float64)
+    assert torch.allclose(comp(x), ref(x), rtol=0, atol=1e-10)
+    for a, b in zip(grads(comp, x, w), grads(ref, x, w), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10), (a - b).abs().max()
+
+
+def test_gradcheck_compiled_lstm_function():
+    from rsa.models.kernels.compiled import CompiledLSTMFunction
+    torch.manual_seed(2)
+    T, B, n = 6, 2, 3
+    ux = torch.randn(T, B, 4 * n, dtype=torch.float64, requires_grad=True)
+    V = (0.5 * torch.randn(4 * n, n, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(CompiledLSTMFunction.apply, (ux, V), eps=1e-6, atol=1e-7)
+
+
+def test_compiled_lstm_float32_rounding():
+    comp, ref = lstm_pair(dtype=torch.float32, n=16)
+    ref64 = lstm_pair(n=16)[1]
+    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    x = torch.randn(50, 4, N_IN, requires_grad=True)
+    w = torch.randn(50, 4, 16)
+    H = comp(x)
+    assert H.dtype == torch.float32
+    err = (H.double() - ref64(x.double())).abs().max().item()
+    err_torch = (ref(x).double() - ref64(x.double())).abs().max().item()
+    assert err <= 1e-5 and err <= 10 * err_torch + 1e-6, (err, err_torch)
+    x64 = x.detach().double().requires_grad_(True)
+    for a, b in zip(grads(comp, x, w), grads(ref64, x64, w.double()), strict=True):
+        assert a.dtype == torch.float32
+        assert torch.allclose(a.double(), b, rtol=1e-4, atol=1e-4), (a.double() - b).abs().max()

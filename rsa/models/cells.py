@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rsa.models.kernels.compiled import check_kernel, rnn_compiled_forward
+from rsa.models.kernels.compiled import check_kernel, lstm_compiled_forward, rnn_compiled_forward
 from rsa.models.kernels.fused import check_sequence
 from rsa.models.kernels.fused import fused_forward as memrnn_fused_forward
 from rsa.models.kernels.rellstm import fused_forward as rellstm_fused_forward
@@ -360,10 +360,20 @@ class RelRNN(_Fusable, _RNNCell):
 
 
 class LSTM(_LSTMCell):
-    """Standard LSTM, gates i, f, g, o on [h_{t-1}; x_t], Xavier-normal weights."""
+    """Standard LSTM, gates i, f, g, o on [h_{t-1}; x_t], Xavier-normal weights.
 
-    def __init__(self, input_size: int, hidden_size: int, *, init: str = "xavier"):
+    ``kernel``: as :class:`RNN`'s (``"compiled"``: :mod:`rsa.models.kernels.compiled`)."""
+
+    def __init__(self, input_size: int, hidden_size: int, *, init: str = "xavier",
+                 kernel: str = "torch"):
         super().__init__(input_size, hidden_size, init=init)
+        self.kernel = check_kernel(kernel)
+
+    def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
+        if self.kernel == "compiled" and not record and not freeze_attention:
+            check_sequence(x, self.input_size)
+            return lstm_compiled_forward(self, x)
+        return super().forward(x, record=record, freeze_attention=freeze_attention)
 
 
 class RelLSTM(_Fusable, _LSTMCell):

@@ -242,7 +242,7 @@ _TABLE = (
               population="recurrent", compiled=True),
     ModelSpec("lstm", "rsa.models:LSTM", "LSTM", "#0173b2",  # blue
               family="lstm", options=("init",), choices=_XAVIER_ONLY,
-              defaults={"lr": _LR_LSTM}, population="recurrent"),
+              defaults={"lr": _LR_LSTM}, population="recurrent", compiled=True),
     ModelSpec("memrnn", "rsa.models:MemRNN", "MemRNN", "#d55e00",  # red: full attention
               family="rnn", options=("nonlinearity", "init"),
               defaults={"lr": _LR_RNN, "nonlinearity": _MODRELU}, fused=True,
