@@ -29,7 +29,7 @@ $(SETUP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade-strategy only-if-needed \
 		$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
-	$(BIN)/python -m pip install -c constraints.txt -e ".[book,dev,cluster]"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[book,dev,cluster,compiled]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 \
 		--display-name "Python 3 (rsa)"
 	touch $@

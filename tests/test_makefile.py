@@ -28,7 +28,7 @@ def test_torch_index_selects_another_wheel_index():
     commands = setup_commands("TORCH_INDEX=https://example.org/whl/cpu")
     assert "--index-url https://example.org/whl/cpu torch==2.13.0" in commands
     # only torch comes from there: the package and its pins still come from PyPI
-    assert 'pip install -c constraints.txt -e ".[book,dev,cluster]"' in commands
+    assert 'pip install -c constraints.txt -e ".[book,dev,cluster,compiled]"' in commands
 
 
 def test_the_readme_documents_the_options_and_the_name():

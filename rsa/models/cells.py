@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rsa.models.kernels.compiled import check_kernel, lstm_compiled_forward, rnn_compiled_forward
 from rsa.models.kernels.fused import check_sequence
 from rsa.models.kernels.fused import fused_forward as memrnn_fused_forward
 from rsa.models.kernels.rellstm import fused_forward as rellstm_fused_forward
@@ -271,11 +272,23 @@ def _trace(states: list, memory: _RecordingMemory | None, x: torch.Tensor) -> Tr
 
 
 class RNN(_RNNCell):
-    """h_t = phi(U x_t + V h_{t-1} + b), V orthogonal at init (*The paper* §2)."""
+    """h_t = phi(U x_t + V h_{t-1} + b), V orthogonal at init (*The paper* §2).
+
+    ``kernel="torch"`` (default): the plain-autograd loop of :class:`_Recurrent`;
+    ``kernel="compiled"``: a plain forward (no ``record``, no ``freeze_attention``) on CPU
+    runs the whole sequence in numba-compiled code with a hand-written backward
+    (:mod:`rsa.models.kernels.compiled`), equal to the loop to rounding."""
 
     def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh",
-                 init: str = "orthogonal"):
+                 init: str = "orthogonal", kernel: str = "torch"):
         super().__init__(input_size, hidden_size, nonlinearity=nonlinearity, init=init)
+        self.kernel = check_kernel(kernel)
+
+    def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
+        if self.kernel == "compiled" and not record and not freeze_attention:
+            check_sequence(x, self.input_size)
+            return rnn_compiled_forward(self, x)
+        return super().forward(x, record=record, freeze_attention=freeze_attention)
 
 
 class _Fusable(_Recurrent):
@@ -347,10 +360,20 @@ class RelRNN(_Fusable, _RNNCell):
 
 
 class LSTM(_LSTMCell):
-    """Standard LSTM, gates i, f, g, o on [h_{t-1}; x_t], Xavier-normal weights."""
+    """Standard LSTM, gates i, f, g, o on [h_{t-1}; x_t], Xavier-normal weights.
 
-    def __init__(self, input_size: int, hidden_size: int, *, init: str = "xavier"):
+    ``kernel``: as :class:`RNN`'s (``"compiled"``: :mod:`rsa.models.kernels.compiled`)."""
+
+    def __init__(self, input_size: int, hidden_size: int, *, init: str = "xavier",
+                 kernel: str = "torch"):
         super().__init__(input_size, hidden_size, init=init)
+        self.kernel = check_kernel(kernel)
+
+    def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
+        if self.kernel == "compiled" and not record and not freeze_attention:
+            check_sequence(x, self.input_size)
+            return lstm_compiled_forward(self, x)
+        return super().forward(x, record=record, freeze_attention=freeze_attention)
 
 
 class RelLSTM(_Fusable, _LSTMCell):

@@ -21,18 +21,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsa.models import registry
+from rsa.models.kernels.compiled import check_kernel
 from rsa.tasks import N_DATA, TaskSpec, get_task
 
-__all__ = ["MODELS", "build_model", "TaskModel", "build_task_model"]
+__all__ = ["MODELS", "build_model", "check_model_kernel", "TaskModel", "build_task_model"]
 
 # Views of the table of rsa.models.registry (they follow rsa.models.registry.register).
 MODELS = registry.MODELS
 _FUSED = registry.FUSED
 
 
+def check_model_kernel(model_name: str, kernel: str) -> str:
+    """``kernel`` if model ``model_name`` can run on it; ValueError naming the value and
+    what is accepted otherwise (an unknown kernel, numba missing, or a model without a
+    compiled kernel)."""
+    check_kernel(kernel)
+    if kernel == "compiled" and not registry.get(model_name).compiled:
+        have = [m for m in registry.names() if registry.get(m).compiled]
+        raise ValueError(f"model {model_name!r} has no compiled kernel yet (kernel="
+                         f"'compiled' applies to {', '.join(have)}); use kernel='torch'")
+    return kernel
+
+
 def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | None = None,
                 rho: int | None = None, nonlinearity: str | None = None,
-                init: str | None = None, fused: bool | None = None) -> nn.Module:
+                init: str | None = None, fused: bool | None = None,
+                kernel: str = "torch") -> nn.Module:
     """The core model ``model_name``, one of :data:`MODELS` (:mod:`rsa.models.registry`).
 
     ``fused`` (MemRNN, RelRNN and RelLSTM; default True) picks the fused sequence
@@ -46,9 +60,15 @@ def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | No
     and what is accepted, for an unknown name, nu < 1, rho < 0, nu/rho on a model
     without screening, a nonlinearity on an LSTM, or an unknown init
     (:func:`rsa.models.registry.check_options`).
+
+    ``kernel``: ``"torch"`` (default, the reference) or ``"compiled"`` (the compiled CPU
+    kernel of :mod:`rsa.models.kernels.compiled`, for the models whose table entry has
+    ``compiled``); ValueError for another value or a model without one.
     """
     options = registry.check_options(model_name, fused=fused, nu=nu, rho=rho,
                                      nonlinearity=nonlinearity, init=init)
+    if check_model_kernel(model_name, kernel) == "compiled":
+        options["kernel"] = kernel
     return registry.get(model_name).model_class()(input_size, hidden_size, **options)
 
 

@@ -169,6 +169,8 @@ class ModelSpec:
       ``"lr"`` (required) and for options; an option without one keeps ``None`` in the
       configuration, and the class's own default applies (:func:`class_default`);
     - ``fused``: it has a fused implementation (and takes ``fused``, default True);
+    - ``compiled``: it has a compiled CPU kernel (:mod:`rsa.models.kernels.compiled`;
+      its class takes ``kernel="compiled"``; :func:`rsa.models.build_model`'s ``kernel``);
     - ``memory``, ``fused_memory``: an upper budget of the extra memory of one update,
       in bytes, as a function of (batch B, hidden size n, steps L); ``fused_memory`` for
       the fused implementation (:func:`rsa.experiments.measure.estimate_memory`);
@@ -201,6 +203,7 @@ class ModelSpec:
     defaults: Mapping[str, PerTask] = field(default_factory=dict)
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     fused: bool = False
+    compiled: bool = False
     memory: Callable[[int, int, int], int] = _linear_memory
     fused_memory: Callable[[int, int, int], int] | None = None
     long_delays: bool = False
@@ -236,10 +239,10 @@ _TABLE = (
     ModelSpec("rnn", "rsa.models:RNN", "RNN", "#949494",  # grey: the baseline
               family="rnn", options=("nonlinearity", "init"),
               defaults={"lr": _LR_RNN, "nonlinearity": _MODRELU}, long_delays=True,
-              population="recurrent"),
+              population="recurrent", compiled=True),
     ModelSpec("lstm", "rsa.models:LSTM", "LSTM", "#0173b2",  # blue
               family="lstm", options=("init",), choices=_XAVIER_ONLY,
-              defaults={"lr": _LR_LSTM}, population="recurrent"),
+              defaults={"lr": _LR_LSTM}, population="recurrent", compiled=True),
     ModelSpec("memrnn", "rsa.models:MemRNN", "MemRNN", "#d55e00",  # red: full attention
               family="rnn", options=("nonlinearity", "init"),
               defaults={"lr": _LR_RNN, "nonlinearity": _MODRELU}, fused=True,

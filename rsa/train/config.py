@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from rsa.models import describe, registry
+from rsa.models.heads import check_model_kernel
 from rsa.tasks import get_task, train_size
 
 OPTIMIZERS = ("rmsprop", "adam")
@@ -21,9 +22,10 @@ OPTIMIZERS = ("rmsprop", "adam")
 # folder, progress bar and data folder may change).
 _IDENTITY = ("model", "task", "T", "hidden_size", "optimizer", "lr", "clip", "batch", "seed",
              *(o.name for o in registry.config_options()), "eval_every", "eval_batch",
-             "stop_when_solved", "stall_updates", "patience_updates")
+             "stop_when_solved", "stall_updates", "patience_updates", "kernel")
 # identity fields added later, with the value a checkpoint without them was made with
-_IDENTITY_DEFAULTS = {"stop_when_solved": False, "stall_updates": 0, "patience_updates": 0}
+_IDENTITY_DEFAULTS = {"stop_when_solved": False, "stall_updates": 0, "patience_updates": 0,
+                      "kernel": "torch"}
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -70,6 +72,11 @@ class TrainConfig:
       update can change them. Not an identity field: a run may resume with it turned on
       if it would not have fired yet (:func:`rsa.train.checkpoint.resumable_checkpoint`).
 
+    ``kernel``: ``"torch"`` (default: the reference, CPU and GPU) or ``"compiled"``
+    (the compiled CPU kernel of :mod:`rsa.models.kernels.compiled`, for the models that
+    have one); an identity field, so a run resumes on the kernel that trained it, and a
+    stored run without it reads as ``"torch"``.
+
     ``out_dir=None`` writes nothing. ``data_dir`` is the MNIST folder (default
     ``data/mnist``).
     """
@@ -101,6 +108,7 @@ class TrainConfig:
     stop_when_nan: bool = False
     stall_updates: int = 0
     patience_updates: int = 0
+    kernel: str = "torch"
 
 
 if TrainConfig.__doc__:  # (python -OO strips docstrings)
@@ -188,6 +196,10 @@ def resolve_config(config: TrainConfig | dict | None = None, **overrides) -> Tra
     for name in ("progress", "resume", "stop_at_perfect", "stop_when_solved", "stop_when_nan"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name} must be a bool, got {getattr(c, name)!r}")
+    check_model_kernel(c.model, c.kernel)  # ValueError naming the kernel and the models
+    if c.kernel == "compiled" and c.device != "cpu":
+        raise ValueError(f"kernel='compiled' runs on the CPU only, got device={c.device!r}; "
+                         f"use kernel='torch' on a GPU")
     # the options the model takes and their ranges, checked without building the model
     registry.check_options(c.model, **{o.name: getattr(c, o.name)
                                        for o in registry.config_options()})

@@ -117,6 +117,10 @@ def train_population(config: TrainConfig | dict | None = None, *, seeds,
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds!r}")
     base = resolve_config(config, **overrides)
+    if base.kernel != "torch":  # not silently the torch batched forward
+        raise ValueError(f"a population trains on kernel='torch' only for now (the "
+                         f"compiled kernel has no batched population forward yet), got "
+                         f"kernel={base.kernel!r}; train its seeds one by one")
     if out_dirs is None:
         out_dirs = [None] * len(seeds) if base.out_dir is None else \
             seed_dirs(base.out_dir, seeds)

@@ -1,0 +1,96 @@
+"""Time one training update of a model on the torch and the compiled kernel (issue 30),
+interleaved (torch, compiled, torch, compiled, ...), one thread; prints medians in ms
+and the ratio as a markdown table.
+
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_kernels.py --models rnn --T 100 500
+
+``--compile``: instead, the time of the compiled kernel's first calls in this process
+(numba compiles them, or loads them from its on-disk cache) and of the second calls;
+run it twice with an empty ``NUMBA_CACHE_DIR`` to see both.
+
+The update is the training loop's (:func:`rsa.train.loop.train_step`): copy task, B = 10,
+n = 128, RMSprop, gradient clipping at 1.0, the model's copy defaults (RNN: modReLU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from rsa.models.heads import build_task_model
+from rsa.tasks import copy_batch, get_task
+from rsa.train.config import resolve_config
+from rsa.train.loop import make_optimizer, train_step
+
+
+def _setup(model: str, T: int, kernel: str, batch: int, hidden: int):
+    c = resolve_config(model=model, task="copy", T=T, batch=batch, hidden_size=hidden,
+                       kernel=kernel)
+    torch.manual_seed(0)
+    m = build_task_model(c.model, get_task(c.task), c.hidden_size, nu=c.nu, rho=c.rho,
+                         nonlinearity=c.nonlinearity, init=c.init, kernel=c.kernel)
+    opt = make_optimizer(c.optimizer, m.parameters(), c.lr)
+    x, y = copy_batch(T, batch, torch.Generator().manual_seed(1))
+    return m, opt, x, y, c.clip
+
+
+def bench(model: str, T: int, rounds: int, batch: int = 10, hidden: int = 128) -> dict:
+    """Median seconds of one update per kernel, the kernels' updates interleaved."""
+    setups = {k: _setup(model, T, k, batch, hidden) for k in ("torch", "compiled")}
+    times = {k: [] for k in setups}
+    for m, opt, x, y, clip in setups.values():  # warm-up (and compile)
+        train_step(m, opt, x, y, clip)
+    for _ in range(rounds):
+        for k, (m, opt, x, y, clip) in setups.items():
+            t0 = time.perf_counter()
+            train_step(m, opt, x, y, clip)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def compile_time() -> None:
+    """Print the first and second call times of the compiled RNN kernel, per dtype
+    (both nonlinearities, forward and backward)."""
+    import numpy as np
+
+    from rsa.models.kernels import compiled
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        ux = rng.standard_normal((5, 2, 4)).astype(dtype)
+        VT = rng.standard_normal((4, 4)).astype(dtype)
+        b = np.zeros(4, dtype)
+        for call in ("first", "second"):
+            t0 = time.perf_counter()
+            for modrelu in (False, True):
+                H, Z = compiled._rnn_forward(ux, VT, b, modrelu)
+                compiled._rnn_backward(H, Z, H, VT, b, modrelu)
+            print(f"{np.dtype(dtype).name} {call} call: {time.perf_counter() - t0:.3f} s")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["rnn"])
+    p.add_argument("--T", nargs="+", type=int, default=[100, 500])
+    p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--compile", action="store_true",
+                   help="time the compiled kernel's first calls instead")
+    a = p.parse_args(argv)
+    if a.compile:
+        compile_time()
+        return 0
+    torch.set_num_threads(1)
+    print("| model | T | torch (ms) | compiled (ms) | speed-up |")
+    print("|---|---|---|---|---|")
+    for model in a.models:
+        for T in a.T:
+            r = bench(model, T, a.rounds)
+            print(f"| {model} | {T} | {1e3 * r['torch']:.2f} | {1e3 * r['compiled']:.2f} | "
+                  f"{r['torch'] / r['compiled']:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
