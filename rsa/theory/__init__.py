@@ -55,6 +55,12 @@ from rsa.theory.bounds import (  # noqa: F401
     uniform_asymptote,
     uniform_mean_square_gradient,
 )
+from rsa.theory.fixed import (  # noqa: F401
+    crossover_fixed_uniform,
+    fixed_uniform_mean_square_gradient,
+    loglog_slope,
+    uniform_path_length_sums,
+)
 from rsa.theory.networks import (  # noqa: F401
     jacobian_norms,
     loss_gradient_norms,
@@ -123,4 +129,10 @@ __all__ = [
     "path_length_sums",
     "fixed_orthogonal_mean_square_gradient",
     "haar_matrices",
+]
+__all__ += [
+    "uniform_path_length_sums",
+    "fixed_uniform_mean_square_gradient",
+    "crossover_fixed_uniform",
+    "loglog_slope",
 ]
