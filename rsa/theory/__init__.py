@@ -2,7 +2,8 @@
 
 Modules: :mod:`~rsa.theory.patterns` (attention patterns), :mod:`~rsa.theory.paths`
 (path sums and the mean-square DP in both random models, the loss gradient),
-:mod:`~rsa.theory.bounds` (closed forms, uniform attention, the crossover) and
+:mod:`~rsa.theory.bounds` (closed forms, uniform attention, the crossover),
+:mod:`~rsa.theory.fixed` (uniform attention and its crossover with one fixed V) and
 :mod:`~rsa.theory.networks` (autograd on real models).
 
 Derived in the chapter *Bounds on gradient propagation* (``book/bounds.ipynb``); the
@@ -39,7 +40,8 @@ Added in the chapters *Bounds* and *The kappa-d tradeoff* (our results, not the 
   dl/dh_t, by the backward recursion G_i = ||gamma_i||^2 + sum_{k > i} lam_k^2 w_{ik}^2 G_k.
 - one fixed orthogonal V at every step (J_k = lam_k V, V Haar): paths of equal length
   add coherently, E||dh_t/dh_i u||^2 = sum_m f_m^2 + O(1/n), f_m the sum over paths of
-  m edges.
+  m edges. Under full uniform attention in O(L^2) (prefix sums), with the crossover t*
+  against no attention in that model.
 - single realisations: ||dh_t/dh_i||_2 <= f(i, t) (path sum with lam_k >= ||J_k||_2),
   and the direct-edge bound sigma_min(dh_t/dh_i) >= mu_t w_{it} - lam_t sum_{i<j<t} w_{jt}
   f(i, j) (mu_k <= sigma_min(J_k)).
@@ -54,6 +56,12 @@ from rsa.theory.bounds import (  # noqa: F401
     sparse_crossover_span,
     uniform_asymptote,
     uniform_mean_square_gradient,
+)
+from rsa.theory.fixed import (  # noqa: F401
+    crossover_fixed_uniform,
+    fixed_uniform_mean_square_gradient,
+    loglog_slope,
+    uniform_path_length_sums,
 )
 from rsa.theory.networks import (  # noqa: F401
     jacobian_norms,
@@ -123,4 +131,10 @@ __all__ = [
     "path_length_sums",
     "fixed_orthogonal_mean_square_gradient",
     "haar_matrices",
+]
+__all__ += [
+    "uniform_path_length_sums",
+    "fixed_uniform_mean_square_gradient",
+    "crossover_fixed_uniform",
+    "loglog_slope",
 ]
