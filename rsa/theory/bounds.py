@@ -147,3 +147,33 @@ def sparse_crossover_span(lam, kappa, d):
     if lam == 1.0:
         return np.full(np.broadcast(kappa, d).shape, np.inf)[()]
     return (d * np.log(2 * kappa / lam) / -np.log(lam))[()]
+
+
+# -- local attention: the exact per-step rate ---------------------------------------------
+def local_attention_rate(lam, kappa):
+    """The per-step factor r of g(i, t) ~ C r^(t - i) under local attention of width kappa
+    in the random-orthogonal model (our result, chapter *The kappa-d tradeoff*,
+    prop-local-rate): with a = (1 + 1/kappa)/2 on the edge from h_{t-1} and
+    b = 1/(2 kappa) on each of the kappa - 1 older ones, g obeys the linear recursion
+    g_t = lam^2 (a^2 g_{t-1} + b^2 (g_{t-2} + ... + g_{t-kappa})), and r is the unique
+    positive root of 1 = lam^2 (a^2 / r + b^2 (r^-2 + ... + r^-kappa)) (the right side
+    decreases in r; the Perron root of the companion matrix). The decay rate per step is
+    -ln r; kappa = 1 (no attention) gives r = lam^2. Bisection to machine precision."""
+    lam = _lam_scalar(lam, closed_lo=False)
+    kappa = check_int("kappa", kappa, 1)
+    a2, b2 = ((1 + 1 / kappa) / 2) ** 2, (1 / (2 * kappa)) ** 2
+    powers = np.arange(2, kappa + 1)
+
+    def excess(r):  # lam^2 (a^2/r + b^2 sum_l r^-l) - 1, decreasing in r
+        return lam**2 * (a2 / r + b2 * np.sum(r ** -powers.astype(float))) - 1.0
+
+    lo, hi = lam**2 * a2, 1.0  # excess(lo) >= 0 (its first term alone is 1), excess(1) <= 0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if excess(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 4 * np.finfo(float).eps * hi:
+            break
+    return 0.5 * (lo + hi)
