@@ -249,6 +249,19 @@ def r_changes(model, x):
     return changed, ties
 
 
+def compiled_slots(model, x):
+    """SL (T, K, B): the states (time indices) each step of the compiled kernel attended."""
+    from rsa.models.kernels.compiled_screened import _LIMIT, _forward
+    from rsa.models.kernels.fused import fused_inputs
+    ux, V, W_q, W_k, v, phi_b = (None if a is None else a.detach().contiguous().numpy()
+                                 for a in fused_inputs(model, x))
+    out = _forward(ux, torch.cat([model.V.weight, model.W_q.weight]).t().contiguous()
+                   .detach().numpy(), W_k.T.copy(), v,
+                   phi_b if phi_b is not None else 0 * v, phi_b is not None, model.nu,
+                   model.rho, _LIMIT[ux.dtype])
+    return out[-2]
+
+
 RELRNN_CASES = [  # T, B, nu, rho, nonlinearity, seed, v
     (1, 2, 3, 4, "tanh", 0, "normal"), (2, 3, 1, 1, "tanh", 1, "normal"),
     (40, 3, 3, 4, "tanh", 2, "normal"), (40, 3, 3, 4, "modrelu", 3, "normal"),
@@ -270,6 +283,16 @@ def test_compiled_relrnn_equals_fused_float64(T, B, nu, rho, nonlinearity, seed,
     assert len(g_comp) == len(g_ref) == 7 + (nonlinearity == "modrelu")
     for a, b in zip(g_comp, g_ref, strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-10), (a - b).abs().max()
+    # the screening's decisions: every step attends the same states as the plain loop
+    # (compared directly: with one-hot attention, tied states that are never attended
+    # leave the outputs unchanged whichever of them is kept)
+    _, trace = ref(x, record=True)
+    SL = compiled_slots(comp, x)
+    for t in range(T):
+        m = min(t, nu) + min(rho, max(0, t - nu))
+        for b in range(B):
+            want = sorted(i for i in trace.index[t, b].tolist() if i >= 0)
+            assert sorted(SL[t, :m, b].tolist()) == want, (t, b)
     if T >= 40 and rho > 0 and v != "zero":
         changed, ties = r_changes(ref, x)
         assert changed > 0  # the relevant set changes once full: the screening is tested
