@@ -393,6 +393,8 @@ def test_relrnn_kernel_option():
     assert torch.allclose(H, ref(x), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match=r"x must have shape"):
         comp(torch.randn(4, 2, N_IN + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"float32 or float64, got torch.bfloat16"):
+        comp.to(torch.bfloat16)(torch.randn(4, 2, N_IN, dtype=torch.bfloat16))
 
 
 RELRNN_TINY = dict(TINY, model="relrnn", nu=2, rho=3, T=4)

@@ -382,6 +382,9 @@ def relrnn_compiled(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: t
     if ux.dim() != 3 or ux.shape[0] < 1:
         raise ValueError(f"ux must have shape (T >= 1, B, n), got {tuple(ux.shape)}")
     check_screening(nu, rho)
+    if ux.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"the compiled RelRNN kernel runs in float32 or float64, got "
+                         f"{ux.dtype}; use kernel='torch'")
     return CompiledRelRNNFunction.apply(ux, V, W_q, W_k, v, phi_b, nu, rho)
 
 
