@@ -102,8 +102,8 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
                        help=f"{only}{option.help} (default: "
                             f"{describe.describe_default(option.name)})")
     p.add_argument("--kernel", default="torch", choices=("torch", "compiled"),
-                   help="torch: the reference, CPU or GPU; compiled: the compiled CPU "
-                        "kernel, rnn and lstm for now, needs the 'compiled' extra "
+                   help="torch, the reference (CPU or GPU), or compiled: the compiled CPU "
+                        "kernel of rnn, lstm and relrnn, which needs the 'compiled' extra "
                         "(default: torch)")
     p.add_argument("--out-dir", "--out", dest="out_dir", metavar="DIR",
                    help="output folder (default: runs/<task>_<model>_T<T>_s<seed>)")

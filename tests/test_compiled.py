@@ -1,8 +1,10 @@
-"""The compiled CPU kernel (rsa/models/kernels/compiled.py, issue 30) against the torch
-path: the plain RNN with kernel="compiled" equals the plain-autograd loop to 1e-10 in
-float64 (forward and every gradient, tanh and modReLU, with units cut off by modReLU's
-bias, T = 1, ties at z = 0), passes gradcheck, equals it to float32 rounding in float32;
-and the option's errors."""
+"""The compiled CPU kernels (rsa/models/kernels/compiled.py and compiled_screened.py,
+issue 30) against the torch path: the plain RNN and LSTM with kernel="compiled" equal the
+plain-autograd loop to 1e-10 in float64 (forward and every gradient, tanh and modReLU,
+with units cut off by modReLU's bias, T = 1, ties at z = 0), pass gradcheck, equal it to
+float32 rounding in float32; the RelRNN's compiled kernel equals the fused torch path the
+same way (screening decisions included: relevant-set changes and ties); the option's
+errors; training runs that record the kernel and resume on it."""
 
 from __future__ import annotations
 
@@ -123,8 +125,10 @@ def test_config_kernel_default_and_errors():
     assert _IDENTITY_DEFAULTS["kernel"] == "torch"  # a stored run without it: torch
     assert "--kernel" not in config_command(resolve_config(**TINY))  # old commands hold
     assert "--kernel compiled" in config_command(resolve_config(**TINY, kernel="compiled"))
-    with pytest.raises(ValueError, match=r"model .relrnn. has no compiled kernel.*rnn, lstm"):
-        resolve_config(**dict(TINY, model="relrnn"), kernel="compiled")
+    with pytest.raises(ValueError, match=r"model .memrnn. has no compiled kernel.*"
+                                         r"rnn, lstm, relrnn\); use kernel='torch'"):
+        resolve_config(**dict(TINY, model="memrnn"), kernel="compiled")
+    assert resolve_config(**dict(TINY, model="relrnn"), kernel="compiled").kernel == "compiled"
     with pytest.raises(ValueError, match=r"kernel must be one of.*'fast'"):
         resolve_config(**TINY, kernel="fast")
     with pytest.raises(ValueError, match=r"CPU only.*'cuda'"):
@@ -207,3 +211,206 @@ def test_compiled_lstm_float32_rounding():
     for a, b in zip(grads(comp, x, w), grads(ref64, x64, w.double()), strict=True):
         assert a.dtype == torch.float32
         assert torch.allclose(a.double(), b, rtol=1e-4, atol=1e-4), (a.double() - b).abs().max()
+
+
+# -- the RelRNN (rsa/models/kernels/compiled_screened.py) ----------------------------------
+
+def relrnn_pair(nonlinearity="tanh", seed=0, dtype=torch.float64, n=N, nu=3, rho=4,
+                v="normal", key_scale=1.0):
+    """A compiled and a fused torch RelRNN with the same parameters (modReLU: some units
+    cut off). ``v``: "normal" (N(0, 1): scores that differ, states enter and leave R),
+    "zero" (uniform attention) or "onehot" (N(0, 1e10): attention weights exactly 0 or 1,
+    so relevance scores are counts and tie exactly, between different states);
+    ``key_scale``: W_k scaled, for keys beyond the compiled kernel's exponential range."""
+    from rsa import RelRNN
+    torch.manual_seed(seed)
+    ref = RelRNN(N_IN, n, nu=nu, rho=rho, nonlinearity=nonlinearity).to(dtype)
+    with torch.no_grad():
+        ref.v.normal_().mul_({"normal": 1.0, "zero": 0.0, "onehot": 1e5}[v])
+        if nonlinearity == "modrelu":
+            ref.phi.b.uniform_(-0.5, 0.5)
+        ref.W_k.weight.mul_(key_scale)
+    comp = RelRNN(N_IN, n, nu=nu, rho=rho, nonlinearity=nonlinearity,
+                  kernel="compiled").to(dtype)
+    comp.load_state_dict(ref.state_dict())
+    return comp, ref
+
+
+def r_changes(model, x):
+    """(replacements in R once full, exact ties among R's lowest scores) in the plain loop's
+    record of ``model`` on ``x``."""
+    _, trace = model(x, record=True)
+    R = trace.relevant[0, 0]
+    idx, score = trace.index[..., R], trace.score[..., R]
+    full = (idx >= 0).all(-1)  # (T, B)
+    changed = (full[1:] & full[:-1] & (idx[1:] != idx[:-1]).any(-1)).sum().item()
+    low = score.min(-1, keepdim=True).values
+    ties = (full & ((score == low).sum(-1) > 1)).sum().item()
+    return changed, ties
+
+
+def compiled_slots(model, x):
+    """SL (T, K, B): the states (time indices) each step of the compiled kernel attended."""
+    from rsa.models.kernels.compiled_screened import _LIMIT, _forward
+    from rsa.models.kernels.fused import fused_inputs
+    ux, V, W_q, W_k, v, phi_b = (None if a is None else a.detach().contiguous().numpy()
+                                 for a in fused_inputs(model, x))
+    out = _forward(ux, torch.cat([model.V.weight, model.W_q.weight]).t().contiguous()
+                   .detach().numpy(), W_k.T.copy(), v,
+                   phi_b if phi_b is not None else 0 * v, phi_b is not None, model.nu,
+                   model.rho, _LIMIT[ux.dtype])
+    return out[-2]
+
+
+RELRNN_CASES = [  # T, B, nu, rho, nonlinearity, seed, v
+    (1, 2, 3, 4, "tanh", 0, "normal"), (2, 3, 1, 1, "tanh", 1, "normal"),
+    (40, 3, 3, 4, "tanh", 2, "normal"), (40, 3, 3, 4, "modrelu", 3, "normal"),
+    (60, 4, 2, 5, "tanh", 4, "normal"), (30, 2, 4, 0, "modrelu", 5, "normal"),
+    (45, 3, 3, 4, "tanh", 6, "zero"), (60, 3, 3, 4, "tanh", 0, "onehot"),
+    (60, 3, 3, 4, "tanh", 2, "onehot"), (60, 3, 2, 3, "modrelu", 9, "onehot")]
+
+
+@pytest.mark.parametrize("T,B,nu,rho,nonlinearity,seed,v", RELRNN_CASES)
+def test_compiled_relrnn_equals_fused_float64(T, B, nu, rho, nonlinearity, seed, v):
+    comp, ref = relrnn_pair(nonlinearity, seed, nu=nu, rho=rho, v=v)
+    x = torch.randn(T, B, N_IN, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(T, B, N, dtype=torch.float64)
+    assert torch.allclose(comp(x), ref(x), rtol=0, atol=1e-10)
+    loss_c, loss_r = (comp(x) * w).sum(), (ref(x) * w).sum()
+    assert abs(loss_c.item() - loss_r.item()) <= 1e-10
+    g_comp, g_ref = grads(comp, x, w), grads(ref, x, w)
+    # x, U (weight, bias), V, W_q, W_k, v and modReLU's b
+    assert len(g_comp) == len(g_ref) == 7 + (nonlinearity == "modrelu")
+    for a, b in zip(g_comp, g_ref, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10), (a - b).abs().max()
+    # the screening's decisions: every step attends the same states as the plain loop
+    # (compared directly: with one-hot attention, tied states that are never attended
+    # leave the outputs unchanged whichever of them is kept)
+    _, trace = ref(x, record=True)
+    SL = compiled_slots(comp, x)
+    for t in range(T):
+        m = min(t, nu) + min(rho, max(0, t - nu))
+        for b in range(B):
+            want = sorted(i for i in trace.index[t, b].tolist() if i >= 0)
+            assert sorted(SL[t, :m, b].tolist()) == want, (t, b)
+    if T >= 40 and rho > 0 and v != "zero":
+        changed, ties = r_changes(ref, x)
+        assert changed > 0  # the relevant set changes once full: the screening is tested
+        if v == "onehot":  # exact ties decided by the first-minimum and strictly-greater rules
+            assert ties > 0
+
+
+def test_compiled_relrnn_keys_beyond_exponential_range():
+    """Keys |W_k h| > 170 take np.tanh in the compiled kernel (exp(2a) exp(2b) would
+    leave float64's range): still the fused path's function."""
+    comp, ref = relrnn_pair(seed=8, key_scale=400.0)
+    x = torch.randn(20, 2, N_IN, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(20, 2, N, dtype=torch.float64)
+    H = ref(x)
+    assert (ref.W_k(H).abs() > 170).any()
+    for a, b in zip(grads(comp, x, w), grads(ref, x, w), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_screening_step_equals_torch(seed):
+    """One screening step on score tables full of ties (scores in {0, 1, 2}): the compiled
+    step makes the torch path's decisions (first slot of lowest score, replaced only by a
+    strictly greater score; R filling; S filling)."""
+    import numpy as np
+
+    from rsa.models.kernels.compiled_screened import _screen
+    from rsa.models.kernels.screened import _screen_step
+    g = torch.Generator().manual_seed(seed)
+    nu, rho, B, T = 3, 4, 64, 50
+    for nS, nR in ((1, 0), (nu, 0), (nu, 2), (nu, rho), (nu, rho)):
+        t = int(torch.randint(nu, T, (1,), generator=g))
+        slot = torch.randint(0, t, (nu + rho, B), generator=g)
+        score = torch.randint(0, 3, (nu + rho, B), generator=g).double()
+        alpha = torch.randint(0, 2, (nu + rho, B), generator=g).double()
+        s_np, c_np = slot.numpy().copy(), score.numpy().copy()
+        got = _screen(s_np, c_np, alpha.numpy(), t, nS, nR, nu, rho)
+        score[:nS] += alpha[:nS]
+        if nS == nu:
+            trow = torch.arange(T)[:, None].expand(T, B)
+            nR = _screen_step(slot, score, trow, t, nu, rho, nR, torch.arange(rho)[:, None])
+        else:
+            slot[nS], nS = t, nS + 1
+        assert got == (nS, nR)
+        assert np.array_equal(s_np, slot.numpy()) and np.array_equal(c_np, score.numpy())
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "modrelu"])
+def test_gradcheck_compiled_relrnn_function(nonlinearity):
+    from rsa.models.kernels.compiled_screened import CompiledRelRNNFunction
+    from tests.helpers import fused_function_args
+    args = fused_function_args(9, 2, 3, nonlinearity, seed=3)
+    args = (*args, None) if len(args) == 5 else args
+    assert torch.autograd.gradcheck(lambda *a: CompiledRelRNNFunction.apply(*a, 2, 2), args,
+                                    eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "modrelu"])
+def test_compiled_relrnn_float32_rounding(nonlinearity):
+    """float32 (its own vectorised exponential, tanh from it): within float32 rounding of
+    the float64 function, as the fused torch path in float32."""
+    comp, ref = relrnn_pair(nonlinearity, dtype=torch.float32, n=16)
+    ref64 = relrnn_pair(nonlinearity, n=16)[1]
+    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    x = torch.randn(50, 4, N_IN, requires_grad=True)
+    w = torch.randn(50, 4, 16)
+    H = comp(x)
+    assert H.dtype == torch.float32
+    err = (H.double() - ref64(x.double())).abs().max().item()
+    err_torch = (ref(x).double() - ref64(x.double())).abs().max().item()
+    assert err <= 1e-5 and err <= 10 * err_torch + 1e-6, (err, err_torch)
+    x64 = x.detach().double().requires_grad_(True)
+    for a, b in zip(grads(comp, x, w), grads(ref64, x64, w.double()), strict=True):
+        assert a.dtype == torch.float32
+        assert torch.allclose(a.double(), b, rtol=1e-4, atol=1e-4), (a.double() - b).abs().max()
+
+
+def test_vectorised_float32_exp_within_two_ulp():
+    import numpy as np
+
+    from rsa.models.kernels.compiled_screened import _vexp
+    x = np.linspace(-43, 44, 200001).astype(np.float32)
+    out, ib = np.empty_like(x), np.empty(x.size, np.int32)
+    _vexp(x, np.float32(2), out, ib)
+    ref = np.exp(2 * x.astype(np.float64))
+    assert (np.abs(out - ref) / ref).max() <= 2 * np.finfo(np.float32).eps
+
+
+def test_relrnn_kernel_option():
+    from rsa import MemRNN, RelRNN
+    with pytest.raises(ValueError, match=r"kernel must be one of \('torch', 'compiled'\).*'jit'"):
+        RelRNN(1, 4, kernel="jit")
+    with pytest.raises(TypeError):
+        MemRNN(1, 4, kernel="compiled")  # no kernel option: build_model names the models
+    comp, ref = relrnn_pair()
+    x = torch.randn(6, 2, N_IN, dtype=torch.float64)
+    H, _ = comp(x, record=True)  # record takes the torch loop
+    assert torch.allclose(H, ref(x), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"x must have shape"):
+        comp(torch.randn(4, 2, N_IN + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"float32 or float64, got torch.bfloat16"):
+        comp.to(torch.bfloat16)(torch.randn(4, 2, N_IN, dtype=torch.bfloat16))
+
+
+RELRNN_TINY = dict(TINY, model="relrnn", nu=2, rho=3, T=4)
+
+
+def test_compiled_relrnn_run_records_its_kernel_and_resumes_on_it(tmp_path):
+    from rsa import io
+    from rsa.train import train
+    out = tmp_path / "run"
+    r = train(**RELRNN_TINY, steps=2, kernel="compiled", out_dir=str(out))
+    assert r.model.core.kernel == "compiled"
+    assert io.load_manifest(out)["parameters"]["kernel"] == "compiled"
+    with pytest.raises(ValueError, match=r"different config.*'kernel': \('compiled', 'torch'\)"):
+        train(**RELRNN_TINY, steps=4, out_dir=str(out))
+    resumed = train(**RELRNN_TINY, steps=4, kernel="compiled", out_dir=str(out))
+    assert resumed.summary["steps_done"] == 4
+    fresh = train(**RELRNN_TINY, steps=4)  # the torch path, float32: the same training
+    for p, q in zip(resumed.model.parameters(), fresh.model.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)

@@ -2,14 +2,15 @@
 interleaved (torch, compiled, torch, compiled, ...), one thread; prints medians in ms
 and the ratio as a markdown table.
 
-    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_kernels.py --models rnn --T 100 500
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_kernels.py --models rnn relrnn --T 100 500
 
 ``--compile``: instead, the time of the compiled kernel's first calls in this process
 (numba compiles them, or loads them from its on-disk cache) and of the second calls;
 run it twice with an empty ``NUMBA_CACHE_DIR`` to see both.
 
 The update is the training loop's (:func:`rsa.train.loop.train_step`): copy task, B = 10,
-n = 128, RMSprop, gradient clipping at 1.0, the model's copy defaults (RNN: modReLU).
+n = 128, RMSprop, gradient clipping at 1.0, the model's copy defaults (RNN: modReLU;
+RelRNN: tanh, nu = 10, rho = 15), float32.
 """
 
 from __future__ import annotations
@@ -52,27 +53,35 @@ def bench(model: str, T: int, rounds: int, batch: int = 10, hidden: int = 128) -
 
 
 def compile_time() -> None:
-    """Print the first and second call times of the compiled RNN kernel, per dtype
-    (both nonlinearities, forward and backward)."""
+    """Print the first and second call times of the compiled kernels, per dtype: the RNN
+    (both nonlinearities, forward and backward) and the RelRNN (tanh, forward and
+    backward)."""
     import numpy as np
 
     from rsa.models.kernels import compiled
+    from rsa.models.kernels.compiled_screened import relrnn_compiled
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         ux = rng.standard_normal((5, 2, 4)).astype(dtype)
         VT = rng.standard_normal((4, 4)).astype(dtype)
         b = np.zeros(4, dtype)
+        args = [torch.from_numpy(rng.standard_normal(s).astype(dtype)).requires_grad_()
+                for s in ((5, 2, 4), (4, 4), (4, 4), (4, 4), (4,))]
         for call in ("first", "second"):
             t0 = time.perf_counter()
             for modrelu in (False, True):
                 H, Z = compiled._rnn_forward(ux, VT, b, modrelu)
                 compiled._rnn_backward(H, Z, H, VT, b, modrelu)
-            print(f"{np.dtype(dtype).name} {call} call: {time.perf_counter() - t0:.3f} s")
+            t1 = time.perf_counter()
+            relrnn_compiled(*args, nu=2, rho=2).sum().backward()
+            t2 = time.perf_counter()
+            print(f"{np.dtype(dtype).name} {call} call: rnn {t1 - t0:.3f} s, "
+                  f"relrnn {t2 - t1:.3f} s")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["rnn"])
+    p.add_argument("--models", nargs="+", default=["rnn", "relrnn"])
     p.add_argument("--T", nargs="+", type=int, default=[100, 500])
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--compile", action="store_true",

@@ -169,7 +169,8 @@ class ModelSpec:
       ``"lr"`` (required) and for options; an option without one keeps ``None`` in the
       configuration, and the class's own default applies (:func:`class_default`);
     - ``fused``: it has a fused implementation (and takes ``fused``, default True);
-    - ``compiled``: it has a compiled CPU kernel (:mod:`rsa.models.kernels.compiled`;
+    - ``compiled``: it has a compiled CPU kernel (:mod:`rsa.models.kernels.compiled`,
+      :mod:`rsa.models.kernels.compiled_screened`;
       its class takes ``kernel="compiled"``; :func:`rsa.models.build_model`'s ``kernel``);
     - ``memory``, ``fused_memory``: an upper budget of the extra memory of one update,
       in bytes, as a function of (batch B, hidden size n, steps L); ``fused_memory`` for
@@ -260,7 +261,7 @@ _TABLE = (
                         "nu": _NU, "rho": _RHO,
                         "nonlinearity": PerTask(copy="tanh", denoise="modrelu",
                                                 pixel="modrelu")},
-              fused=True, long_delays=True, population="relrnn",
+              fused=True, long_delays=True, population="relrnn", compiled=True,
               # fused: O(B n L) buffers, per step the nu + rho weights and row indices
               fused_memory=lambda B, n, L: 64 * B * n * L + 16 * B * L * 25),
     ModelSpec("rellstm", "rsa.models:RelLSTM", "RelLSTM", "#cc78bc",  # purple

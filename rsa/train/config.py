@@ -73,8 +73,9 @@ class TrainConfig:
       if it would not have fired yet (:func:`rsa.train.checkpoint.resumable_checkpoint`).
 
     ``kernel``: ``"torch"`` (default: the reference, CPU and GPU) or ``"compiled"``
-    (the compiled CPU kernel of :mod:`rsa.models.kernels.compiled`, for the models that
-    have one); an identity field, so a run resumes on the kernel that trained it, and a
+    (the compiled CPU kernel of :mod:`rsa.models.kernels.compiled`, and
+    :mod:`rsa.models.kernels.compiled_screened` for the RelRNN, for the models that have
+    one); an identity field, so a run resumes on the kernel that trained it, and a
     stored run without it reads as ``"torch"``.
 
     ``out_dir=None`` writes nothing. ``data_dir`` is the MNIST folder (default

@@ -166,12 +166,15 @@ if numba is not None:
     _lstm_backward = numba.njit(cache=True, nogil=True)(_lstm_backward)
 
 
-def _array(x: torch.Tensor) -> np.ndarray:
+def tensor_array(x: torch.Tensor) -> np.ndarray:
     """A contiguous numpy view of a CPU tensor (no copy when already contiguous)."""
     if x.device.type != "cpu":
         raise ValueError(f"the compiled kernel runs on CPU tensors only, got device "
                          f"{x.device}; use kernel='torch' on {x.device.type}")
     return x.detach().contiguous().numpy()
+
+
+_array = tensor_array
 
 
 class CompiledRNNFunction(torch.autograd.Function):
