@@ -9,18 +9,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rsa.models import MemRNN, RelRNN
 from rsa.tasks import denoise_batch, make_generator
 from rsa.theory import (
     RUNGS,
     assumption_ladder,
+    edge_weights,
     fixed_orthogonal_mean_square_gradient,
     jacobians_into,
     ladder_decades,
+    max_path_product,
     mean_square_gradient,
+    random_sparse_pattern,
     state_jacobians,
     step_jacobians,
+    strongest_chain,
+    uniform_pattern,
 )
 
 N, T_DELAY = 8, 10  # sequences of T_DELAY + 20 = 30 steps
@@ -122,3 +129,40 @@ def test_ladder_decades_add_up(x):
 def test_bad_pairs_are_rejected(x, pairs):
     with pytest.raises(ValueError):
         assumption_ladder(relrnn(), x, pairs)
+
+
+def _all_paths(i, t):
+    if i == t:
+        yield [t]
+        return
+    for j in range(i + 1, t + 1):
+        for rest in _all_paths(j, t):
+            yield [i] + rest
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 9), st.integers(0, 10_000))
+def test_strongest_chain_is_the_best_path_by_brute_force(L, seed):
+    rng = np.random.default_rng(seed)
+    A = random_sparse_pattern(L, 3, rng)
+    W = edge_weights(A)
+    i, t = 0, L - 1
+    r, product = strongest_chain(W, i, t)
+    best = max(np.prod([W[b, a] for a, b in zip(p[:-1], p[1:], strict=True)])
+               for p in _all_paths(i, t))
+    assert product == pytest.approx(best, rel=1e-12)
+    assert r[0] == i and r[-1] == t and np.all(np.diff(r) > 0)
+    assert product == pytest.approx(np.prod(W[r[1:], r[:-1]]), rel=1e-12)
+    assert product == pytest.approx(max_path_product(W, 1.0, i)[t], rel=1e-12)
+
+
+def test_strongest_chain_takes_a_heavy_skip():
+    """A planted chain with links of weight 0.9 beats the recurrent path (1/2 per step)."""
+    A = uniform_pattern(12)
+    A[11] = 0.0
+    A[11, 2] = 0.9
+    A[11, 10] = 0.1
+    r, product = strongest_chain(edge_weights(A), 0, 11)
+    assert list(r) == [0, 1, 2, 11]
+    with pytest.raises(ValueError):
+        strongest_chain(edge_weights(A), 5, 3)

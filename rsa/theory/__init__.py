@@ -70,6 +70,7 @@ from rsa.theory.ladder import (  # noqa: F401
     assumption_ladder,
     jacobians_into,
     ladder_decades,
+    strongest_chain,
 )
 from rsa.theory.networks import (  # noqa: F401
     jacobian_norms,
@@ -146,4 +147,5 @@ __all__ += [
     "crossover_fixed_uniform",
     "loglog_slope",
 ]
-__all__ += ["RUNGS", "RUNG_NAMES", "assumption_ladder", "jacobians_into", "ladder_decades"]
+__all__ += ["RUNGS", "RUNG_NAMES", "assumption_ladder", "jacobians_into", "ladder_decades",
+            "strongest_chain"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rsa.theory.arguments import check_int
+from rsa.theory.arguments import check_int, check_square
 from rsa.theory.networks import step_jacobians
 from rsa.theory.paths import (
     fixed_orthogonal_mean_square_gradient,
@@ -138,3 +138,29 @@ def ladder_decades(ladder: dict) -> dict:
                                                                strict=True)}
     steps["independent -> full"] = logs["independent"] - logs["full"]
     return steps
+
+
+def strongest_chain(W, i: int, t: int):
+    """The path i = r_0 < r_1 < ... < r_d = t with the largest product of edge weights
+    w_{r_{l-1} r_l} (recurrent and attention edges alike), and that product: the
+    dependency chain of *The paper* §3.4 that a pattern offers most, with sparsity
+    kappa = 1 / (2 min_l w) in the sense of w >= 1/(2 kappa) on every link. Its product
+    equals ``max_path_product(W, 1.0, i)[t]``. Returns (r, product); r an int array."""
+    W = check_square("W", W)
+    L = W.shape[0]
+    i, t = check_int("i", i, 0, L - 1), check_int("t", t, 0, L - 1)
+    if t < i:
+        raise ValueError(f"t must be >= i = {i}, got {t}")
+    best = np.full(L, -np.inf)  # log of the best product into each step
+    best[i], parent = 0.0, np.full(L, -1)
+    with np.errstate(divide="ignore"):
+        for k in range(i + 1, t + 1):
+            scores = np.log(W[k, i:k]) + best[i:k]
+            j = int(np.argmax(scores))
+            best[k], parent[k] = scores[j], i + j
+    if not np.isfinite(best[t]):
+        raise ValueError(f"no path from {i} to {t}: every path has a zero edge")
+    r = [t]
+    while r[-1] != i:
+        r.append(int(parent[r[-1]]))
+    return np.array(r[::-1]), float(np.exp(best[t]))
