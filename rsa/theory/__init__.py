@@ -3,8 +3,9 @@
 Modules: :mod:`~rsa.theory.patterns` (attention patterns), :mod:`~rsa.theory.paths`
 (path sums and the mean-square DP in both random models, the loss gradient),
 :mod:`~rsa.theory.bounds` (closed forms, uniform attention, the crossover),
-:mod:`~rsa.theory.fixed` (uniform attention and its crossover with one fixed V) and
-:mod:`~rsa.theory.networks` (autograd on real models).
+:mod:`~rsa.theory.fixed` (uniform attention and its crossover with one fixed V),
+:mod:`~rsa.theory.networks` (autograd on real models) and :mod:`~rsa.theory.ladder` (a
+ladder of assumptions from the random models down to autograd, on one network).
 
 Derived in the chapter *Bounds on gradient propagation* (``book/bounds.ipynb``); the
 four steps are those of *The paper* §3. The equations carry the labels of the notation
@@ -63,6 +64,14 @@ from rsa.theory.fixed import (  # noqa: F401
     fixed_uniform_mean_square_gradient,
     loglog_slope,
     uniform_path_length_sums,
+)
+from rsa.theory.ladder import (  # noqa: F401
+    RUNG_NAMES,
+    RUNGS,
+    assumption_ladder,
+    jacobians_into,
+    ladder_decades,
+    strongest_chain,
 )
 from rsa.theory.networks import (  # noqa: F401
     jacobian_norms,
@@ -140,3 +149,5 @@ __all__ += [
     "crossover_fixed_uniform",
     "loglog_slope",
 ]
+__all__ += ["RUNGS", "RUNG_NAMES", "assumption_ladder", "jacobians_into", "ladder_decades",
+            "strongest_chain"]
