@@ -77,26 +77,6 @@ def test_gradcheck_compiled_function(nonlinearity):
                                     eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("nonlinearity", ["tanh", "modrelu"])
-def test_compiled_rnn_float32_rounding(nonlinearity):
-    """In float32, the compiled path is within float32 rounding of the torch path (both
-    against the float64 computation: same order of error)."""
-    comp, ref = pair(nonlinearity, dtype=torch.float32, n=16)
-    ref64 = pair(nonlinearity, n=16)[1]
-    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
-    x = torch.randn(50, 4, N_IN, requires_grad=True)
-    w = torch.randn(50, 4, 16)
-    H = comp(x)
-    assert H.dtype == torch.float32
-    err = (H.double() - ref64(x.double())).abs().max().item()
-    err_torch = (ref(x).double() - ref64(x.double())).abs().max().item()
-    assert err <= 1e-5 and err <= 10 * err_torch + 1e-6, (err, err_torch)
-    x64 = x.detach().double().requires_grad_(True)
-    for a, b in zip(grads(comp, x, w), grads(ref64, x64, w.double()), strict=True):
-        assert a.dtype == torch.float32
-        assert torch.allclose(a.double(), b, rtol=1e-4, atol=1e-4), (a.double() - b).abs().max()
-
-
 def test_compiled_rnn_record_takes_torch_loop():
     comp, ref = pair("tanh")
     x = torch.randn(4, 2, N_IN, dtype=torch.float64)
@@ -194,23 +174,6 @@ def test_gradcheck_compiled_lstm_function():
     ux = torch.randn(T, B, 4 * n, dtype=torch.float64, requires_grad=True)
     V = (0.5 * torch.randn(4 * n, n, dtype=torch.float64)).requires_grad_(True)
     assert torch.autograd.gradcheck(CompiledLSTMFunction.apply, (ux, V), eps=1e-6, atol=1e-7)
-
-
-def test_compiled_lstm_float32_rounding():
-    comp, ref = lstm_pair(dtype=torch.float32, n=16)
-    ref64 = lstm_pair(n=16)[1]
-    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
-    x = torch.randn(50, 4, N_IN, requires_grad=True)
-    w = torch.randn(50, 4, 16)
-    H = comp(x)
-    assert H.dtype == torch.float32
-    err = (H.double() - ref64(x.double())).abs().max().item()
-    err_torch = (ref(x).double() - ref64(x.double())).abs().max().item()
-    assert err <= 1e-5 and err <= 10 * err_torch + 1e-6, (err, err_torch)
-    x64 = x.detach().double().requires_grad_(True)
-    for a, b in zip(grads(comp, x, w), grads(ref64, x64, w.double()), strict=True):
-        assert a.dtype == torch.float32
-        assert torch.allclose(a.double(), b, rtol=1e-4, atol=1e-4), (a.double() - b).abs().max()
 
 
 # -- the RelRNN (rsa/models/kernels/compiled_screened.py) ----------------------------------
@@ -350,12 +313,23 @@ def test_gradcheck_compiled_relrnn_function(nonlinearity):
                                     eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("nonlinearity", ["tanh", "modrelu"])
-def test_compiled_relrnn_float32_rounding(nonlinearity):
-    """float32 (its own vectorised exponential, tanh from it): within float32 rounding of
-    the float64 function, as the fused torch path in float32."""
-    comp, ref = relrnn_pair(nonlinearity, dtype=torch.float32, n=16)
-    ref64 = relrnn_pair(nonlinearity, n=16)[1]
+FLOAT32_PAIRS = {
+    "rnn tanh": lambda **kw: pair("tanh", **kw),
+    "rnn modrelu": lambda **kw: pair("modrelu", **kw),
+    "lstm": lstm_pair,
+    # RelRNN in float32: its own vectorised exponential, tanh from it
+    "relrnn tanh": lambda **kw: relrnn_pair("tanh", **kw),
+    "relrnn modrelu": lambda **kw: relrnn_pair("modrelu", **kw),
+}
+
+
+@pytest.mark.parametrize("case", FLOAT32_PAIRS)
+def test_compiled_float32_rounding(case):
+    """In float32, the compiled path is within float32 rounding of the torch path (both
+    against the float64 computation: same order of error)."""
+    make = FLOAT32_PAIRS[case]
+    comp, ref = make(dtype=torch.float32, n=16)
+    ref64 = make(n=16)[1]
     ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
     x = torch.randn(50, 4, N_IN, requires_grad=True)
     w = torch.randn(50, 4, 16)
