@@ -150,3 +150,21 @@ def test_a_tree_is_dirty_when_its_code_differs_and_then_the_diff_is_recorded(tmp
     g = io.git_commit(tmp_path)
     assert g["dirty"] is True and "+x = 2" in g["diff"]
     assert "diff" not in io.git_commit(tmp_path, diff=False)
+
+
+def test_the_time_to_budget_ignores_one_interval_that_spans_a_pause(tmp_path):
+    # 30 logged intervals of 250 updates at 2 s an update, one of them holding a pause of
+    # two hours: the estimate keeps the pace of 2 s an update (a mean over the last 8
+    # intervals would give 2 + 7200 / 2000 = 5.6 s)
+    jobs = (Job("x", "tiny", {**ARGS, "steps": 10_000}),)
+    hist, wall = [], 0.0
+    for k in range(31):
+        hist.append({"step": 250 * k, "wall_time_s": wall})
+        wall += 500.0 + (7200.0 if k == 27 else 0.0)
+    path = tmp_path / "data" / "paper" / "inflight" / f"{jobs[0].name(0)}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state": {"step": 7500, "best_val_accuracy": 0.5,
+                          "wall_time_s": hist[-1]["wall_time_s"], "history": hist}}, path)
+    row = campaign.status_table(tmp_path / "data", jobs).loc[0]
+    assert row["state"] == "in flight" and row["updates done"] == 7500
+    assert row["hours to budget"] == pytest.approx(2500 * 2.0 / 3600)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,11 +325,11 @@ def _progress(data: Path, name: str) -> dict | None:
         return None
     st = torch.load(committed, map_location="cpu", weights_only=True)["state"]
     hist = st["history"]
-    rate = None
-    if len(hist) >= 2:
-        a, b = hist[max(0, len(hist) - 9)], hist[-1]
-        if b["step"] > a["step"]:
-            rate = (b["wall_time_s"] - a["wall_time_s"]) / (b["step"] - a["step"])
+    # seconds per update: the median over the last 20 logged intervals, so that one
+    # interval spanning a pause (a stopped or restarted process) does not set the pace
+    rates = [(b["wall_time_s"] - a["wall_time_s"]) / (b["step"] - a["step"])
+             for a, b in zip(hist[-21:-1], hist[-20:]) if b["step"] > a["step"]]
+    rate = statistics.median(rates) if rates else None
     return {"step": st["step"], "best": st["best_val_accuracy"], "wall_s": st["wall_time_s"],
             "reason": None, "solved_step": None, "rate": rate, "finished": False}
 
