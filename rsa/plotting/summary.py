@@ -47,7 +47,7 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
         raise ValueError("no stored copy or denoise runs to draw")
     camp = pd.DataFrame(campaign) if campaign is not None else pd.DataFrame(
         columns=["task", "T", "model", "best", "state"])
-    fig, ax = plt.subplots(figsize=(max(0.95 * len(models) + 1.9, 7.5), 0.5 * len(rows) + 2.3))
+    fig, ax = plt.subplots(figsize=(max(0.95 * len(models) + 2.2, 8.0), 0.55 * len(rows) + 2.4))
     budgets = set()
     for i, (task, T) in enumerate(rows):
         for j, m in enumerate(models):
@@ -60,7 +60,7 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
             else:
                 color, text = OUTCOME_COLORS["not run"], "—"
             ax.add_patch(Rectangle((j, i), 1, 1, facecolor=color, edgecolor="white", lw=2))
-            ax.text(j + 0.5, i + 0.38, text, ha="center", va="center", fontsize=9)
+            ax.text(j + 0.5, i + 0.38, text, ha="center", va="center", fontsize=12)
             mine = camp[(camp["task"] == task) & (camp["T"] == T) & (camp["model"] == m)]
             if len(mine):
                 ax.add_patch(Rectangle((j + 0.05, i + 0.05), 0.9, 0.9, fill=False,
@@ -69,14 +69,15 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
                 solved = mine["state"].astype(str).str.startswith("solved").any()
                 label = ("solved" if solved else
                          f"{best:.3f}" if best == best else "queued")
-                ax.text(j + 0.5, i + 0.72, label, ha="center", va="center", fontsize=7.5,
+                ax.text(j + 0.5, i + 0.74, label, ha="center", va="center", fontsize=10,
                         color=CAMPAIGN_COLOR, fontweight="bold")
     ax.set_xlim(0, len(models))
     ax.set_ylim(len(rows), 0)
-    ax.set_xticks(np.arange(len(models)) + 0.5, [model_label(m) for m in models])
+    ax.set_xticks(np.arange(len(models)) + 0.5, [model_label(m) for m in models],
+                  rotation=30, ha="left", rotation_mode="anchor")
     ax.xaxis.tick_top()
     ax.set_yticks(np.arange(len(rows)) + 0.5, [f"{t}, $T$ = {T}" for t, T in rows])
-    ax.tick_params(length=0)
+    ax.tick_params(length=0, labelsize=12)
     for side in ax.spines.values():
         side.set_visible(False)
     within = "" if not budgets else (
@@ -92,6 +93,6 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
                              label=f"campaign at the authors' budget{auth}: best accuracy "
                                    f"so far"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2,
-              fontsize="small", frameon=False)
+              fontsize=11, frameon=False)
     fig.tight_layout()
     return fig
