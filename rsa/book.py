@@ -146,6 +146,25 @@ def check_parameters(namespace: dict, spec: dict[str, tuple]) -> None:
         raise ValueError("bad chapter parameters:\n  " + "\n  ".join(errors))
 
 
+def plain_text(text: str) -> str:
+    """``text`` without the Markdown marks a ``{glue:text}`` role would show raw: ``$``
+    around math, backticks around code, ``**`` and ``*`` around emphasis."""
+    import re
+
+    text = re.sub(r"\$([^$]*)\$", r"\1", text)
+    text = re.sub(r"`([^`]*)`", r"\1", text)
+    return re.sub(r"\*\*?([^*]+)\*\*?", r"\1", text)
+
+
+def glue_text(name: str, text: str) -> None:
+    """Store ``text`` in the notebook under ``name`` for a ``{glue:text}`` role, as
+    :func:`plain_text`: that role pastes text as it is, so Markdown in it would show raw
+    on the page that quotes it (the landing page's findings and scorecard)."""
+    from myst_nb import glue
+
+    glue(name, plain_text(text), display=False)
+
+
 def glue_figure(name: str, fig) -> None:
     """Store ``fig`` in the notebook under ``name`` for a ``{glue:figure}`` directive
     (its caption and label live there), without showing it twice, then close it. A

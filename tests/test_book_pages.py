@@ -115,3 +115,42 @@ def test_the_css_keeps_captions_readable_and_wide_tables_in_the_page():
     assert re.search(r"overflow-x:\s*auto", css)
     printed = re.search(r"\.output\.stream pre[^{]*\{([^}]*)\}", css)  # check lines wrap
     assert printed and re.search(r"white-space:\s*pre-wrap", printed[1])
+
+
+def _glued_texts():
+    """Every value a ``{glue:text}`` role quotes: (notebook, name) -> the stored text."""
+    import json
+
+    records = {}
+    for nb in BOOK.glob("*.ipynb"):
+        for cell in json.loads(nb.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+                if name:
+                    records[(nb.name, name)] = out.get("data", {}).get(
+                        "application/papermill.record/text/plain", "")
+    refs = set()
+    for page in [*BOOK.glob("*.md"), *BOOK.glob("*.ipynb")]:
+        text = page.read_text()
+        refs |= set(re.findall(r"\{glue:text\}`([\w.]+\.ipynb)::([\w-]+)", text))
+        if page.suffix == ".ipynb":
+            refs |= {(page.name, n) for n in re.findall(r"\{glue:text\}`([\w-]+)[:`]", text)}
+    return {r: records[r] for r in refs if r in records}
+
+
+def test_glued_text_carries_no_markdown_that_would_show_raw():
+    """``{glue:text}`` pastes text as it is: a ``$`` or a backtick in a glued value shows
+    on the page (the landing page quotes many); chapters glue it with
+    ``rsa.book.glue_text``."""
+    glued = _glued_texts()
+    assert len(glued) >= 20  # the landing page's findings and scorecard quote them
+    raw = {f"{nb}::{name}": text[:80] for (nb, name), text in glued.items()
+           if re.search(r"[$`]", text)}
+    assert not raw, raw
+
+
+def test_plain_text_drops_markdown_marks_only():
+    from rsa.book import plain_text
+
+    assert plain_text("copy $T = 100$: the `converged` plan, **bold**, 2 * 3") == \
+        "copy T = 100: the converged plan, bold, 2 * 3"
