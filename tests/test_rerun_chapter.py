@@ -131,6 +131,22 @@ def test_the_page_renders_citations_admonitions_and_labels_as_the_book_does(tmp_
     assert 'id="def-thing"' in page and "Definition (A thing with \\(x\\))" in page
 
 
+def test_a_figure_reference_reads_as_the_books_figure_number(tmp_path):
+    """{numref} gives "Fig. N", N the figure's place on the page as the book numbers it,
+    counting figures whose directive a code cell displays."""
+    tool = load_rerun_chapter()
+    nb = nbformat.v4.new_notebook()
+    shown = nbformat.v4.new_code_cell("Markdown(...)")
+    shown.outputs = [nbformat.v4.new_output(
+        "display_data", data={"text/markdown": "```{glue:figure} b\n:name: fig-b\n\nB.\n```"})]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Tiny\n\n```{glue:figure} a\n:name: fig-a\n\nA.\n```"),
+                shown,
+                nbformat.v4.new_markdown_cell("```{glue:figure} c\n:name: fig-c\n\nC.\n```\n\n"
+                                              "As {numref}`fig-c` and {numref}`fig-a` show.")]
+    page = tool.render(nb, "tiny", "banner", tmp_path / "out" / "tiny.html", tmp_path)
+    assert "As Fig. 3 and Fig. 1 show." in page
+
+
 def test_the_page_carries_its_mathjax_so_the_folder_can_be_moved(tmp_path):
     tool = load_rerun_chapter()
     out = tmp_path / "out"

@@ -156,6 +156,15 @@ def _bib(path: Path) -> dict[str, tuple[str, str]]:
     return entries
 
 
+def _page_markdown(cell) -> str:
+    """The Markdown a cell puts on its page, in order: a Markdown cell's source, or the
+    Markdown a code cell displays (figures with captions written by the code)."""
+    if cell.cell_type == "markdown":
+        return cell.source
+    return "\n\n".join(str(o.get("data", {}).get("text/markdown", ""))
+                       for o in cell.get("outputs", []) if o.get("data"))
+
+
 def _labels(book: Path, nb=None) -> dict[str, str]:
     """Label -> what the book shows for a reference to it: a section's title, a
     directive's kind and title (``Definition (Additive attention)``), an equation's
@@ -167,16 +176,22 @@ def _labels(book: Path, nb=None) -> dict[str, str]:
         if not isinstance(path, Path) or path.suffix == ".ipynb":
             cells = path.cells if not isinstance(path, Path) else nbformat.read(
                 path, as_version=4).cells
-            text = "\n\n".join(c.source for c in cells if c.cell_type == "markdown")
+            text = "\n\n".join(_page_markdown(c) for c in cells)
         else:
             text = path.read_text(encoding="utf-8")
         page = re.search(r"^#\s+(.+)$", text, flags=re.M)
         page = page[1].strip() if page else stem
         for m in re.finditer(r"^\(([\w:-]+)\)=\s*\n+#+\s+(.+)$", text, flags=re.M):
             found[m[1]] = m[2].strip()
+        figures = 0  # numbered per page in order, as the book's numfig does ("Fig. 2")
         for m in re.finditer(r"^(?:```+|:::+)\{([\w:-]+)\}[ \t]*(.*)\n((?::[\w-]+:.*\n)*)",
                              text, flags=re.M):
             label = re.search(r"^:(?:label|name):\s*(\S+)", m[3], flags=re.M)
+            if m[1].split(":")[-1] == "figure":
+                figures += 1
+                if label:
+                    found[label[1]] = f"Fig. {figures}"
+                continue
             if label:
                 kind = m[1].split(":")[-1].replace("-", " ").capitalize()
                 title = re.sub(r"\{[\w:-]+\}`([^`]*)`", r"\1", m[2].strip())
