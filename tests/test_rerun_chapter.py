@@ -145,6 +145,7 @@ def test_a_figure_reference_reads_as_the_books_figure_number(tmp_path):
                                               "As {numref}`fig-c` and {numref}`fig-a` show.")]
     page = tool.render(nb, "tiny", "banner", tmp_path / "out" / "tiny.html", tmp_path)
     assert "As Fig. 3 and Fig. 1 show." in page
+    assert '<span class="number">Fig. 2.</span> B.' in page
 
 
 def test_the_page_carries_its_mathjax_so_the_folder_can_be_moved(tmp_path):

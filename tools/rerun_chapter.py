@@ -244,15 +244,22 @@ def _roles(text: str, store: dict, refs: dict | None = None) -> str:
     return ROLE.sub(role, text)
 
 
-def _figure(name: str, caption_html: str, store: dict) -> str:
+def _figure(name: str, caption_html: str, store: dict, number: str = "") -> str:
+    """A glued figure with its caption, which starts with its number as in the book
+    ("Fig. 2."), or ends with the glue name where it has none."""
     bundle = store.get(name, {})
     if "image/png" in bundle:
         data = bundle["image/png"]
         body = f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
     else:
         body = f"<p><em>(figure {html.escape(name)} was not produced by this run)</em></p>"
+    if number:
+        caption_html = re.sub(r"^(\s*<p>)?", lambda m: (m[1] or "") +
+                              f'<span class="number">{number}.</span> ', caption_html, count=1)
+    else:
+        caption_html += f' <span class="name">({html.escape(name)})</span>'
     return (f'<figure id="{html.escape(name)}">{body}<figcaption>{caption_html}'
-            f' <span class="name">({html.escape(name)})</span></figcaption></figure>')
+            f'</figcaption></figure>')
 
 
 def _pyobject(path: Path, dotted: str) -> str:
@@ -280,7 +287,9 @@ def _directive(info: str, content: str, store: dict, md, folder: Path,
         options[key] = value.strip()
     body = "\n".join(lines).strip()
     if kind == "glue:figure":
-        return _figure(argument, md.render(_roles(body, store, refs)), store)
+        number = (refs or {}).get(options.get("name", ""), "")
+        return _figure(argument, md.render(_roles(body, store, refs)), store,
+                       number if number.startswith("Fig. ") else "")
     if kind == "literalinclude":
         path = (folder / argument).resolve()
         code = path.read_text(encoding="utf-8") if path.is_file() else ""
@@ -342,7 +351,10 @@ def render_markdown(source: str, store: dict, md, folder: Path,
     return "\n".join(out)
 
 
-def render_output(output, store: dict, md) -> str:
+def render_output(output, store: dict, md, folder: Path = BOOK,
+                  refs: dict | None = None) -> str:
+    """A code cell's output; Markdown it displays is rendered as a Markdown cell is
+    (directives such as a glued figure, roles)."""
     kind = output.get("output_type")
     if output.get("metadata", {}).get("scrapbook"):
         return ""  # a glued value: shown where the text names it
@@ -358,7 +370,7 @@ def render_output(output, store: dict, md) -> str:
     if "text/html" in data:
         return data["text/html"]
     if "text/markdown" in data:
-        return md.render(data["text/markdown"])
+        return render_markdown(data["text/markdown"], store, md, folder, refs)
     if "text/plain" in data:
         return f"<pre>{html.escape(data['text/plain'])}</pre>"
     return ""
@@ -399,7 +411,7 @@ def render(nb, title: str, banner: str, out_html: Path, folder: Path = BOOK) -> 
                     "injected parameters" if "injected-parameters" in tags else "code")
                 parts.append(f'<details class="code"><summary>{label}</summary>'
                              f"<pre>{html.escape(cell.source)}</pre></details>")
-            outputs = "".join(render_output(o, store, md) for o in cell.get("outputs", []))
+            outputs = "".join(render_output(o, store, md, folder, refs) for o in cell.get("outputs", []))
             if outputs:
                 parts.append(f'<div class="output">{outputs}</div>')
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
