@@ -168,3 +168,14 @@ def test_the_time_to_budget_ignores_one_interval_that_spans_a_pause(tmp_path):
     row = campaign.status_table(tmp_path / "data", jobs).loc[0]
     assert row["state"] == "in flight" and row["updates done"] == 7500
     assert row["hours to budget"] == pytest.approx(2500 * 2.0 / 3600)
+
+
+def test_the_time_to_budget_of_a_run_with_a_short_history(tmp_path):
+    jobs = (Job("x", "tiny", {**ARGS, "steps": 1000}),)
+    hist = [{"step": 250 * k, "wall_time_s": 3.0 * 250 * k} for k in range(3)]
+    path = tmp_path / "data" / "paper" / "inflight" / f"{jobs[0].name(0)}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state": {"step": 500, "best_val_accuracy": 0.5, "wall_time_s": 1500.0,
+                          "history": hist}}, path)
+    row = campaign.status_table(tmp_path / "data", jobs).loc[0]
+    assert row["hours to budget"] == pytest.approx(500 * 3.0 / 3600)

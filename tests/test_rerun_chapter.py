@@ -139,7 +139,8 @@ def test_a_figure_reference_reads_as_the_books_figure_number(tmp_path):
     shown = nbformat.v4.new_code_cell("Markdown(...)")
     shown.outputs = [nbformat.v4.new_output(
         "display_data", data={"text/markdown": "```{glue:figure} b\n:name: fig-b\n\nB.\n```"})]
-    nb.cells = [nbformat.v4.new_markdown_cell("# Tiny\n\n```{glue:figure} a\n:name: fig-a\n\nA.\n```"),
+    nb.cells = [nbformat.v4.new_markdown_cell(
+        "# Tiny\n\n```{glue:figure} a\n:name: fig-a\n\nA.\n```"),
                 shown,
                 nbformat.v4.new_markdown_cell("```{glue:figure} c\n:name: fig-c\n\nC.\n```\n\n"
                                               "As {numref}`fig-c` and {numref}`fig-a` show.")]

@@ -411,7 +411,8 @@ def render(nb, title: str, banner: str, out_html: Path, folder: Path = BOOK) -> 
                     "injected parameters" if "injected-parameters" in tags else "code")
                 parts.append(f'<details class="code"><summary>{label}</summary>'
                              f"<pre>{html.escape(cell.source)}</pre></details>")
-            outputs = "".join(render_output(o, store, md, folder, refs) for o in cell.get("outputs", []))
+            outputs = "".join(render_output(o, store, md, folder, refs)
+                              for o in cell.get("outputs", []))
             if outputs:
                 parts.append(f'<div class="output">{outputs}</div>')
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"

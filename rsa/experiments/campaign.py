@@ -328,7 +328,8 @@ def _progress(data: Path, name: str) -> dict | None:
     # seconds per update: the median over the last 20 logged intervals, so that one
     # interval spanning a pause (a stopped or restarted process) does not set the pace
     rates = [(b["wall_time_s"] - a["wall_time_s"]) / (b["step"] - a["step"])
-             for a, b in zip(hist[-21:-1], hist[-20:]) if b["step"] > a["step"]]
+             for a, b in list(zip(hist[:-1], hist[1:], strict=True))[-20:]
+             if b["step"] > a["step"]]
     rate = statistics.median(rates) if rates else None
     return {"step": st["step"], "best": st["best_val_accuracy"], "wall_s": st["wall_time_s"],
             "reason": None, "solved_step": None, "rate": rate, "finished": False}
