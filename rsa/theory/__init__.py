@@ -4,8 +4,10 @@ Modules: :mod:`~rsa.theory.patterns` (attention patterns), :mod:`~rsa.theory.pat
 (path sums and the mean-square DP in both random models, the loss gradient),
 :mod:`~rsa.theory.bounds` (closed forms, uniform attention, the crossover),
 :mod:`~rsa.theory.fixed` (uniform attention and its crossover with one fixed V),
-:mod:`~rsa.theory.networks` (autograd on real models) and :mod:`~rsa.theory.ladder` (a
-ladder of assumptions from the random models down to autograd, on one network).
+:mod:`~rsa.theory.networks` (autograd on real models), :mod:`~rsa.theory.ladder` (a
+ladder of assumptions from the random models down to autograd, on one network) and
+:mod:`~rsa.theory.nonfrozen` (the exact Jacobian beyond frozen attention: the path
+expansion plus rank-one attention terms, and their bound).
 
 Derived in the chapter *Bounds on gradient propagation* (``book/bounds.ipynb``); the
 four steps are those of *The paper* §3. The equations carry the labels of the notation
@@ -46,6 +48,10 @@ Added in the chapters *Bounds* and *The kappa-d tradeoff* (our results, not the 
 - single realisations: ||dh_t/dh_i||_2 <= f(i, t) (path sum with lam_k >= ||J_k||_2),
   and the direct-edge bound sigma_min(dh_t/dh_i) >= mu_t w_{it} - lam_t sum_{i<j<t} w_{jt}
   f(i, j) (mu_k <= sigma_min(J_k)).
+- beyond frozen attention (section ``bounds-nonfrozen``): d c_k / d h_j = alpha_{kj} I +
+  alpha_{kj} (h_j - c_k) g_{kj}^T, g_{kj} = W_k^T (v * tanh'(a_{kj})), and the query adds
+  sum_j alpha_{kj} (h_j - c_k) r_{kj}^T; the rank-one key term is at most
+  alpha_{kj} ||h_j - c_k|| ||v|| ||W_k||_2, the query term spread_k ||v|| ||W_q||_2.
 """
 
 from rsa.theory.bounds import (  # noqa: F401
@@ -79,6 +85,13 @@ from rsa.theory.networks import (  # noqa: F401
     loss_gradients,
     state_jacobians,
     step_jacobians,
+)
+from rsa.theory.nonfrozen import (  # noqa: F401
+    attention_terms,
+    full_path_jacobians,
+    nonfrozen_norms,
+    one_step_jacobian,
+    query_jacobian,
 )
 from rsa.theory.paths import (  # noqa: F401
     chain_edges,
@@ -151,3 +164,5 @@ __all__ += [
 ]
 __all__ += ["RUNGS", "RUNG_NAMES", "assumption_ladder", "jacobians_into", "ladder_decades",
             "strongest_chain"]
+__all__ += ["attention_terms", "full_path_jacobians", "nonfrozen_norms", "one_step_jacobian",
+            "query_jacobian"]
