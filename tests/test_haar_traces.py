@@ -42,3 +42,34 @@ def test_n_equals_one_and_two_exactly():
         reflections = 2.0 if k % 2 == 0 else 0.0  # eigenvalues +1, -1
         assert (rotations + reflections) / 2 == pytest.approx(1.0 if k % 2 == 0 else 0.0,
                                                               abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7])
+def test_weyl_integration_gives_one_for_even_and_zero_for_odd_k_for_every_k(n):
+    """rsa.theory.haar_trace_moments integrates tr V^k exactly with Weyl's density, a
+    computation independent of the lemma: tau_k in {0, 1} far beyond n / 2."""
+    from rsa.theory import haar_trace_moments
+
+    k_max = 60 if n <= 5 else 24
+    tau = haar_trace_moments(n, k_max)
+    assert tau[0] == pytest.approx(n, abs=1e-9)
+    for k in range(1, k_max + 1):
+        assert tau[k] == pytest.approx(1.0 if k % 2 == 0 else 0.0, abs=1e-9), (n, k)
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_weyl_integration_agrees_with_monte_carlo(n):
+    """The exact computation and Haar sampling agree (a wrong density, e.g. the
+    unitary group's or a missing sin^2 factor, would not): within 5 standard errors."""
+    from rsa.theory import haar_trace_moments
+
+    tau = haar_trace_moments(n, 9)
+    for k, (mean, se) in _traces(n, range(1, 10), samples=40_000, seed=1).items():
+        assert abs(mean - tau[k]) < 5 * se + 1e-12, (n, k, mean, tau[k], se)
+
+
+def test_weyl_integration_rejects_bad_sizes():
+    from rsa.theory import haar_trace_moments
+
+    with pytest.raises(ValueError, match="n must be an int in \\[1, 7\\], got 8"):
+        haar_trace_moments(8, 4)

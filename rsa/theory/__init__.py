@@ -68,6 +68,7 @@ from rsa.theory.bounds import (  # noqa: F401
 from rsa.theory.fixed import (  # noqa: F401
     crossover_fixed_uniform,
     fixed_uniform_mean_square_gradient,
+    haar_trace_moments,
     loglog_slope,
     uniform_path_length_sums,
 )
@@ -161,6 +162,7 @@ __all__ += [
     "fixed_uniform_mean_square_gradient",
     "crossover_fixed_uniform",
     "loglog_slope",
+    "haar_trace_moments",
 ]
 __all__ += ["RUNGS", "RUNG_NAMES", "assumption_ladder", "jacobians_into", "ladder_decades",
             "strongest_chain"]

@@ -200,7 +200,8 @@ def fixed_orthogonal_mean_square_gradient(W, lam, n: int | None = None, i: int =
 
     with f_m = :func:`path_length_sums`, using E V^k = (tau_k / n) I (V's law is
     invariant under conjugation) and tau_k = E tr V^k = 1 for even k >= 2, 0 for odd k
-    (Diaconis and Shahshahani for k <= n/2; checked by Monte Carlo beyond). Paths of the
+    for every k and n (chapter *Bounds*, lem-haar-traces; :func:`haar_trace_moments`
+    checks it by Weyl's integration formula). Paths of the
     same length add coherently, paths of different lengths (almost) do not.
     ``n=None``: the limit n -> infinity, sum_m f_m^2. Returns (L,)."""
     c = path_length_sums(W, lam, i)
