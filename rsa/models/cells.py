@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from rsa.models.kernels.compiled import check_kernel, lstm_compiled_forward, rnn_compiled_forward
+from rsa.models.kernels.compiled_rellstm import rellstm_compiled_forward
 from rsa.models.kernels.compiled_screened import relrnn_compiled_forward
 from rsa.models.kernels.fused import check_sequence
 from rsa.models.kernels.fused import fused_forward as memrnn_fused_forward
@@ -400,11 +401,22 @@ class RelLSTM(_Fusable, _LSTMCell):
     the LSTM cell's backward; memory O(T B (n + nu + rho)). ``fused=False`` is the
     plain-autograd loop of :class:`_Recurrent` over :class:`rsa.models.memory.ScreenedMemory`;
     ``record=True`` and ``freeze_attention=True`` always take it.
+
+    ``kernel="compiled"``: a plain forward on CPU runs the whole sequence, screening
+    included, in numba-compiled code with a hand-written backward
+    (:mod:`rsa.models.kernels.compiled_rellstm`), the fused function's to rounding
+    (``fused`` then picks nothing: it chooses between the two torch paths).
     """
 
     attention = "screened"
     _fused_forward = rellstm_fused_forward
 
     def __init__(self, input_size: int, hidden_size: int, *, nu: int = 10, rho: int = 15,
-                 init: str = "xavier", fused: bool = True):
+                 init: str = "xavier", fused: bool = True, kernel: str = "torch"):
         super().__init__(input_size, hidden_size, init=init, nu=nu, rho=rho, fused=fused)
+        self.kernel = check_kernel(kernel)
+
+    def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
+        if self.kernel == "compiled" and not record and not freeze_attention:
+            return rellstm_compiled_forward(self, x)
+        return super().forward(x, record=record, freeze_attention=freeze_attention)
