@@ -2,9 +2,10 @@
 issue 30) against the torch path: the plain RNN and LSTM with kernel="compiled" equal the
 plain-autograd loop to 1e-10 in float64 (forward and every gradient, tanh and modReLU,
 with units cut off by modReLU's bias, T = 1, ties at z = 0), pass gradcheck, equal it to
-float32 rounding in float32; the RelRNN's and the RelLSTM's compiled kernels equal the
-fused torch paths the same way (screening decisions included: relevant-set changes and
-ties); the option's errors; training runs that record the kernel and resume on it."""
+float32 rounding in float32; the RelRNN's, the RelLSTM's and the MemRNN's compiled
+kernels equal the fused torch paths the same way (screening decisions included:
+relevant-set changes and ties); the option's errors; training runs that record the
+kernel and resume on it."""
 
 from __future__ import annotations
 
@@ -105,9 +106,10 @@ def test_config_kernel_default_and_errors():
     assert _IDENTITY_DEFAULTS["kernel"] == "torch"  # a stored run without it: torch
     assert "--kernel" not in config_command(resolve_config(**TINY))  # old commands hold
     assert "--kernel compiled" in config_command(resolve_config(**TINY, kernel="compiled"))
-    with pytest.raises(ValueError, match=r"model .memrnn. has no compiled kernel.*"
-                                         r"rnn, lstm, relrnn, rellstm\); use kernel='torch'"):
-        resolve_config(**dict(TINY, model="memrnn"), kernel="compiled")
+    with pytest.raises(ValueError, match=r"model .sab. has no compiled kernel.*"
+                                         r"rnn, lstm, memrnn, relrnn, rellstm\); "
+                                         r"use kernel='torch'"):
+        resolve_config(**dict(TINY, model="sab"), kernel="compiled")
     assert resolve_config(**dict(TINY, model="relrnn"), kernel="compiled").kernel == "compiled"
     with pytest.raises(ValueError, match=r"kernel must be one of.*'fast'"):
         resolve_config(**TINY, kernel="fast")
@@ -214,7 +216,7 @@ def r_changes(model, x):
 
 def compiled_slots(model, x):
     """SL (T, K, B): the states (time indices) each step of the compiled kernel (of the
-    RelRNN or the RelLSTM) attended."""
+    RelRNN, the RelLSTM or the MemRNN) attended."""
     from rsa import RelLSTM
     from rsa.models.kernels import compiled_rellstm
     from rsa.models.kernels.compiled_screened import _LIMIT, _forward
@@ -225,9 +227,10 @@ def compiled_slots(model, x):
     if isinstance(model, RelLSTM):
         out = compiled_rellstm._forward(ux, VQT, W_k.T.copy(), v, model.nu, model.rho,
                                         _LIMIT[ux.dtype])
-    else:
+    else:  # the MemRNN: a ring of nu = T that never evicts, rho = 0
+        nu, rho = (x.shape[0], 0) if model.attention == "full" else (model.nu, model.rho)
         out = _forward(ux, VQT, W_k.T.copy(), v, phi_b if phi_b is not None else 0 * v,
-                       phi_b is not None, model.nu, model.rho, _LIMIT[ux.dtype])
+                       phi_b is not None, nu, rho, _LIMIT[ux.dtype])
     return out[-2]
 
 
@@ -339,6 +342,46 @@ def test_rellstm_kernel_option():
         comp.to(torch.bfloat16)(torch.randn(4, 2, N_IN, dtype=torch.bfloat16))
 
 
+# -- the MemRNN: the compiled RelRNN kernel with a ring that never evicts ------------------
+
+def memrnn_pair(nonlinearity="tanh", seed=0, dtype=torch.float64, n=N):
+    """A compiled and a fused torch MemRNN with the same parameters (v ~ N(0, 1), so the
+    attention is not even; modReLU: some units cut off)."""
+    from rsa import MemRNN
+    torch.manual_seed(seed)
+    ref = MemRNN(N_IN, n, nonlinearity=nonlinearity).to(dtype)
+    with torch.no_grad():
+        ref.v.normal_()
+        if nonlinearity == "modrelu":
+            ref.phi.b.uniform_(-0.5, 0.5)
+    comp = MemRNN(N_IN, n, nonlinearity=nonlinearity, kernel="compiled").to(dtype)
+    comp.load_state_dict(ref.state_dict())
+    return comp, ref
+
+
+@pytest.mark.parametrize("T,B,nonlinearity,seed", [
+    (1, 2, "tanh", 0), (2, 3, "modrelu", 1), (40, 3, "tanh", 2), (40, 3, "modrelu", 3)])
+def test_compiled_memrnn_equals_fused_float64(T, B, nonlinearity, seed):
+    comp, ref = memrnn_pair(nonlinearity, seed)
+    x = torch.randn(T, B, N_IN, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(T, B, N, dtype=torch.float64)
+    assert torch.allclose(comp(x), ref(x), rtol=0, atol=1e-10)
+    g_comp, g_ref = grads(comp, x, w), grads(ref, x, w)
+    assert len(g_comp) == len(g_ref) == 7 + (nonlinearity == "modrelu")
+    for a, b in zip(g_comp, g_ref, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10), (a - b).abs().max()
+    if T > 2:  # full attention, not the last nu states: the attended set grows with t
+        SL = compiled_slots(comp, x)
+        assert sorted(SL[T - 1, :T - 1, 0].tolist()) == list(range(T - 1))
+
+
+def test_gradcheck_compiled_memrnn():
+    from rsa.models.kernels.compiled_screened import memrnn_compiled
+    from tests.helpers import fused_function_args
+    args = fused_function_args(9, 2, 3, "modrelu", seed=4)
+    assert torch.autograd.gradcheck(memrnn_compiled, args, eps=1e-6, atol=1e-7)
+
+
 def test_compiled_relrnn_keys_beyond_exponential_range():
     """Keys |W_k h| > 170 take np.tanh in the compiled kernel (exp(2a) exp(2b) would
     leave float64's range): still the fused path's function."""
@@ -397,6 +440,7 @@ FLOAT32_PAIRS = {
     "relrnn tanh": lambda **kw: relrnn_pair("tanh", **kw),
     "relrnn modrelu": lambda **kw: relrnn_pair("modrelu", **kw),
     "rellstm": rellstm_pair,  # its gates' exponentials and tanh: the vectorised ones
+    "memrnn modrelu": lambda **kw: memrnn_pair("modrelu", **kw),
 }
 
 
@@ -436,8 +480,8 @@ def test_relrnn_kernel_option():
     from rsa import MemRNN, RelRNN
     with pytest.raises(ValueError, match=r"kernel must be one of \('torch', 'compiled'\).*'jit'"):
         RelRNN(1, 4, kernel="jit")
-    with pytest.raises(TypeError):
-        MemRNN(1, 4, kernel="compiled")  # no kernel option: build_model names the models
+    with pytest.raises(ValueError, match=r"kernel must be one of.*'numba'"):
+        MemRNN(1, 4, kernel="numba")
     comp, ref = relrnn_pair()
     x = torch.randn(6, 2, N_IN, dtype=torch.float64)
     H, _ = comp(x, record=True)  # record takes the torch loop
@@ -448,11 +492,12 @@ def test_relrnn_kernel_option():
         comp.to(torch.bfloat16)(torch.randn(4, 2, N_IN, dtype=torch.bfloat16))
 
 
-@pytest.mark.parametrize("model", ["relrnn", "rellstm"])
+@pytest.mark.parametrize("model", ["relrnn", "rellstm", "memrnn"])
 def test_compiled_screened_run_records_its_kernel_and_resumes_on_it(tmp_path, model):
     from rsa import io
     from rsa.train import train
-    RELRNN_TINY = dict(TINY, model=model, nu=2, rho=3, T=4)
+    RELRNN_TINY = dict(TINY, model=model, T=4, **({} if model == "memrnn" else
+                                                  dict(nu=2, rho=3)))
     out = tmp_path / "run"
     r = train(**RELRNN_TINY, steps=2, kernel="compiled", out_dir=str(out))
     assert r.model.core.kernel == "compiled"

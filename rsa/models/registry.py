@@ -249,7 +249,7 @@ _TABLE = (
               family="rnn", options=("nonlinearity", "init"),
               defaults={"lr": _LR_RNN, "nonlinearity": _MODRELU}, fused=True,
               transfer_max=2000, transfer_at_max=True,  # O(T^2) evaluation
-              population="memrnn",
+              population="memrnn", compiled=True,
               # plain loop: per step t several (B, t, n) float32 tensors (the stacked
               # memory, the attention pre-activation and its tanh): 8 B n L^2 bytes;
               # fused: the attention weights, B L^2 floats, and O(B n L) buffers

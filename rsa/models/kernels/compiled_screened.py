@@ -1,6 +1,8 @@
 """The compiled CPU kernel of the RelRNN (issue 30): the whole sequence's forward, the
 relevancy screening included, and a hand-written backward in numba-compiled code,
 wrapped as an autograd function (as :mod:`rsa.models.kernels.compiled` for the RNN).
+The MemRNN runs through it too (:func:`memrnn_compiled`: full attention is the
+screening with a ring that never evicts).
 
 The function is that of the fused torch path, :class:`rsa.models.kernels.screened.
 RelRNNFunction` (*The paper* §2; the update and its backward are derived in the
@@ -52,7 +54,7 @@ from rsa.models.kernels.fused import fused_inputs
 from rsa.models.kernels.screened import check_screening
 
 __all__ = ["CompiledRelRNNFunction", "relrnn_compiled", "relrnn_compiled_forward",
-           "available"]
+           "memrnn_compiled", "memrnn_compiled_forward", "available"]
 
 _LIMIT = {np.dtype(np.float64): 170.0, np.dtype(np.float32): 20.0}
 """|a|, |b| beyond which a row of the attention block takes np.tanh: exp(2a) exp(2b)
@@ -405,7 +407,7 @@ def relrnn_compiled(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: t
         raise ValueError(f"ux must have shape (T >= 1, B, n), got {tuple(ux.shape)}")
     check_screening(nu, rho)
     if ux.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"the compiled RelRNN kernel runs in float32 or float64, got "
+        raise ValueError(f"the compiled RelRNN/MemRNN kernel runs in float32 or float64, got "
                          f"{ux.dtype}; use kernel='torch'")
     return CompiledRelRNNFunction.apply(ux, V, W_q, W_k, v, phi_b, nu, rho)
 
@@ -413,3 +415,23 @@ def relrnn_compiled(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: t
 def relrnn_compiled_forward(model, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` for an :class:`rsa.models.RelRNN` through the compiled kernel."""
     return relrnn_compiled(*fused_inputs(model, x), nu=model.nu, rho=model.rho)
+
+
+def memrnn_compiled(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor,
+                    v: torch.Tensor, phi_b: torch.Tensor | None = None) -> torch.Tensor:
+    """MemRNN states H (T, B, n) from ``ux = U x + b``: the function of
+    :class:`rsa.models.kernels.fused.MemRNNFunction` (full attention over every past
+    state, the update derived in that module's docstring and the chapter *Relevancy
+    screening*), which is this kernel's with a recent ring of nu = T slots that never
+    evicts and no relevant set (rho = 0): step t attends h_0 .. h_{t-1}, with the same
+    scores, weights and s_{t-1}. (The torch path keeps a function of its own because
+    gathering and scattering by index costs it about 1.5x; here an index is a load.)
+    Memory O(T B n + T^2 B): the weights and slot indices of every step."""
+    if ux.dim() != 3 or ux.shape[0] < 1:
+        raise ValueError(f"ux must have shape (T >= 1, B, n), got {tuple(ux.shape)}")
+    return relrnn_compiled(ux, V, W_q, W_k, v, phi_b, nu=ux.shape[0], rho=0)
+
+
+def memrnn_compiled_forward(model, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` for an :class:`rsa.models.MemRNN` through the compiled kernel."""
+    return memrnn_compiled(*fused_inputs(model, x))
