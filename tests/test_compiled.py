@@ -139,11 +139,15 @@ def test_compiled_training_equals_torch_training():
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)
 
 
-def test_population_refuses_the_compiled_kernel():
+def test_population_on_the_compiled_kernel_runs_each_runs_compiled_forward():
+    """(Equality with the torch population: tests/test_population.py.)"""
+    from rsa.models.kernels.population import batched, batched_forward
     from rsa.train.population import train_population
-    with pytest.raises(ValueError, match=r"population trains on kernel='torch' only.*"
-                                         r"'compiled'"):
-        train_population(**TINY, steps=2, kernel="compiled", seeds=[0, 1])
+    comp, _ = relrnn_pair()
+    assert batched_forward(comp) is None  # never the torch batched forward in its place
+    pop = train_population(**TINY, steps=2, kernel="compiled", seeds=[0, 1])
+    assert [r.model.core.kernel for r in pop] == ["compiled", "compiled"]
+    assert not batched(pop[0].model)
 
 
 # -- the LSTM ------------------------------------------------------------------------------

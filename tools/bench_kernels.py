@@ -8,9 +8,11 @@ and the ratio as a markdown table.
 (numba compiles them, or loads them from its on-disk cache) and of the second calls;
 run it twice with an empty ``NUMBA_CACHE_DIR`` to see both.
 
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_kernels.py --models rellstm memrnn
+
 The update is the training loop's (:func:`rsa.train.loop.train_step`): copy task, B = 10,
-n = 128, RMSprop, gradient clipping at 1.0, the model's copy defaults (RNN: modReLU;
-RelRNN: tanh, nu = 10, rho = 15), float32.
+n = 128, RMSprop, gradient clipping at 1.0, the model's copy defaults (RNN and MemRNN:
+modReLU; RelRNN: tanh, nu = 10, rho = 15; RelLSTM: nu = 10, rho = 15), float32.
 """
 
 from __future__ import annotations
@@ -54,11 +56,12 @@ def bench(model: str, T: int, rounds: int, batch: int = 10, hidden: int = 128) -
 
 def compile_time() -> None:
     """Print the first and second call times of the compiled kernels, per dtype: the RNN
-    (both nonlinearities, forward and backward) and the RelRNN (tanh, forward and
-    backward)."""
+    (both nonlinearities, forward and backward), the RelRNN (tanh, forward and backward;
+    the MemRNN runs through it) and the RelLSTM (forward and backward)."""
     import numpy as np
 
     from rsa.models.kernels import compiled
+    from rsa.models.kernels.compiled_rellstm import rellstm_compiled
     from rsa.models.kernels.compiled_screened import relrnn_compiled
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
@@ -67,6 +70,8 @@ def compile_time() -> None:
         b = np.zeros(4, dtype)
         args = [torch.from_numpy(rng.standard_normal(s).astype(dtype)).requires_grad_()
                 for s in ((5, 2, 4), (4, 4), (4, 4), (4, 4), (4,))]
+        args4 = [torch.from_numpy(rng.standard_normal(s).astype(dtype)).requires_grad_()
+                 for s in ((5, 2, 16), (16, 4), (4, 4), (4, 4), (4,))]
         for call in ("first", "second"):
             t0 = time.perf_counter()
             for modrelu in (False, True):
@@ -75,8 +80,10 @@ def compile_time() -> None:
             t1 = time.perf_counter()
             relrnn_compiled(*args, nu=2, rho=2).sum().backward()
             t2 = time.perf_counter()
+            rellstm_compiled(*args4, nu=2, rho=2).sum().backward()
+            t3 = time.perf_counter()
             print(f"{np.dtype(dtype).name} {call} call: rnn {t1 - t0:.3f} s, "
-                  f"relrnn {t2 - t1:.3f} s")
+                  f"relrnn {t2 - t1:.3f} s, rellstm {t3 - t2:.3f} s")
 
 
 def main(argv=None) -> int:
