@@ -4,6 +4,11 @@ and the ratio as a markdown table.
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/bench_kernels.py --models rnn relrnn --T 100 500
 
+``--population P``: instead, one population update of P runs
+(:func:`rsa.models.kernels.population.population_step`, each run its own seed, weights
+and batch), the torch population (rows of all runs batched) against the population on
+the compiled kernel (each run's compiled kernel in turn), interleaved as above.
+
 ``--compile``: instead, the time of the compiled kernel's first calls in this process
 (numba compiles them, or loads them from its on-disk cache) and of the second calls;
 run it twice with an empty ``NUMBA_CACHE_DIR`` to see both.
@@ -29,14 +34,14 @@ from rsa.train.config import resolve_config
 from rsa.train.loop import make_optimizer, train_step
 
 
-def _setup(model: str, T: int, kernel: str, batch: int, hidden: int):
+def _setup(model: str, T: int, kernel: str, batch: int, hidden: int, seed: int = 0):
     c = resolve_config(model=model, task="copy", T=T, batch=batch, hidden_size=hidden,
                        kernel=kernel)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     m = build_task_model(c.model, get_task(c.task), c.hidden_size, nu=c.nu, rho=c.rho,
                          nonlinearity=c.nonlinearity, init=c.init, kernel=c.kernel)
     opt = make_optimizer(c.optimizer, m.parameters(), c.lr)
-    x, y = copy_batch(T, batch, torch.Generator().manual_seed(1))
+    x, y = copy_batch(T, batch, torch.Generator().manual_seed(1 + seed))
     return m, opt, x, y, c.clip
 
 
@@ -50,6 +55,25 @@ def bench(model: str, T: int, rounds: int, batch: int = 10, hidden: int = 128) -
         for k, (m, opt, x, y, clip) in setups.items():
             t0 = time.perf_counter()
             train_step(m, opt, x, y, clip)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_population(model: str, T: int, P: int, rounds: int, batch: int = 10,
+                     hidden: int = 128) -> dict:
+    """Median seconds of one population update of P runs per kernel, interleaved."""
+    from rsa.models.kernels.population import population_step
+    setups = {}
+    for kernel in ("torch", "compiled"):
+        runs = [_setup(model, T, kernel, batch, hidden, seed=p) for p in range(P)]
+        setups[kernel] = [list(z) for z in zip(*runs, strict=True)]  # models, opts, xs, ys, clips
+    times = {k: [] for k in setups}
+    for ms, opts, xs, ys, clips in setups.values():  # warm-up (and compile)
+        population_step(ms, opts, xs, ys, clips[0])
+    for _ in range(rounds):
+        for k, (ms, opts, xs, ys, clips) in setups.items():
+            t0 = time.perf_counter()
+            population_step(ms, opts, xs, ys, clips[0])
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -93,11 +117,26 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--compile", action="store_true",
                    help="time the compiled kernel's first calls instead")
+    p.add_argument("--population", type=int, default=0, metavar="P",
+                   help="time one population update of P runs instead")
     a = p.parse_args(argv)
     if a.compile:
         compile_time()
         return 0
+    if a.population < 0:
+        raise SystemExit(f"--population must be >= 1 (or 0: single runs), got {a.population}")
     torch.set_num_threads(1)
+    if a.population:
+        print("| model | T | P | torch population (ms) | compiled population (ms) | "
+              "speed-up |")
+        print("|---|---|---|---|---|---|")
+        for model in a.models:
+            for T in a.T:
+                r = bench_population(model, T, a.population, a.rounds)
+                print(f"| {model} | {T} | {a.population} | {1e3 * r['torch']:.2f} | "
+                      f"{1e3 * r['compiled']:.2f} | {r['torch'] / r['compiled']:.2f} |",
+                      flush=True)
+        return 0
     print("| model | T | torch (ms) | compiled (ms) | speed-up |")
     print("|---|---|---|---|---|")
     for model in a.models:
