@@ -101,10 +101,11 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
         p.add_argument(_flag(option.name), type=option.type, choices=option.choices,
                        help=f"{only}{option.help} (default: "
                             f"{describe.describe_default(option.name)})")
+    compiled = ", ".join(m for m in registry.names() if registry.get(m).compiled)
     p.add_argument("--kernel", default="torch", choices=("torch", "compiled"),
-                   help="torch, the reference (CPU or GPU), or compiled: the compiled CPU "
-                        "kernel of rnn, lstm and relrnn, which needs the 'compiled' extra "
-                        "(default: torch)")
+                   help=f"torch, the reference (CPU or GPU), or compiled: the compiled CPU "
+                        f"kernel of {compiled}, which needs the 'compiled' extra "
+                        f"(default: torch)")
     p.add_argument("--out-dir", "--out", dest="out_dir", metavar="DIR",
                    help="output folder (default: runs/<task>_<model>_T<T>_s<seed>)")
     p.add_argument("--data-dir", metavar="DIR",

@@ -2,9 +2,10 @@
 issue 30) against the torch path: the plain RNN and LSTM with kernel="compiled" equal the
 plain-autograd loop to 1e-10 in float64 (forward and every gradient, tanh and modReLU,
 with units cut off by modReLU's bias, T = 1, ties at z = 0), pass gradcheck, equal it to
-float32 rounding in float32; the RelRNN's compiled kernel equals the fused torch path the
-same way (screening decisions included: relevant-set changes and ties); the option's
-errors; training runs that record the kernel and resume on it."""
+float32 rounding in float32; the RelRNN's, the RelLSTM's and the MemRNN's compiled
+kernels equal the fused torch paths the same way (screening decisions included:
+relevant-set changes and ties); the option's errors; training runs that record the
+kernel and resume on it."""
 
 from __future__ import annotations
 
@@ -105,9 +106,10 @@ def test_config_kernel_default_and_errors():
     assert _IDENTITY_DEFAULTS["kernel"] == "torch"  # a stored run without it: torch
     assert "--kernel" not in config_command(resolve_config(**TINY))  # old commands hold
     assert "--kernel compiled" in config_command(resolve_config(**TINY, kernel="compiled"))
-    with pytest.raises(ValueError, match=r"model .memrnn. has no compiled kernel.*"
-                                         r"rnn, lstm, relrnn\); use kernel='torch'"):
-        resolve_config(**dict(TINY, model="memrnn"), kernel="compiled")
+    with pytest.raises(ValueError, match=r"model .sab. has no compiled kernel.*"
+                                         r"rnn, lstm, memrnn, relrnn, rellstm\); "
+                                         r"use kernel='torch'"):
+        resolve_config(**dict(TINY, model="sab"), kernel="compiled")
     assert resolve_config(**dict(TINY, model="relrnn"), kernel="compiled").kernel == "compiled"
     with pytest.raises(ValueError, match=r"kernel must be one of.*'fast'"):
         resolve_config(**TINY, kernel="fast")
@@ -137,11 +139,15 @@ def test_compiled_training_equals_torch_training():
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)
 
 
-def test_population_refuses_the_compiled_kernel():
+def test_population_on_the_compiled_kernel_runs_each_runs_compiled_forward():
+    """(Equality with the torch population: tests/test_population.py.)"""
+    from rsa.models.kernels.population import batched, batched_forward
     from rsa.train.population import train_population
-    with pytest.raises(ValueError, match=r"population trains on kernel='torch' only.*"
-                                         r"'compiled'"):
-        train_population(**TINY, steps=2, kernel="compiled", seeds=[0, 1])
+    comp, _ = relrnn_pair()
+    assert batched_forward(comp) is None  # never the torch batched forward in its place
+    pop = train_population(**TINY, steps=2, kernel="compiled", seeds=[0, 1])
+    assert [r.model.core.kernel for r in pop] == ["compiled", "compiled"]
+    assert not batched(pop[0].model)
 
 
 # -- the LSTM ------------------------------------------------------------------------------
@@ -213,15 +219,22 @@ def r_changes(model, x):
 
 
 def compiled_slots(model, x):
-    """SL (T, K, B): the states (time indices) each step of the compiled kernel attended."""
+    """SL (T, K, B): the states (time indices) each step of the compiled kernel (of the
+    RelRNN, the RelLSTM or the MemRNN) attended."""
+    from rsa import RelLSTM
+    from rsa.models.kernels import compiled_rellstm
     from rsa.models.kernels.compiled_screened import _LIMIT, _forward
     from rsa.models.kernels.fused import fused_inputs
     ux, V, W_q, W_k, v, phi_b = (None if a is None else a.detach().contiguous().numpy()
                                  for a in fused_inputs(model, x))
-    out = _forward(ux, torch.cat([model.V.weight, model.W_q.weight]).t().contiguous()
-                   .detach().numpy(), W_k.T.copy(), v,
-                   phi_b if phi_b is not None else 0 * v, phi_b is not None, model.nu,
-                   model.rho, _LIMIT[ux.dtype])
+    VQT = torch.cat([model.V.weight, model.W_q.weight]).t().contiguous().detach().numpy()
+    if isinstance(model, RelLSTM):
+        out = compiled_rellstm._forward(ux, VQT, W_k.T.copy(), v, model.nu, model.rho,
+                                        _LIMIT[ux.dtype])
+    else:  # the MemRNN: a ring of nu = T that never evicts, rho = 0
+        nu, rho = (x.shape[0], 0) if model.attention == "full" else (model.nu, model.rho)
+        out = _forward(ux, VQT, W_k.T.copy(), v, phi_b if phi_b is not None else 0 * v,
+                       phi_b is not None, nu, rho, _LIMIT[ux.dtype])
     return out[-2]
 
 
@@ -236,6 +249,15 @@ RELRNN_CASES = [  # T, B, nu, rho, nonlinearity, seed, v
 @pytest.mark.parametrize("T,B,nu,rho,nonlinearity,seed,v", RELRNN_CASES)
 def test_compiled_relrnn_equals_fused_float64(T, B, nu, rho, nonlinearity, seed, v):
     comp, ref = relrnn_pair(nonlinearity, seed, nu=nu, rho=rho, v=v)
+    check_screened_equals_fused(comp, ref, T, B, 7 + (nonlinearity == "modrelu"), v)
+
+
+def check_screened_equals_fused(comp, ref, T, B, n_grads, v):
+    """The compiled model ``comp`` against the fused torch ``ref`` (RelRNN or RelLSTM) on
+    a random float64 sequence (T, B): outputs, loss and the ``n_grads`` gradients to
+    1e-10, the states attended at every step, and (T >= 40, rho > 0, attention not
+    uniform) that the relevant set changes once full (with ties, for one-hot attention)."""
+    nu, rho = ref.nu, ref.rho
     x = torch.randn(T, B, N_IN, dtype=torch.float64, requires_grad=True)
     w = torch.randn(T, B, N, dtype=torch.float64)
     assert torch.allclose(comp(x), ref(x), rtol=0, atol=1e-10)
@@ -243,7 +265,7 @@ def test_compiled_relrnn_equals_fused_float64(T, B, nu, rho, nonlinearity, seed,
     assert abs(loss_c.item() - loss_r.item()) <= 1e-10
     g_comp, g_ref = grads(comp, x, w), grads(ref, x, w)
     # x, U (weight, bias), V, W_q, W_k, v and modReLU's b
-    assert len(g_comp) == len(g_ref) == 7 + (nonlinearity == "modrelu")
+    assert len(g_comp) == len(g_ref) == n_grads
     for a, b in zip(g_comp, g_ref, strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-10), (a - b).abs().max()
     # the screening's decisions: every step attends the same states as the plain loop
@@ -261,6 +283,107 @@ def test_compiled_relrnn_equals_fused_float64(T, B, nu, rho, nonlinearity, seed,
         assert changed > 0  # the relevant set changes once full: the screening is tested
         if v == "onehot":  # exact ties decided by the first-minimum and strictly-greater rules
             assert ties > 0
+
+
+# -- the RelLSTM (rsa/models/kernels/compiled_rellstm.py) ---------------------------------
+
+def rellstm_pair(seed=0, dtype=torch.float64, n=N, nu=3, rho=4, v="normal", key_scale=1.0):
+    """A compiled and a fused torch RelLSTM with the same parameters, ``v`` and
+    ``key_scale`` as :func:`relrnn_pair`'s; a nonzero gate bias, so every gate's path is
+    exercised."""
+    from rsa import RelLSTM
+    torch.manual_seed(seed)
+    ref = RelLSTM(N_IN, n, nu=nu, rho=rho).to(dtype)
+    with torch.no_grad():
+        ref.v.normal_().mul_({"normal": 1.0, "zero": 0.0, "onehot": 1e5}[v])
+        ref.U.bias.uniform_(-0.5, 0.5)
+        ref.W_k.weight.mul_(key_scale)
+    comp = RelLSTM(N_IN, n, nu=nu, rho=rho, kernel="compiled").to(dtype)
+    comp.load_state_dict(ref.state_dict())
+    return comp, ref
+
+
+@pytest.mark.parametrize("T,B,nu,rho,nonlinearity,seed,v", RELRNN_CASES)
+def test_compiled_rellstm_equals_fused_float64(T, B, nu, rho, nonlinearity, seed, v):
+    """The RelRNN's cases (its nonlinearity aside: the LSTM has none to choose), keys
+    scaled by 3: the LSTM's outputs, o tanh(cell), are smaller than the RNN's states, and
+    with unscaled keys the attention is so even that R never changes in two of the cases
+    (the check would then not test the screening)."""
+    comp, ref = rellstm_pair(seed, nu=nu, rho=rho, v=v, key_scale=3.0)
+    check_screened_equals_fused(comp, ref, T, B, 7, v)
+
+
+def test_compiled_rellstm_keys_beyond_exponential_range():
+    """Keys |W_k h| > 170 take np.tanh in the compiled RelLSTM too."""
+    comp, ref = rellstm_pair(seed=8, key_scale=2000.0)
+    x = torch.randn(20, 2, N_IN, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(20, 2, N, dtype=torch.float64)
+    assert (ref.W_k(ref(x)).abs() > 170).any()
+    for a, b in zip(grads(comp, x, w), grads(ref, x, w), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10), (a - b).abs().max()
+
+
+def test_gradcheck_compiled_rellstm_function():
+    from rsa.models.kernels.compiled_rellstm import CompiledRelLSTMFunction
+    from tests.helpers import fused_function_args
+    args = fused_function_args(9, 2, 3, "tanh", seed=3, gates=4)
+    assert torch.autograd.gradcheck(lambda *a: CompiledRelLSTMFunction.apply(*a, 2, 2), args,
+                                    eps=1e-6, atol=1e-7)
+
+
+def test_rellstm_kernel_option():
+    from rsa import RelLSTM
+    with pytest.raises(ValueError, match=r"kernel must be one of \('torch', 'compiled'\).*'jit'"):
+        RelLSTM(1, 4, kernel="jit")
+    comp, ref = rellstm_pair()
+    x = torch.randn(6, 2, N_IN, dtype=torch.float64)
+    H, _ = comp(x, record=True)  # record takes the torch loop
+    assert torch.allclose(H, ref(x), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"x must have shape"):
+        comp(torch.randn(4, 2, N_IN + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"RelLSTM kernel runs in float32 or float64, got "
+                                         r"torch.bfloat16"):
+        comp.to(torch.bfloat16)(torch.randn(4, 2, N_IN, dtype=torch.bfloat16))
+
+
+# -- the MemRNN: the compiled RelRNN kernel with a ring that never evicts ------------------
+
+def memrnn_pair(nonlinearity="tanh", seed=0, dtype=torch.float64, n=N):
+    """A compiled and a fused torch MemRNN with the same parameters (v ~ N(0, 1), so the
+    attention is not even; modReLU: some units cut off)."""
+    from rsa import MemRNN
+    torch.manual_seed(seed)
+    ref = MemRNN(N_IN, n, nonlinearity=nonlinearity).to(dtype)
+    with torch.no_grad():
+        ref.v.normal_()
+        if nonlinearity == "modrelu":
+            ref.phi.b.uniform_(-0.5, 0.5)
+    comp = MemRNN(N_IN, n, nonlinearity=nonlinearity, kernel="compiled").to(dtype)
+    comp.load_state_dict(ref.state_dict())
+    return comp, ref
+
+
+@pytest.mark.parametrize("T,B,nonlinearity,seed", [
+    (1, 2, "tanh", 0), (2, 3, "modrelu", 1), (40, 3, "tanh", 2), (40, 3, "modrelu", 3)])
+def test_compiled_memrnn_equals_fused_float64(T, B, nonlinearity, seed):
+    comp, ref = memrnn_pair(nonlinearity, seed)
+    x = torch.randn(T, B, N_IN, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(T, B, N, dtype=torch.float64)
+    assert torch.allclose(comp(x), ref(x), rtol=0, atol=1e-10)
+    g_comp, g_ref = grads(comp, x, w), grads(ref, x, w)
+    assert len(g_comp) == len(g_ref) == 7 + (nonlinearity == "modrelu")
+    for a, b in zip(g_comp, g_ref, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10), (a - b).abs().max()
+    if T > 2:  # full attention, not the last nu states: the attended set grows with t
+        SL = compiled_slots(comp, x)
+        assert sorted(SL[T - 1, :T - 1, 0].tolist()) == list(range(T - 1))
+
+
+def test_gradcheck_compiled_memrnn():
+    from rsa.models.kernels.compiled_screened import memrnn_compiled
+    from tests.helpers import fused_function_args
+    args = fused_function_args(9, 2, 3, "modrelu", seed=4)
+    assert torch.autograd.gradcheck(memrnn_compiled, args, eps=1e-6, atol=1e-7)
 
 
 def test_compiled_relrnn_keys_beyond_exponential_range():
@@ -320,6 +443,8 @@ FLOAT32_PAIRS = {
     # RelRNN in float32: its own vectorised exponential, tanh from it
     "relrnn tanh": lambda **kw: relrnn_pair("tanh", **kw),
     "relrnn modrelu": lambda **kw: relrnn_pair("modrelu", **kw),
+    "rellstm": rellstm_pair,  # its gates' exponentials and tanh: the vectorised ones
+    "memrnn modrelu": lambda **kw: memrnn_pair("modrelu", **kw),
 }
 
 
@@ -359,8 +484,8 @@ def test_relrnn_kernel_option():
     from rsa import MemRNN, RelRNN
     with pytest.raises(ValueError, match=r"kernel must be one of \('torch', 'compiled'\).*'jit'"):
         RelRNN(1, 4, kernel="jit")
-    with pytest.raises(TypeError):
-        MemRNN(1, 4, kernel="compiled")  # no kernel option: build_model names the models
+    with pytest.raises(ValueError, match=r"kernel must be one of.*'numba'"):
+        MemRNN(1, 4, kernel="numba")
     comp, ref = relrnn_pair()
     x = torch.randn(6, 2, N_IN, dtype=torch.float64)
     H, _ = comp(x, record=True)  # record takes the torch loop
@@ -371,12 +496,12 @@ def test_relrnn_kernel_option():
         comp.to(torch.bfloat16)(torch.randn(4, 2, N_IN, dtype=torch.bfloat16))
 
 
-RELRNN_TINY = dict(TINY, model="relrnn", nu=2, rho=3, T=4)
-
-
-def test_compiled_relrnn_run_records_its_kernel_and_resumes_on_it(tmp_path):
+@pytest.mark.parametrize("model", ["relrnn", "rellstm", "memrnn"])
+def test_compiled_screened_run_records_its_kernel_and_resumes_on_it(tmp_path, model):
     from rsa import io
     from rsa.train import train
+    RELRNN_TINY = dict(TINY, model=model, T=4, **({} if model == "memrnn" else
+                                                  dict(nu=2, rho=3)))
     out = tmp_path / "run"
     r = train(**RELRNN_TINY, steps=2, kernel="compiled", out_dir=str(out))
     assert r.model.core.kernel == "compiled"

@@ -305,6 +305,42 @@ def test_results_files_as_a_single_run_writes_them(tmp_path):
     assert ma["complete"] is True
 
 
+# -- the compiled kernel (kernel="compiled", rsa/models/kernels/compiled*.py) ------------
+
+COMPILED_FORWARDS = {"rnn": "rnn_compiled_forward", "lstm": "lstm_compiled_forward",
+                     "memrnn": "memrnn_compiled_forward", "relrnn": "relrnn_compiled_forward",
+                     "rellstm": "rellstm_compiled_forward"}
+
+
+@pytest.mark.parametrize("model", list(COMPILED_FORWARDS))
+def test_compiled_population_equals_torch_population_float64(model, float64, monkeypatch):
+    """A population on kernel="compiled" trains every run as the torch population does
+    (losses of every update, parameters, states: 1e-10 in float64, clipping splitting the
+    runs), and runs the compiled kernel (counted), not the torch batched forward."""
+    from rsa.models import cells
+    from rsa.models.kernels import compiled
+    if not compiled.available():
+        pytest.skip("numba is not installed (extra 'compiled')")
+    name = COMPILED_FORWARDS[model]
+    calls = []
+    real = getattr(cells, name)
+    monkeypatch.setattr(cells, name, lambda *a: calls.append(1) or real(*a))
+    config = {**TINY, "model": model, "steps": 5, **OPTIONS.get(model, {})}
+    config["clip"] = split_clip(config, SEEDS)
+    ref = train_population(seeds=SEEDS, **config)
+    assert not calls
+    comp = train_population(seeds=SEEDS, kernel="compiled", **config)
+    assert len(calls) >= 5 * len(SEEDS)  # every run's every update, validation too
+    x = sample_x().to(torch.float64)
+    for rc, rr in zip(comp, ref, strict=True):
+        assert rc.model.core.kernel == "compiled" and rc.config["kernel"] == "compiled"
+        close_rows(rc.history, rr.history, TOL64)
+        assert len(rc.history) == 5
+        assert max_param_diff(rc.model, rr.model) < TOL64
+        assert states_diff(rc.model, rr.model, x) < TOL64
+    assert max_param_diff(comp[0].model, comp[1].model) > 1e-3
+
+
 # -- float32 ---------------------------------------------------------------------------
 
 F32_TOL = 3e-5  # after 5 updates (lr 3e-3); measured: at most 3e-6 (RelRNN), 4e-7 (RNN)

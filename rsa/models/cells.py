@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from rsa.models.kernels.compiled import check_kernel, lstm_compiled_forward, rnn_compiled_forward
-from rsa.models.kernels.compiled_screened import relrnn_compiled_forward
+from rsa.models.kernels.compiled_rellstm import rellstm_compiled_forward
+from rsa.models.kernels.compiled_screened import memrnn_compiled_forward, relrnn_compiled_forward
 from rsa.models.kernels.fused import check_sequence
 from rsa.models.kernels.fused import fused_forward as memrnn_fused_forward
 from rsa.models.kernels.rellstm import fused_forward as rellstm_fused_forward
@@ -328,15 +329,26 @@ class MemRNN(_Fusable, _RNNCell):
     loop, whose saved memory grows like T^2 n B (each step keeps its (B, t, n) attention
     tensors), the way the authors' implementation behaves; the cost chapters may show
     both. ``record=True`` and ``freeze_attention=True`` always take the plain loop.
+
+    ``kernel="compiled"``: a plain forward on CPU runs the whole sequence in the
+    compiled RelRNN kernel with a ring that never evicts
+    (:func:`rsa.models.kernels.compiled_screened.memrnn_compiled`), the fused function's
+    to rounding (``fused`` then picks nothing).
     """
 
     attention = "full"
     _fused_forward = memrnn_fused_forward
 
     def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh",
-                 init: str = "orthogonal", fused: bool = True):
+                 init: str = "orthogonal", fused: bool = True, kernel: str = "torch"):
         super().__init__(input_size, hidden_size, nonlinearity=nonlinearity, init=init,
                          fused=fused)
+        self.kernel = check_kernel(kernel)
+
+    def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
+        if self.kernel == "compiled" and not record and not freeze_attention:
+            return memrnn_compiled_forward(self, x)
+        return super().forward(x, record=record, freeze_attention=freeze_attention)
 
 
 class RelRNN(_Fusable, _RNNCell):
@@ -400,11 +412,22 @@ class RelLSTM(_Fusable, _LSTMCell):
     the LSTM cell's backward; memory O(T B (n + nu + rho)). ``fused=False`` is the
     plain-autograd loop of :class:`_Recurrent` over :class:`rsa.models.memory.ScreenedMemory`;
     ``record=True`` and ``freeze_attention=True`` always take it.
+
+    ``kernel="compiled"``: a plain forward on CPU runs the whole sequence, screening
+    included, in numba-compiled code with a hand-written backward
+    (:mod:`rsa.models.kernels.compiled_rellstm`), the fused function's to rounding
+    (``fused`` then picks nothing: it chooses between the two torch paths).
     """
 
     attention = "screened"
     _fused_forward = rellstm_fused_forward
 
     def __init__(self, input_size: int, hidden_size: int, *, nu: int = 10, rho: int = 15,
-                 init: str = "xavier", fused: bool = True):
+                 init: str = "xavier", fused: bool = True, kernel: str = "torch"):
         super().__init__(input_size, hidden_size, init=init, nu=nu, rho=rho, fused=fused)
+        self.kernel = check_kernel(kernel)
+
+    def forward(self, x: torch.Tensor, record: bool = False, freeze_attention: bool = False):
+        if self.kernel == "compiled" and not record and not freeze_attention:
+            return rellstm_compiled_forward(self, x)
+        return super().forward(x, record=record, freeze_attention=freeze_attention)

@@ -170,7 +170,8 @@ class ModelSpec:
       configuration, and the class's own default applies (:func:`class_default`);
     - ``fused``: it has a fused implementation (and takes ``fused``, default True);
     - ``compiled``: it has a compiled CPU kernel (:mod:`rsa.models.kernels.compiled`,
-      :mod:`rsa.models.kernels.compiled_screened`;
+      :mod:`rsa.models.kernels.compiled_screened`,
+      :mod:`rsa.models.kernels.compiled_rellstm`;
       its class takes ``kernel="compiled"``; :func:`rsa.models.build_model`'s ``kernel``);
     - ``memory``, ``fused_memory``: an upper budget of the extra memory of one update,
       in bytes, as a function of (batch B, hidden size n, steps L); ``fused_memory`` for
@@ -248,7 +249,7 @@ _TABLE = (
               family="rnn", options=("nonlinearity", "init"),
               defaults={"lr": _LR_RNN, "nonlinearity": _MODRELU}, fused=True,
               transfer_max=2000, transfer_at_max=True,  # O(T^2) evaluation
-              population="memrnn",
+              population="memrnn", compiled=True,
               # plain loop: per step t several (B, t, n) float32 tensors (the stacked
               # memory, the attention pre-activation and its tanh): 8 B n L^2 bytes;
               # fused: the attention weights, B L^2 floats, and O(B n L) buffers
@@ -267,7 +268,7 @@ _TABLE = (
     ModelSpec("rellstm", "rsa.models:RelLSTM", "RelLSTM", "#cc78bc",  # purple
               family="lstm", options=("nu", "rho", "init"), choices=_XAVIER_ONLY,
               defaults={"lr": _LR_LSTM, "nu": _NU, "rho": _RHO}, fused=True,
-              population="rellstm",
+              population="rellstm", compiled=True,
               # fused: as RelRNN's with the larger buffers of the gates and cells
               fused_memory=lambda B, n, L: 160 * B * n * L + 16 * B * L * 25),
     # -- outside MODELS (in_plan=False): the converged plan's baselines -----------------

@@ -74,7 +74,8 @@ class TrainConfig:
 
     ``kernel``: ``"torch"`` (default: the reference, CPU and GPU) or ``"compiled"``
     (the compiled CPU kernel of :mod:`rsa.models.kernels.compiled`, and
-    :mod:`rsa.models.kernels.compiled_screened` for the RelRNN, for the models that have
+    :mod:`rsa.models.kernels.compiled_screened` for the RelRNN and the MemRNN,
+    :mod:`rsa.models.kernels.compiled_rellstm` for the RelLSTM, for the models that have
     one); an identity field, so a run resumes on the kernel that trained it, and a
     stored run without it reads as ``"torch"``.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from rsa.models.kernels.population import batched, population_step
+from rsa.models.kernels.population import batched, compiled_kernel, population_step
 from rsa.train import TrainConfig, TrainResult, resolve_config
 from rsa.train.checkpoint import _Interrupt
 from rsa.train.lock import hold
@@ -106,6 +106,9 @@ def train_population(config: TrainConfig | dict | None = None, *, seeds,
     :class:`rsa.train.TrainResult` per seed, in order, each equal to what
     ``train(config, seed=s, out_dir=...)`` returns.
 
+    On ``kernel="compiled"`` each run's compiled forward and backward run in turn inside
+    the population's update (:func:`rsa.models.kernels.population.batched_forward`).
+
     Output folders: ``out_dirs`` (one per seed), else ``out_dir/s<seed>`` when the
     config has an ``out_dir`` (:func:`seed_dirs`), else nothing is written. Each run
     resumes from its own checkpoint as a single run does; runs already finished are
@@ -117,10 +120,6 @@ def train_population(config: TrainConfig | dict | None = None, *, seeds,
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds!r}")
     base = resolve_config(config, **overrides)
-    if base.kernel != "torch":  # not silently the torch batched forward
-        raise ValueError(f"a population trains on kernel='torch' only for now (the "
-                         f"compiled kernel has no batched population forward yet), got "
-                         f"kernel={base.kernel!r}; train its seeds one by one")
     if out_dirs is None:
         out_dirs = [None] * len(seeds) if base.out_dir is None else \
             seed_dirs(base.out_dir, seeds)
@@ -147,7 +146,8 @@ def _train_population_held(base, configs, argv) -> list[TrainResult]:
         if not r.training:
             r.finish()
     c = base
-    if active and not batched(active[0].model):  # stated, not silent
+    if active and not batched(active[0].model) and \
+            not compiled_kernel(active[0].model.core):  # stated, not silent
         print(f"note: {c.model} has no batched population forward (its registry entry "
               f"names none, or it is built unfused): each run's own forward runs inside "
               f"the population, with the same results and no gain", file=sys.stderr)

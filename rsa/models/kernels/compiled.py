@@ -18,6 +18,10 @@ Second model: the plain LSTM (gates i, f, g, o of z_t = ux_t + V h_{t-1}, V (4n,
 c_t = sigma(f) c_{t-1} + sigma(i) tanh(g), c_{-1} = 0; h_t = sigma(o) tanh(c_t)), whose
 backward carries G_c_t = G_h_t sigma(o) (1 - tanh^2 c_t) + G_c_{t+1} sigma(f_{t+1}).
 
+The models with attention have theirs in their own modules: the RelRNN and the MemRNN
+in :mod:`rsa.models.kernels.compiled_screened`, the RelLSTM in
+:mod:`rsa.models.kernels.compiled_rellstm`.
+
 numba compiles on first call (measured by ``python tools/bench_kernels.py --compile``)
 and caches the machine code on disk (``cache=True``: in ``__pycache__`` next to this
 module, or in ``NUMBA_CACHE_DIR`` when that is set, e.g. for a read-only install).

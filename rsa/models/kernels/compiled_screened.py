@@ -1,6 +1,8 @@
 """The compiled CPU kernel of the RelRNN (issue 30): the whole sequence's forward, the
 relevancy screening included, and a hand-written backward in numba-compiled code,
 wrapped as an autograd function (as :mod:`rsa.models.kernels.compiled` for the RNN).
+The MemRNN runs through it too (:func:`memrnn_compiled`: full attention is the
+screening with a ring that never evicts).
 
 The function is that of the fused torch path, :class:`rsa.models.kernels.screened.
 RelRNNFunction` (*The paper* §2; the update and its backward are derived in the
@@ -52,7 +54,7 @@ from rsa.models.kernels.fused import fused_inputs
 from rsa.models.kernels.screened import check_screening
 
 __all__ = ["CompiledRelRNNFunction", "relrnn_compiled", "relrnn_compiled_forward",
-           "available"]
+           "memrnn_compiled", "memrnn_compiled_forward", "available"]
 
 _LIMIT = {np.dtype(np.float64): 170.0, np.dtype(np.float32): 20.0}
 """|a|, |b| beyond which a row of the attention block takes np.tanh: exp(2a) exp(2b)
@@ -138,6 +140,84 @@ def _score(EQ, EK, QA, KA, FQ, FK, v, t, tj, b, one):  # pragma: no cover - comp
     return e
 
 
+def _attend(t, m, slot, SL, EQ, EK, QA, KA, FQ, FK, v, H, S, ALPHA, e,
+            one):  # pragma: no cover - compiled
+    """Step t's attention, per example, over the m states of the screened memory (their
+    time indices in ``slot``, recorded in SL[t]): alpha_t (into ALPHA[t]), c_t and
+    S[t] = s_{t-1} = (h_{t-1} + c_t) / 2. ``e``: a buffer of at least m scores. Shared
+    by the RelRNN and the RelLSTM (:mod:`rsa.models.kernels.compiled_rellstm`)."""
+    B, n = H.shape[1], H.shape[2]
+    zero = one - one
+    half = one / (one + one)
+    for b in range(B):
+        mx = -np.inf
+        for j in range(m):
+            tj = slot[j, b]
+            SL[t, j, b] = tj
+            e[j] = _score(EQ, EK, QA, KA, FQ, FK, v, t, tj, b, one)
+            mx = max(mx, e[j])
+        tot = zero
+        for j in range(m):
+            e[j] = np.exp(e[j] - mx)
+            tot += e[j]
+        s = S[t, b]
+        s[:] = 0
+        for j in range(m):
+            a = e[j] / tot
+            ALPHA[t, j, b] = a
+            hj = H[slot[j, b], b]
+            for k in range(n):
+                s[k] += a * hj[k]
+        h = H[t - 1, b]
+        for k in range(n):  # torch.lerp(h, c, 0.5) = c - (c - h) / 2
+            s[k] = s[k] - (s[k] - h[k]) * half
+
+
+def _attend_grad(t, m, SL, ALPHA, H, gc, GH, GB, GA, QA, KA, EQ, EK, FQ, FK, v, gv, g,
+                 one):  # pragma: no cover - compiled
+    """Step t's attention backward, per example, from gc = G_c_t (B, n): the value path
+    alpha_tj G_c_t into GH[tj], the softmax backward ge_tj = alpha_tj (g_tj - <alpha_t,
+    g_t>), g_tj = G_c_t . h_j, and w_tj = ge_tj v (1 - r_tj^2) into the query's GA[t]
+    and the keys' GB[tj], ge_tj r_tj into gv. ``g``: a buffer of at least m values.
+    Shared by the RelRNN and the RelLSTM."""
+    B, n = H.shape[1], H.shape[2]
+    zero = one - one
+    for b in range(B):
+        gcb = gc[b]
+        dot = zero
+        for j in range(m):
+            hj = H[SL[t, j, b], b]
+            gj = zero
+            for k in range(n):
+                gj += gcb[k] * hj[k]
+            g[j] = gj
+            dot += ALPHA[t, j, b] * gj
+        ga = GA[t, b]
+        for j in range(m):
+            tj = SL[t, j, b]
+            a = ALPHA[t, j, b]
+            ge = a * (g[j] - dot)
+            ghj, gbj = GH[tj, b], GB[tj, b]
+            for k in range(n):
+                ghj[k] += a * gcb[k]
+            if FQ[t, b] or FK[tj, b]:
+                for k in range(n):
+                    r = np.tanh(QA[t, b, k] + KA[tj, b, k])
+                    w = ge * v[k] * (one - r * r)
+                    gbj[k] += w
+                    ga[k] += w
+                    gv[k] += ge * r
+            else:
+                eq, ek = EQ[t, b], EK[tj, b]
+                for k in range(n):
+                    p = eq[k] * ek[k]
+                    r = (p - one) / (p + one)
+                    w = ge * v[k] * (one - r * r)
+                    gbj[k] += w
+                    ga[k] += w
+                    gv[k] += ge * r
+
+
 def _screen(slot, score, alpha, t, nS, nR, nu, rho):  # pragma: no cover - compiled
     """The screening after step t, per example (in place): ``alpha`` (K, B), alpha_t by
     slot, is credited to S's ``score`` (R's are frozen); h_t enters S; once S is full, its
@@ -182,9 +262,7 @@ def _forward(ux, VQT, WkT, v, phi_b, modrelu, nu, rho, lim):  # pragma: no cover
     K = nu + rho
     dt = ux.dtype
     one = np.ones(1, dt)[0]
-    zero = one - one
     two = one + one
-    half = one / two
     H = np.empty((T, B, n), dt)
     Z = np.empty((T, B, n), dt)
     S = np.zeros((T, B, n), dt)
@@ -207,29 +285,7 @@ def _forward(ux, VQT, WkT, v, phi_b, modrelu, nu, rho, lim):  # pragma: no cover
     _exp2(KA, EK, FK, 0, lim, two, ib)
     nS, nR = 1, 0
     for t in range(1, T):
-        m = nS + nR
-        for b in range(B):
-            mx = -np.inf
-            for j in range(m):
-                tj = slot[j, b]
-                SL[t, j, b] = tj
-                e[j] = _score(EQ, EK, QA, KA, FQ, FK, v, t, tj, b, one)
-                mx = max(mx, e[j])
-            tot = zero
-            for j in range(m):
-                e[j] = np.exp(e[j] - mx)
-                tot += e[j]
-            s = S[t, b]
-            s[:] = 0
-            for j in range(m):
-                a = e[j] / tot
-                ALPHA[t, j, b] = a
-                hj = H[slot[j, b], b]
-                for k in range(n):
-                    s[k] += a * hj[k]
-            h = H[t - 1, b]
-            for k in range(n):  # torch.lerp(h, c, 0.5) = c - (c - h) / 2
-                s[k] = s[k] - (s[k] - h[k]) * half
+        _attend(t, nS + nR, slot, SL, EQ, EK, QA, KA, FQ, FK, v, H, S, ALPHA, e, one)
         np.dot(S[t], VQT, zq)  # [V s_{t-1} | W_q s_{t-1}]
         for b in range(B):
             for k in range(n):
@@ -252,7 +308,6 @@ def _backward(gH, H, Z, QA, KA, EQ, EK, FQ, FK, SL, ALPHA, VQ, Wk, v, phi_b, mod
     T, B, n = H.shape
     dt = H.dtype
     one = np.ones(1, dt)[0]
-    zero = one - one
     half = one / (one + one)
     GH = gH.copy()                 # dL/dH_t + the value path, complete when t is reached
     GB = np.zeros((T, B, n), dt)   # G_b_t (key path)
@@ -287,43 +342,11 @@ def _backward(gH, H, Z, QA, KA, EQ, EK, FQ, FK, SL, ALPHA, VQ, Wk, v, phi_b, mod
             for k in range(n):
                 gc[b, k] *= half
                 GH[t - 1, b, k] += gc[b, k]  # h_{t-1}'s share of s_{t-1}
-        m = min(t, nu) + min(rho, max(0, t - nu))
+        _attend_grad(t, min(t, nu) + min(rho, max(0, t - nu)), SL, ALPHA, H, gc, GH, GB,
+                     GA, QA, KA, EQ, EK, FQ, FK, v, gv, g, one)
         for b in range(B):
-            gcb = gc[b]
-            dot = zero
-            for j in range(m):
-                hj = H[SL[t, j, b], b]
-                gj = zero
-                for k in range(n):
-                    gj += gcb[k] * hj[k]
-                g[j] = gj
-                dot += ALPHA[t, j, b] * gj
-            ga = GA[t, b]
-            for j in range(m):
-                tj = SL[t, j, b]
-                a = ALPHA[t, j, b]
-                ge = a * (g[j] - dot)
-                ghj, gbj = GH[tj, b], GB[tj, b]
-                for k in range(n):
-                    ghj[k] += a * gcb[k]
-                if FQ[t, b] or FK[tj, b]:
-                    for k in range(n):
-                        r = np.tanh(QA[t, b, k] + KA[tj, b, k])
-                        w = ge * v[k] * (one - r * r)
-                        gbj[k] += w
-                        ga[k] += w
-                        gv[k] += ge * r
-                else:
-                    eq, ek = EQ[t, b], EK[tj, b]
-                    for k in range(n):
-                        p = eq[k] * ek[k]
-                        r = (p - one) / (p + one)
-                        w = ge * v[k] * (one - r * r)
-                        gbj[k] += w
-                        ga[k] += w
-                        gv[k] += ge * r
             for k in range(n):
-                zg[b, n + k] = ga[k]
+                zg[b, n + k] = GA[t, b, k]
     return DZ, GA, GB, gv, gphi
 
 
@@ -332,6 +355,7 @@ if numba is not None:
     _jit = numba.njit(cache=True, nogil=True, inline="always", fastmath=_FAST,
                       error_model="numpy")
     _exp2, _phi, _score = _jit(_exp2), _jit(_phi), _jit(_score)
+    _attend, _attend_grad = _jit(_attend), _jit(_attend_grad)
     _screen = numba.njit(cache=True, nogil=True)(_screen)
     # no reassociation in the exponential: it would undo the Cody-Waite reduction
     _vexp = numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")(
@@ -383,7 +407,7 @@ def relrnn_compiled(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: t
         raise ValueError(f"ux must have shape (T >= 1, B, n), got {tuple(ux.shape)}")
     check_screening(nu, rho)
     if ux.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"the compiled RelRNN kernel runs in float32 or float64, got "
+        raise ValueError(f"the compiled RelRNN/MemRNN kernel runs in float32 or float64, got "
                          f"{ux.dtype}; use kernel='torch'")
     return CompiledRelRNNFunction.apply(ux, V, W_q, W_k, v, phi_b, nu, rho)
 
@@ -391,3 +415,23 @@ def relrnn_compiled(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: t
 def relrnn_compiled_forward(model, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` for an :class:`rsa.models.RelRNN` through the compiled kernel."""
     return relrnn_compiled(*fused_inputs(model, x), nu=model.nu, rho=model.rho)
+
+
+def memrnn_compiled(ux: torch.Tensor, V: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor,
+                    v: torch.Tensor, phi_b: torch.Tensor | None = None) -> torch.Tensor:
+    """MemRNN states H (T, B, n) from ``ux = U x + b``: the function of
+    :class:`rsa.models.kernels.fused.MemRNNFunction` (full attention over every past
+    state, the update derived in that module's docstring and the chapter *Relevancy
+    screening*), which is this kernel's with a recent ring of nu = T slots that never
+    evicts and no relevant set (rho = 0): step t attends h_0 .. h_{t-1}, with the same
+    scores, weights and s_{t-1}. (The torch path keeps a function of its own because
+    gathering and scattering by index costs it about 1.5x; here an index is a load.)
+    Memory O(T B n + T^2 B): the weights and slot indices of every step."""
+    if ux.dim() != 3 or ux.shape[0] < 1:
+        raise ValueError(f"ux must have shape (T >= 1, B, n), got {tuple(ux.shape)}")
+    return relrnn_compiled(ux, V, W_q, W_k, v, phi_b, nu=ux.shape[0], rho=0)
+
+
+def memrnn_compiled_forward(model, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` for an :class:`rsa.models.MemRNN` through the compiled kernel."""
+    return memrnn_compiled(*fused_inputs(model, x))

@@ -37,10 +37,13 @@ and :mod:`rsa.models.kernels.rellstm` run on the P B sequences at once with per-
 look at the weights, so only the matrix products with a run's weights (and the sums
 that give its weight gradients) become batched over runs. Any other model (SAB, the
 Transformer, the plain-autograd loops, models added later) runs its own forward per run
-inside the population: exact, no gain. Clipping and the optimizer step are the single-run
-``torch.nn.utils.clip_grad_norm_`` and ``torch.optim`` objects of each run, so
-checkpoints are the single run's, and a run of a population resumes alone or in
-another population.
+inside the population: exact, no gain. So does a model on the compiled CPU kernel
+(``kernel="compiled"``): each run's compiled forward and backward in turn, inside the
+one backward of the summed losses (batching rows over runs saves the per-step fixed
+cost of small torch operations, which the compiled kernel does not pay). Clipping and
+the optimizer step are the single-run ``torch.nn.utils.clip_grad_norm_`` and
+``torch.optim`` objects of each run, so checkpoints are the single run's, and a run of
+a population resumes alone or in another population.
 
 One loop: the record of every run (evaluation, stopping rules, checkpoint, results,
 finish) is the single run's own code, :mod:`rsa.train.loop`, called by
@@ -69,7 +72,8 @@ from rsa.models.kernels.population_fused import (
     population_relrnn,
 )
 
-__all__ = ["population_step", "population_forward", "batched", "batched_forward", "BATCHED"]
+__all__ = ["population_step", "population_forward", "batched", "batched_forward", "BATCHED",
+           "compiled_kernel"]
 
 
 # -- the batched forward -------------------------------------------------------------------
@@ -183,13 +187,20 @@ BATCHED = {"recurrent": _recurrent_forward, "memrnn": _memrnn_forward,
 def batched_forward(core):
     """The batched forward of ``core``'s registry entry (its ``population`` key; a
     fused model's only when built fused), or None: each run's own forward then runs
-    inside the population."""
+    inside the population. A model on the compiled kernel (``kernel="compiled"``,
+    :mod:`rsa.models.kernels.compiled`) gets None: each run's own compiled forward,
+    never the torch batched one in its place."""
     entry = registry.entry_of(core)
-    if entry is None or entry.population is None:
+    if entry is None or entry.population is None or compiled_kernel(core):
         return None
     if entry.fused and not core.fused:
         return None
     return BATCHED[entry.population]
+
+
+def compiled_kernel(core) -> bool:
+    """Whether ``core`` runs on the compiled CPU kernel (``kernel="compiled"``)."""
+    return getattr(core, "kernel", "torch") == "compiled"
 
 
 def batched(model: TaskModel) -> bool:
