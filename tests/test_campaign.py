@@ -179,3 +179,27 @@ def test_the_time_to_budget_of_a_run_with_a_short_history(tmp_path):
                           "history": hist}}, path)
     row = campaign.status_table(tmp_path / "data", jobs).loc[0]
     assert row["hours to budget"] == pytest.approx(500 * 3.0 / 3600)
+
+
+def test_every_stored_or_in_flight_run_keeps_the_kernel_of_its_job():
+    """A job's arguments name the kernel its runs trained on: the torch kernel for those
+    started before the compiled kernels landed (their results record none, or 'torch'),
+    so that resuming them never switches kernel."""
+    from rsa.book import data_dir
+
+    data = data_dir()
+    seen = 0
+    for job in campaign.JOBS:
+        for seed in job.seeds:
+            name = job.name(seed)
+            stored = data / campaign.SCALE / name / "results.json"
+            inflight = data / campaign.SCALE / "inflight" / f"{name}.pt"
+            if stored.is_file():
+                config = io.load_json(stored)["config"]
+            elif inflight.is_file():
+                config = torch.load(inflight, map_location="cpu", weights_only=True)["config"]
+            else:
+                continue
+            seen += 1
+            assert config.get("kernel", "torch") == job.args.get("kernel", "torch"), name
+    assert seen >= 10
