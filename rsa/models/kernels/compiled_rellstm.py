@@ -208,10 +208,69 @@ def _backward(gH, H, A, C, TC, QA, KA, EQ, EK, FQ, FK, SL, ALPHA, VQ, Wk, v, nu,
     return DZ, GA, GB, gv
 
 
+def _lstm_forward(ux, VT):  # pragma: no cover - compiled
+    """The plain LSTM (no attention) with the same cell: z_t = ux_t + V h_{t-1} (ux_0
+    alone); returns H, A, C and TC as :func:`_forward` does. The kernel of
+    :class:`rsa.models.kernels.compiled.CompiledLSTMFunction`."""
+    T, B, n4 = ux.shape
+    n = n4 // 4
+    dt = ux.dtype
+    one = np.ones(1, dt)[0]
+    H = np.empty((T, B, n), dt)
+    Z = np.empty((T, B, n4), dt)  # pre-activations (not kept)
+    A = np.empty((T, B, n4), dt)
+    C = np.empty((T, B, n), dt)
+    TC = np.empty((T, B, n), dt)
+    zv = np.empty((B, n4), dt)
+    ib = np.empty(n, np.int32)  # _vexp's exponent bits
+    Z[0] = ux[0]
+    _cell(Z, A, C, TC, H, 0, ib, one)
+    for t in range(1, T):
+        np.dot(H[t - 1], VT, zv)
+        for b in range(B):
+            for k in range(n4):
+                Z[t, b, k] = ux[t, b, k] + zv[b, k]
+        _cell(Z, A, C, TC, H, t, ib, one)
+    return H, A, C, TC
+
+
+def _lstm_backward(gH, A, C, TC, V):  # pragma: no cover - compiled
+    """G_z (T, B, 4n) (= G_ux) of the plain LSTM: G_h_t = dL/dH_t + G_z_{t+1} V, and the
+    cell's backward as in :func:`_backward` (G_V = sum G_z_t^T h_{t-1} is left to torch)."""
+    T, B, n = C.shape
+    dt = C.dtype
+    one = np.ones(1, dt)[0]
+    DZ = np.empty((T, B, 4 * n), dt)
+    gh = np.zeros((B, n), dt)      # G_z_{t+1} V
+    gcell = np.zeros((B, n), dt)   # G_cell_{t+1}, then G_cell_t
+    for t in range(T - 1, -1, -1):
+        if t < T - 1:
+            np.dot(DZ[t + 1], V, gh)
+        for b in range(B):
+            a, dz = A[t, b], DZ[t, b]
+            for k in range(n):
+                ghk = gH[t, b, k] + gh[b, k]
+                i_, f_, g_, o_ = a[k], a[n + k], a[2 * n + k], a[3 * n + k]
+                tc = TC[t, b, k]
+                gck = ghk * o_ * (one - tc * tc)
+                if t < T - 1:
+                    gck += gcell[b, k] * A[t + 1, b, n + k]
+                gcell[b, k] = gck
+                dz[k] = gck * g_ * (i_ * (one - i_))
+                dz[n + k] = gck * C[t - 1, b, k] * (f_ * (one - f_)) if t > 0 else 0 * gck
+                dz[2 * n + k] = gck * i_ * (one - g_ * g_)
+                dz[3 * n + k] = ghk * tc * (o_ * (one - o_))
+    return DZ
+
+
 if numba is not None:
     _FAST = {"reassoc", "contract"}  # reordered sums (rounding only), vectorised loops
     _cell = numba.njit(cache=True, nogil=True, inline="always", fastmath=_FAST,
                        error_model="numpy")(_cell)
+    _lstm_forward = numba.njit(cache=True, nogil=True, fastmath=_FAST,
+                               error_model="numpy")(_lstm_forward)
+    _lstm_backward = numba.njit(cache=True, nogil=True, fastmath=_FAST,
+                                error_model="numpy")(_lstm_backward)
     _forward = numba.njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")(_forward)
     _backward = numba.njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")(_backward)
 
