@@ -174,7 +174,7 @@ def test_compiled_lstm_equals_torch_float64(T, B):
 
 
 def test_gradcheck_compiled_lstm_function():
-    from rsa.models.kernels.compiled import CompiledLSTMFunction
+    from rsa.models.kernels.compiled_rellstm import CompiledLSTMFunction
     torch.manual_seed(2)
     T, B, n = 6, 2, 3
     ux = torch.randn(T, B, 4 * n, dtype=torch.float64, requires_grad=True)

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rsa.models.kernels.compiled import check_kernel, lstm_compiled_forward, rnn_compiled_forward
-from rsa.models.kernels.compiled_rellstm import rellstm_compiled_forward
+from rsa.models.kernels.compiled import check_kernel, rnn_compiled_forward
+from rsa.models.kernels.compiled_rellstm import lstm_compiled_forward, rellstm_compiled_forward
 from rsa.models.kernels.compiled_screened import memrnn_compiled_forward, relrnn_compiled_forward
 from rsa.models.kernels.fused import check_sequence
 from rsa.models.kernels.fused import fused_forward as memrnn_fused_forward

@@ -17,9 +17,10 @@ with phi' = 1 - h^2 or sign(z)^2 [|z| + b > 0] (0 at z = 0, as autograd).
 Second model: the plain LSTM (gates i, f, g, o of z_t = ux_t + V h_{t-1}, V (4n, n);
 c_t = sigma(f) c_{t-1} + sigma(i) tanh(g), c_{-1} = 0; h_t = sigma(o) tanh(c_t)), whose
 backward carries G_c_t = G_h_t sigma(o) (1 - tanh^2 c_t) + G_c_{t+1} sigma(f_{t+1}). Its
-kernel shares the RelLSTM's cell (:mod:`rsa.models.kernels.compiled_rellstm`), whose
-float32 exponentials are vectorised (numba's scalar exp and tanh cost 20 to 55 ns a
-value, five per state and step in the gates).
+kernel lives with the RelLSTM's, whose cell it shares
+(:mod:`rsa.models.kernels.compiled_rellstm`: :class:`CompiledLSTMFunction`): its float32
+exponentials are vectorised (numba's scalar exp and tanh cost 20 to 55 ns a value, five
+per state and step in the gates).
 
 The models with attention have theirs in their own modules: the RelRNN and the MemRNN
 in :mod:`rsa.models.kernels.compiled_screened`, the RelLSTM in
@@ -144,39 +145,6 @@ class CompiledRNNFunction(torch.autograd.Function):
                                    ctx.modrelu)
         return (torch.from_numpy(gZ), torch.from_numpy(gV),
                 torch.from_numpy(gb) if ctx.modrelu else None)
-
-
-class CompiledLSTMFunction(torch.autograd.Function):
-    """H = LSTM(ux, V) over a whole sequence in compiled code (ux (T, B, 4n) = U x + b,
-    V (4n, n)); backward hand-written. The kernel is the RelLSTM's cell without the
-    attention (:func:`rsa.models.kernels.compiled_rellstm._lstm_forward`: the gates'
-    exponentials vectorised in float32, tanh(c_t) kept for the backward)."""
-
-    @staticmethod
-    def forward(ctx, ux, V):  # noqa: D102
-        from rsa.models.kernels import compiled_rellstm as k  # it imports this module
-
-        H, A, C, TC = (torch.from_numpy(x) for x in k._lstm_forward(
-            _array(ux), np.ascontiguousarray(_array(V).T)))
-        ctx.save_for_backward(H, A, C, TC, V)
-        return H
-
-    @staticmethod
-    def backward(ctx, gH):  # noqa: D102
-        from rsa.models.kernels import compiled_rellstm as k
-
-        H, A, C, TC, V = ctx.saved_tensors
-        gZ = torch.from_numpy(k._lstm_backward(_array(gH), _array(A), _array(C), _array(TC),
-                                               _array(V)))
-        T, B, n = H.shape
-        gV = (gZ[1:].reshape((T - 1) * B, 4 * n).t() @ H[:-1].reshape((T - 1) * B, n)
-              if T > 1 else torch.zeros_like(V))
-        return gZ, gV
-
-
-def lstm_compiled_forward(model, x: torch.Tensor) -> torch.Tensor:
-    """The plain LSTM ``model`` over x (T, B, input_size) through the compiled kernel."""
-    return CompiledLSTMFunction.apply(model.U(x), model.V.weight)
 
 
 def rnn_compiled_forward(model, x: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,8 @@ from rsa.models.kernels.compiled_screened import (
 from rsa.models.kernels.fused import fused_inputs
 from rsa.models.kernels.screened import check_screening
 
-__all__ = ["CompiledRelLSTMFunction", "rellstm_compiled", "rellstm_compiled_forward"]
+__all__ = ["CompiledRelLSTMFunction", "rellstm_compiled", "rellstm_compiled_forward",
+           "CompiledLSTMFunction", "lstm_compiled_forward"]
 
 
 def _cell(Z, A, C, TC, H, t, ib, one):  # pragma: no cover - compiled
@@ -211,7 +212,7 @@ def _backward(gH, H, A, C, TC, QA, KA, EQ, EK, FQ, FK, SL, ALPHA, VQ, Wk, v, nu,
 def _lstm_forward(ux, VT):  # pragma: no cover - compiled
     """The plain LSTM (no attention) with the same cell: z_t = ux_t + V h_{t-1} (ux_0
     alone); returns H, A, C and TC as :func:`_forward` does. The kernel of
-    :class:`rsa.models.kernels.compiled.CompiledLSTMFunction`."""
+    :class:`CompiledLSTMFunction`."""
     T, B, n4 = ux.shape
     n = n4 // 4
     dt = ux.dtype
@@ -324,3 +325,31 @@ def rellstm_compiled_forward(model, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` for an :class:`rsa.models.RelLSTM` through the compiled kernel."""
     ux, V, W_q, W_k, v, _ = fused_inputs(model, x)
     return rellstm_compiled(ux, V, W_q, W_k, v, nu=model.nu, rho=model.rho)
+
+
+class CompiledLSTMFunction(torch.autograd.Function):
+    """H = LSTM(ux, V) over a whole sequence in compiled code (ux (T, B, 4n) = U x + b,
+    V (4n, n)); backward hand-written. The kernel is the RelLSTM's cell without the
+    attention (:func:`_lstm_forward`: the gates' exponentials vectorised in float32,
+    tanh(c_t) kept for the backward)."""
+
+    @staticmethod
+    def forward(ctx, ux, V):  # noqa: D102
+        H, A, C, TC = (torch.from_numpy(x) for x in _lstm_forward(
+            tensor_array(ux), np.ascontiguousarray(tensor_array(V).T)))
+        ctx.save_for_backward(H, A, C, TC, V)
+        return H
+
+    @staticmethod
+    def backward(ctx, gH):  # noqa: D102
+        H, A, C, TC, V = ctx.saved_tensors
+        gZ = torch.from_numpy(_lstm_backward(*(tensor_array(x) for x in (gH, A, C, TC, V))))
+        T, B, n = H.shape
+        gV = (gZ[1:].reshape((T - 1) * B, 4 * n).t() @ H[:-1].reshape((T - 1) * B, n)
+              if T > 1 else torch.zeros_like(V))
+        return gZ, gV
+
+
+def lstm_compiled_forward(model, x: torch.Tensor) -> torch.Tensor:
+    """The plain LSTM ``model`` over x (T, B, input_size) through the compiled kernel."""
+    return CompiledLSTMFunction.apply(model.U(x), model.V.weight)
