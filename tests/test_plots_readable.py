@@ -282,3 +282,15 @@ def test_a_level_line_of_a_floor_map_is_named_in_its_legend():
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["level", "other level"]
     assert problems(fig) == [], problems(fig)
+
+
+def test_a_run_with_one_evaluation_is_a_dot_not_an_empty_panel():
+    rows = [{"model": "relrnn", "T": 100, "seed": 0, "step": s, "val_accuracy": 0.5}
+            for s in (250, 500, 750)]
+    rows.append({"model": "relrnn", "T": 1000, "seed": 0, "step": 250, "val_accuracy": 0.1})
+    fig = plotting.plot_run_curves(pd.DataFrame(rows))
+    alone = fig.axes[1]
+    dots = [ln for ln in alone.lines if len(ln.get_xdata()) == 1 and ln.get_marker() == "o"]
+    assert len(dots) == 1
+    lo, hi = alone.get_xlim()
+    assert lo == 0 and hi > 250  # a span around the dot, not 237 to 263

@@ -408,7 +408,9 @@ def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = 
                 xs, ys = h[x].to_numpy()[:cut], yv[:cut]
                 if len(xs):
                     finite_any = True
-                    ax.plot(xs, ys, lw=1.4, alpha=0.85, color=model_color(m))
+                    # a run with one evaluation is a dot (a line of one point is nothing)
+                    ax.plot(xs, ys, lw=1.4, alpha=0.85, color=model_color(m),
+                            marker="o" if len(xs) == 1 else None, ms=4)
                     if m not in drawn_models:
                         drawn_models.append(m)
                 if bad.any() and clip_top is not None:
@@ -426,8 +428,8 @@ def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = 
             ax.text(0.5, 0.5, "no finite value\n(see the table of runs)",
                     transform=ax.transAxes, ha="center", va="center", fontsize="small",
                     color="0.35")
-            if len(g):
-                ax.set_xlim(0, max(1, float(g[x].max())) * 1.05)
+        if len(g) and (not finite_any or g[x].nunique() == 1):  # no span to show
+            ax.set_xlim(0, max(1, float(g[x].max())) * 1.05)
         if solved is not None:
             ax.axhline(solved, color="0.3", ls="--", lw=1.0)
     if clip_top is not None:  # once all panels are drawn (they share the y axis)
