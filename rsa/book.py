@@ -171,8 +171,8 @@ def glue_figure(name: str, fig) -> None:
     figure that cannot be read (:func:`rsa.plotting.readable.problems`: a colour or line
     style without a legend entry, a log axis over too many decades or blown up, text
     too small once the figure is shrunk into the page column, overlapping labels or
-    annotations) is refused with a ValueError naming the problems (with ``RSA_FIGURE_REPORT`` set to a file, they are
-    appended there instead)."""
+    annotations, an empty panel) is refused with a ValueError naming the problems (with
+    ``RSA_FIGURE_REPORT`` set to a file, they are appended there instead)."""
     import json
     import os
 

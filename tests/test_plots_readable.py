@@ -294,3 +294,19 @@ def test_a_run_with_one_evaluation_is_a_dot_not_an_empty_panel():
     assert len(dots) == 1
     lo, hi = alone.get_xlim()
     assert lo == 0 and hi > 250  # a span around the dot, not 237 to 263
+
+
+def test_an_empty_panel_is_a_problem():
+    from rsa.plotting.readable import problems
+
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    axes[0].plot([0, 1, 2], [0, 1, 4])
+    axes[1].plot([250], [0.0])  # one point, no marker: nothing to see
+    axes[1].axhline(0.125, ls=":")  # a reference level alone shows no data
+    found = problems(fig)
+    assert any("panel 2 is empty" in p for p in found), found
+    axes[1].lines[0].set_marker("o")
+    assert problems(fig) == []
+    axes[1].lines[0].remove()
+    axes[1].text(0.5, 0.5, "no finite value", transform=axes[1].transAxes)
+    assert problems(fig) == []  # a panel that says why it is empty

@@ -16,15 +16,15 @@ from matplotlib.ticker import FuncFormatter
 
 from rsa.plotting.lines import plot_value_against_T
 from rsa.plotting.style import (
-    MODEL_LABELS,
     _CB,
     _CHANCE,
+    MODEL_LABELS,
+    _annotate_apart,
     _by_model_order,
     _color,
     _fig_ax,
     _legend_below,
     _legend_outside,
-    _annotate_apart,
     _panels,
     _plain_log_ticks,
     _require,
@@ -34,7 +34,6 @@ from rsa.plotting.style import (
     model_color,
     model_label,
 )
-
 
 # panels a row of learning curves (six delays: two rows of three)
 RUN_COLUMNS = 3

@@ -3,9 +3,13 @@
 more than :data:`MAX_DECADES` decades, and none reaches above :data:`MAX_LOG_VALUE` (a
 run that blew up is marked, not drawn to 1e+28), no text is smaller than
 :data:`MIN_TEXT_PX` pixels once the figure is shrunk into the book's column
-(:data:`COLUMN_PX` wide), and no two labels (tick labels, axis labels, titles), nor two
-texts of a panel, overlap. Every chapter figure passes through :func:`rsa.book.glue_figure`, which refuses a figure with a problem, so a chapter that
+(:data:`COLUMN_PX` wide), no two labels (tick labels, axis labels, titles), nor two
+texts of a panel, overlap, and no panel is empty. Every chapter figure passes through
+:func:`rsa.book.glue_figure`, which refuses a figure with a problem, so a chapter that
 draws an unreadable figure fails to run.
+
+Rotated labels are measured by their upright bounding boxes, so close labels turned by
+45 degrees count as overlapping: turn them upright (90 degrees) instead.
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ def _tick_labels(ax, axis, minor: bool) -> list[Text]:
     ticks = axis.get_minor_ticks() if minor else axis.get_major_ticks()
     locs = axis.get_minorticklocs() if minor else axis.get_majorticklocs()
     out = []
-    for tick, loc in zip(ticks, locs):
+    for tick, loc in zip(ticks, locs, strict=False):  # (matplotlib may keep spare ticks)
         if lo - 1e-9 * span <= loc <= hi + 1e-9 * span and tick.get_visible():
             for label in (tick.label1, tick.label2):
                 if label.get_visible() and label.get_text().strip():
@@ -164,10 +168,31 @@ def legibility_problems(fig, column_px: float = COLUMN_PX,
     return out
 
 
+def _shows_data(ax) -> bool:
+    """Whether a panel shows anything beyond reference lines: a line through two finite
+    points or a marker in data coordinates, a collection (scatter, map, contour), an
+    image, a patch (bars, cells) or a text (a panel that says why it is empty)."""
+    for ln in ax.get_lines():
+        if not ln.get_visible() or ln.get_transform() != ax.transData:
+            continue  # axhline, axvline: a level, not data
+        xy = np.asarray(ln.get_xydata(), dtype=float).reshape(-1, 2)
+        n = int(np.isfinite(xy).all(axis=1).sum())
+        marked = ln.get_marker() not in (None, "None", "", " ")
+        if n >= 2 and str(ln.get_linestyle()) != "None" or n >= 1 and marked:
+            return True
+    return any(a.get_visible() for a in (*ax.collections, *ax.images, *ax.patches)) or any(
+        t.get_visible() and t.get_text().strip() for t in ax.texts)
+
+
 def problems(fig, max_decades: float = MAX_DECADES,
              max_log_value: float = MAX_LOG_VALUE) -> list[str]:
     """What makes ``fig`` hard to read, one sentence each (empty: nothing found)."""
     out = legibility_problems(fig)
+    for k, ax in enumerate(fig.axes):
+        if ax.get_visible() and ax.axison and not _shows_data(ax):  # (axis off: a legend)
+            title = f" ({ax.get_title()!r})" if ax.get_title() else ""
+            out.append(f"panel {k + 1}{title} is empty: draw what it stands for, or say "
+                       f"why there is nothing")
     colors, styles = set(), set()
     for h in _legend_handles(fig):
         c, s = _handle_style(h)

@@ -141,8 +141,9 @@ def plot_floor_map(values, xs, ys, ax=None, xlabel: str = "", ylabel: str = "",
     the cell values are written).
     ``curve``: an optional (x, y, label) drawn on top. ``lines``: more level lines,
     each (array like ``values``, levels, label, dict of line keywords: ``color``,
-    ``ls``, ``lw``), drawn solid white by default and named in the legend. ``annotate`` writes each cell's
-    value. ``vmin`` clips the colour scale from below (cells under it share one colour).
+    ``ls``, ``lw``), drawn solid white by default and named in the legend. ``annotate``
+    writes each cell's value. ``vmin`` clips the colour scale from below (cells under it
+    share one colour).
     """
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
