@@ -169,9 +169,10 @@ def glue_figure(name: str, fig) -> None:
     """Store ``fig`` in the notebook under ``name`` for a ``{glue:figure}`` directive
     (its caption and label live there), without showing it twice, then close it. A
     figure that cannot be read (:func:`rsa.plotting.readable.problems`: a colour or line
-    style without a legend entry, an axis over 30 decades) is refused with a
-    ValueError naming the problems (with ``RSA_FIGURE_REPORT`` set to a file, they are
-    appended there instead)."""
+    style without a legend entry, a log axis over too many decades or blown up, text
+    too small once the figure is shrunk into the page column, overlapping labels or
+    annotations, an empty panel) is refused with a ValueError naming the problems (with
+    ``RSA_FIGURE_REPORT`` set to a file, they are appended there instead)."""
     import json
     import os
 

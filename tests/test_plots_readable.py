@@ -121,8 +121,8 @@ def test_learning_curves_name_every_model_and_keep_exploded_runs_off_the_scale()
     fig = plotting.plot_run_curves(curves_with_an_explosion(), y="val_loss", logy=True,
                                    ylabel="validation loss", chance=0.1,
                                    chance_label="memoryless", clip_top=22.0)
-    labels = {t.get_text() for ax in fig.axes if ax.get_legend()
-              for t in ax.get_legend().get_texts()}
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + fig.legends
+    labels = {t.get_text() for lg in legends for t in lg.get_texts()}
     for m in ("rnn", "relrnn", "lstm", "memrnn"):  # lstm and memrnn: not in the last panel
         assert plotting.model_label(m) in labels, (m, labels)
     assert any("off the scale" in t for t in labels)
@@ -185,3 +185,128 @@ def test_glue_figure_refuses_an_unreadable_figure(monkeypatch):
     ax.set_yscale("log")
     with pytest.raises(ValueError, match="figure 'bad' cannot be read: panel 1: the y axis"):
         glue_figure("bad", fig)
+
+
+def test_text_too_small_once_shrunk_into_the_column_is_a_problem():
+    from rsa.plotting.readable import COLUMN_PX, problems
+
+    fig, axes = plt.subplots(1, 3, figsize=(16.0, 4.0))  # 1600 px: shrunk to 0.4
+    for ax in axes:
+        ax.plot([1, 2, 3], [1, 2, 3])
+    found = problems(fig)
+    assert any("shrunk into the" in p for p in found), found
+    fig.set_size_inches(COLUMN_PX / 100 * 0.95, 4.0)  # fits the column: not shrunk
+    assert problems(fig) == []
+    axes[0].set_title("tiny", fontsize=5)  # too small even unshrunk
+    assert any("text of 5 pt" in p for p in problems(fig))
+
+
+def test_overlapping_tick_labels_or_texts_are_a_problem():
+    from rsa.plotting.readable import problems
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([0, 1, 2, 3], [0, 1, 2, 3])
+    ax.set_xticks([0, 1, 2, 3], ["a long tick label"] * 4)
+    assert any("labels overlap: 'a long tick label'" in p for p in problems(fig))
+    ax.set_xticks([0, 1, 2, 3], ["a", "b", "c", "d"])
+    assert problems(fig) == []
+    ax.annotate("first label", (1, 1))
+    ax.annotate("second label", (1.05, 1.02))
+    assert any("texts 'first label' and 'second label' overlap" in p for p in problems(fig))
+
+
+def test_tick_labels_of_neighbouring_panels_touching_are_a_problem():
+    from rsa.plotting.readable import problems
+
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3), sharey=True)
+    for ax in axes:
+        ax.plot([0, 60, 120], [1, 2, 3])
+        ax.set_xlim(0, 125)
+        ax.set_xticks([0, 25, 50, 75, 100, 125])
+    fig.subplots_adjust(wspace=0.0)  # '125' of the left panel runs into '0' of the right
+    assert any("labels overlap: '125'" in p for p in problems(fig)), problems(fig)
+    fig.subplots_adjust(wspace=0.3)
+    assert problems(fig) == []
+
+
+def test_labels_of_close_points_are_set_apart():
+    from rsa.plotting.readable import problems
+
+    rows = [{"model": m, "label": f"rho {r}", "log_grad": -2.5 + 0.02 * k,
+             "memory_mib": 6.6 + 0.05 * k}
+            for m in ("relrnn", "rellstm") for k, r in enumerate((3, 8, 15, 18, 25))]
+    rows.append({"model": "relrnn", "label": "rho 40", "log_grad": np.nan,
+                 "memory_mib": 6.6})  # a missing value: no point, no label
+    fig = plotting.plot_memory_vs_gradient(pd.DataFrame(rows))
+    assert len(fig.axes[0].texts) == 10
+    assert problems(fig) == [], problems(fig)
+
+
+def six_delays():
+    rows = []
+    for T in (20, 50, 100, 200, 500, 1000):
+        for m in ("rnn", "lstm", "memrnn", "relrnn", "rellstm", "sab", "transformer"):
+            for step in range(250, 5001, 250):
+                rows.append({"model": m, "T": T, "seed": 0, "step": step, "task": "copy",
+                             "val_accuracy": min(1.0, step / 5000), "steps_done": 5000,
+                             "solved_step": 4000.0 if m == "relrnn" else np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_many_panels_fit_the_column():
+    """The book's widest figures: six delays, two tasks with seven models, twelve
+    gradient profiles; none is shrunk so far that its text cannot be read."""
+    from rsa.plotting.readable import legibility_problems
+
+    runs = six_delays()
+    twelve = grad_table(panels=("rnn", "lstm", "memrnn", "relrnn", "rellstm", "sab"),
+                        hues=(3,)).drop(columns="rho")
+    twelve = pd.concat([twelve.assign(panel=twelve["model"] + ", " + task)
+                        for task in ("copy", "denoise")])
+    for fig in (plotting.plot_run_curves(runs, chance=0.125, solved=0.99),
+                plotting.plot_updates_to_solve(
+                    pd.concat([runs, runs.assign(task="denoise")])
+                    .drop_duplicates(["model", "T", "task"])),
+                plotting.plot_grad_profiles(twelve, hue="model", col="panel",
+                                            style="when", ncols=3)):
+        assert legibility_problems(fig) == [], legibility_problems(fig)
+
+
+def test_a_level_line_of_a_floor_map_is_named_in_its_legend():
+    from rsa.plotting.readable import problems
+
+    values = np.array([[1e-2, 1e-5, 1e-9], [1e-3, 1e-4, 1e-20]])
+    fig = plotting.plot_floor_map(values, [1, 2, 4], [1, 3], contours=(values, [-6]),
+                                  contour_label="level",
+                                  lines=[(np.log10(values), [-4], "other level", {})])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["level", "other level"]
+    assert problems(fig) == [], problems(fig)
+
+
+def test_a_run_with_one_evaluation_is_a_dot_not_an_empty_panel():
+    rows = [{"model": "relrnn", "T": 100, "seed": 0, "step": s, "val_accuracy": 0.5}
+            for s in (250, 500, 750)]
+    rows.append({"model": "relrnn", "T": 1000, "seed": 0, "step": 250, "val_accuracy": 0.1})
+    fig = plotting.plot_run_curves(pd.DataFrame(rows))
+    alone = fig.axes[1]
+    dots = [ln for ln in alone.lines if len(ln.get_xdata()) == 1 and ln.get_marker() == "o"]
+    assert len(dots) == 1
+    lo, hi = alone.get_xlim()
+    assert lo == 0 and hi > 250  # a span around the dot, not 237 to 263
+
+
+def test_an_empty_panel_is_a_problem():
+    from rsa.plotting.readable import problems
+
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    axes[0].plot([0, 1, 2], [0, 1, 4])
+    axes[1].plot([250], [0.0])  # one point, no marker: nothing to see
+    axes[1].axhline(0.125, ls=":")  # a reference level alone shows no data
+    found = problems(fig)
+    assert any("panel 2 is empty" in p for p in found), found
+    axes[1].lines[0].set_marker("o")
+    assert problems(fig) == []
+    axes[1].lines[0].remove()
+    axes[1].text(0.5, 0.5, "no finite value", transform=axes[1].transAxes)
+    assert problems(fig) == []  # a panel that says why it is empty

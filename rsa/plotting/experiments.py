@@ -18,6 +18,8 @@ from rsa.plotting.lines import plot_value_against_T
 from rsa.plotting.style import (
     _CB,
     _CHANCE,
+    MODEL_LABELS,
+    _annotate_apart,
     _by_model_order,
     _color,
     _fig_ax,
@@ -32,6 +34,9 @@ from rsa.plotting.style import (
     model_color,
     model_label,
 )
+
+# panels a row of learning curves (six delays: two rows of three)
+RUN_COLUMNS = 3
 
 
 def _finish_panel(ax, v, chance, chance_label: str, xlabel: str, col_title: str,
@@ -134,7 +139,10 @@ def plot_grad_profiles(table, hue: str = "model", col: str = "task",
     _require(df, [hue, col, x, y] + ([style] if style else []))
     df = df[df[y] > 0]
     values = list(col_order) if col_order is not None else _by_model_order(df[col].unique())
-    fig, axes = _panels(len(values), sharey=sharey, ncols=ncols)
+    per_row = len(values) if ncols is None else min(ncols, len(values))
+    fig, axes = _panels(len(values), sharey=sharey, ncols=ncols,
+                        width=4.6 if per_row < 3 else 3.2,
+                        height=3.9 if per_row < 3 else 3.2)
     fmt = hue_label or (model_label if hue == "model" else str)
     for ax, v in zip(axes, values, strict=True):
         g = df[df[col] == v]
@@ -158,6 +166,7 @@ def plot_grad_profiles(table, hue: str = "model", col: str = "task",
                         label=label)
         ax.set_yscale("log")
         _plain_log_ticks(ax)
+        ax.set_xlim(df[x].min(), df[x].max())  # no tick past the data to crowd a neighbour
         ax.set_xlabel(xlabel)
         ax.set_title(col_title.format(model_label(v)))
     # one model per panel, named by its title: one legend for the line styles, below the
@@ -179,7 +188,8 @@ def plot_grad_profiles(table, hue: str = "model", col: str = "task",
     for ax in axes:
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel(ylabel)
-    fig.tight_layout(rect=(0, 0.08, 1, 1) if one_each else (0, 0, 1, 1))
+    # the shared legend takes the bottom 0.65 inch, whatever the figure's height
+    fig.tight_layout(rect=(0, min(0.3, 0.65 / fig.get_figheight()) if one_each else 0, 1, 1))
     return fig
 
 
@@ -234,9 +244,10 @@ def plot_memory_vs_gradient(table, x: str = "log_grad", y: str = "memory_mib",
             ax.plot(g[x], g[y], color=c, lw=0.8, alpha=0.6)
         ax.scatter(g[x], g[y], color=c, s=55, edgecolor="black", zorder=3,
                    label=model_label(m), marker=_variant_style(m)["marker"])
-        for _, r in g.iterrows():
-            ax.annotate(str(r[label]), (r[x], r[y]), xytext=(5, 4),
-                        textcoords="offset points", fontsize="small")
+    # each label in a dark shade of its point's colour: whose "rho 3" it is
+    notes = [(str(r[label]), (r[x], r[y]), tuple(0.55 * np.asarray(_color(r[color]) or
+                                                                   (0.3, 0.3, 0.3))))
+             for _, r in df.iterrows()]
     ax.set_yscale("log")
     _plain_log_ticks(ax)
     ax.set_xlabel(xlabel)
@@ -244,6 +255,7 @@ def plot_memory_vs_gradient(table, x: str = "log_grad", y: str = "memory_mib",
     _legend_outside(fig, ax, "model")
     if title:
         ax.set_title(title)
+    _annotate_apart(ax, notes)
     return fig
 
 
@@ -251,12 +263,15 @@ def plot_accuracy_vs_cost(table, x: str = "time_ms", y: str = "accuracy",
                           col: str = "task", marker: str = "T",
                           xlabel: str = "time per update (ms, log scale)",
                           ylabel: str = "final validation accuracy",
-                          chance: float | None = None):
-    """Accuracy reached against the cost of an update: one panel per ``col`` value, one
-    point per row, coloured by model, with a marker shape per ``marker`` value."""
+                          chance: float | None = None, col_order=None):
+    """Accuracy reached against the cost of an update: one panel per ``col`` value (in
+    ``col_order``, default sorted), one point per row, coloured by model, with a marker
+    shape per ``marker`` value (keyed in the legend when there are several)."""
     df = pd.DataFrame(table)
     _require(df, ["model", x, y, col, marker])
-    values = sorted(df[col].unique())
+    present = set(df[col].unique())  # no empty panel for a value without rows
+    values = (sorted(present) if col_order is None
+              else [v for v in col_order if v in present])
     fig, axes = _panels(len(values))
     shapes = dict(zip(sorted(df[marker].unique()), "osD^v", strict=False))
     for ax, v in zip(axes, values, strict=True):
@@ -282,8 +297,9 @@ def plot_accuracy_vs_cost(table, x: str = "time_ms", y: str = "accuracy",
                           label=model_label(m))
                for m in _by_model_order(df["model"].unique())]
     # the shapes' key is hollow: a filled grey circle is the RNN (its colour is grey)
-    handles += [plt.Line2D([], [], ls="", marker=s, mfc="white", mec="black",
-                           label=f"{marker} = {k}") for k, s in shapes.items()]
+    if len(shapes) > 1:
+        handles += [plt.Line2D([], [], ls="", marker=s, mfc="white", mec="black",
+                               label=f"{marker} = {k}") for k, s in shapes.items()]
     if chance is not None:
         handles.append(plt.Line2D([], [], label="chance", **_CHANCE))
     axes[-1].legend(handles=handles, fontsize="small", loc="center left",
@@ -321,7 +337,8 @@ def plot_panels(tables: Mapping, x: str, y: str, ylabels, xlabel: str,
                 titles=None, marker: str = "o"):
     """Side-by-side panels with their own y axes, one line per model in each: e.g. the
     authors' memory numbers next to ours. ``tables``: {panel title: DataFrame with
-    columns ``model``, ``x``, ``y``}; ``ylabels``: one label per panel."""
+    columns ``model``, ``x``, ``y``}; ``ylabels``: one label per panel. One legend,
+    below the panels, names the models of all of them."""
     fig, axes = _panels(len(tables), sharey=False)
     for ax, (name, t), yl in zip(axes, tables.items(), ylabels, strict=True):
         df = pd.DataFrame(t)
@@ -332,8 +349,24 @@ def plot_panels(tables: Mapping, x: str, y: str, ylabels, xlabel: str,
         ax.set_xlabel(xlabel)
         ax.set_ylabel(yl)
         ax.set_title(name)
-        ax.legend(fontsize="small")
+    # one legend below the panels, where it covers no curve: every model of any panel
+    entries = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, h)
+    # the models in their usual order, each followed by its variants ("MemRNN (plain
+    # autograd)" after "MemRNN")
+    order = [model_label(m) for m in MODEL_LABELS]
+
+    def rank(label):
+        name = label.split()[0]
+        return (order.index(name) if name in order else len(order), label)
+
+    labels = sorted(entries, key=rank)
     fig.tight_layout()
+    if entries:
+        fig.legend([entries[lb] for lb in labels], labels, fontsize="small",
+                   loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
     return fig
 
 
@@ -359,7 +392,8 @@ def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = 
     values = list(col_order) if col_order is not None else sorted(df[col].unique())
     if not values:
         return empty_figure(xlabel, ylabel)
-    fig, axes = _panels(len(values))
+    # at most RUN_COLUMNS panels a row, so that the figure fits the book's column
+    fig, axes = _panels(len(values), width=3.2, height=3.1, ncols=RUN_COLUMNS)
     drawn_models, clipped = [], False
     for ax, v in zip(axes, values, strict=True):
         g = df[df[col] == v]
@@ -373,7 +407,9 @@ def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = 
                 xs, ys = h[x].to_numpy()[:cut], yv[:cut]
                 if len(xs):
                     finite_any = True
-                    ax.plot(xs, ys, lw=1.4, alpha=0.85, color=model_color(m))
+                    # a run with one evaluation is a dot (a line of one point is nothing)
+                    ax.plot(xs, ys, lw=1.4, alpha=0.85, color=model_color(m),
+                            marker="o" if len(xs) == 1 else None, ms=4)
                     if m not in drawn_models:
                         drawn_models.append(m)
                 if bad.any() and clip_top is not None:
@@ -389,10 +425,10 @@ def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = 
         _finish_panel(ax, v, chance, chance_label, xlabel, col_title, logy=logy)
         if not finite_any:
             ax.text(0.5, 0.5, "no finite value\n(see the table of runs)",
-                    transform=ax.transAxes, ha="center", va="center", fontsize=9,
+                    transform=ax.transAxes, ha="center", va="center", fontsize="small",
                     color="0.35")
-            if len(g):
-                ax.set_xlim(0, max(1, float(g[x].max())) * 1.05)
+        if len(g) and (not finite_any or g[x].nunique() == 1):  # no span to show
+            ax.set_xlim(0, max(1, float(g[x].max())) * 1.05)
         if solved is not None:
             ax.axhline(solved, color="0.3", ls="--", lw=1.0)
     if clip_top is not None:  # once all panels are drawn (they share the y axis)
@@ -401,7 +437,11 @@ def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = 
         if len(shown):
             low = shown.min()
             axes[0].set_ylim(low * 0.7 if logy else low - 0.05 * (clip_top - low), clip_top)
-    axes[0].set_ylabel(ylabel)
+    for ax in axes:
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel(ylabel)
+        if clipped:  # the crosses sit on the top edge: the title clear above them
+            ax.set_title(ax.get_title(), pad=12)
     handles = [plt.Line2D([], [], color=model_color(m), lw=1.8, label=model_label(m))
                for m in drawn_models]
     if chance is not None:
@@ -414,8 +454,10 @@ def plot_run_curves(table, y: str = "val_accuracy", x: str = "step", col: str = 
     if clipped:
         handles.append(plt.Line2D([], [], ls="", marker="x", ms=8, mew=2, color="0.4",
                                   label=clip_label))
-    axes[-1].legend(handles=handles, title="model", fontsize="small", loc="center left",
-                    bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    # one legend below the panels (bbox "tight" keeps it when the figure is saved)
+    fig.legend(handles=handles, title="model", fontsize="small", loc="upper center",
+               bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), frameon=False)
     return fig
 
 
@@ -440,7 +482,7 @@ def plot_updates_to_solve(table, x: str = "T", y: str = "solved_step", col: str 
         return empty_figure(xlabel, ylabel)
     xs = sorted(df[x].unique())
     models = _by_model_order(df["model"].unique())
-    fig, axes = _panels(len(values))
+    fig, axes = _panels(len(values), width=3.7)
     for ax, v in zip(axes, values, strict=True):
         g = df[df[col] == v]
         for k, m in enumerate(models):

@@ -157,6 +157,53 @@ def _legend_outside(fig, ax, title=None) -> None:
         ax.legend(handles, labels, title=title, fontsize="small", loc="center left",
                   bbox_to_anchor=(1.02, 0.5))
 
+# Where a point's label may go, in points from the point (first choice first): right of
+# it or left of it, just above or below, then ever further up and down (with a leader line)
+_NOTE_OFFSETS = tuple((dx, dy, "left" if dx > 0 else "right", "bottom" if dy > 0 else "top")
+                      for step in (4, 14, 24, 34, 44, 54) for dy in (step, -step)
+                      for dx in (5, -5))
+
+
+def _annotate_apart(ax, notes) -> list:
+    """Label points (``notes``: (text, (x, y)[, colour]), in data coordinates) so that no
+    label overlaps another: each goes to the first place of :data:`_NOTE_OFFSETS` clear
+    of those already placed (the first place when none is; the readability check then
+    says so), a label moved away from its point with a thin leader line. Call it once
+    the axes' limits and scales are set."""
+    from matplotlib.text import Text
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+
+    def place(text, xy, color, dx, dy, ha, va):
+        far = abs(dy) > 14
+        return ax.annotate(text, xy, xytext=(dx, dy), textcoords="offset points",
+                           fontsize="small", ha=ha, va=va, color=color,
+                           arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6,
+                                       "shrinkA": 0, "shrinkB": 3} if far else None)
+
+    placed, boxes = [], []
+    for text, xy, *color in notes:
+        if not np.isfinite(np.asarray(xy, dtype=float)).all():
+            continue  # a point not drawn (a missing value) gets no label
+        color = color[0] if color else None
+        for offset in _NOTE_OFFSETS:
+            note = place(text, xy, color, *offset)
+            note.update_positions(renderer)
+            box = Text.get_window_extent(note, renderer)  # the text, not its leader
+            if not any(box.overlaps(b) for b in boxes):
+                break
+            note.remove()
+        else:
+            note = place(text, xy, color, *_NOTE_OFFSETS[0])
+            note.update_positions(renderer)
+            box = Text.get_window_extent(note, renderer)
+        placed.append(note)
+        boxes.append(box)
+    return placed
+
+
 def empty_figure(xlabel: str, ylabel: str):
     """A figure that says there is nothing to show yet (a plan not run this far)."""
     fig, ax = plt.subplots(figsize=(5, 2.5))

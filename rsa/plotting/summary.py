@@ -47,7 +47,7 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
         raise ValueError("no stored copy or denoise runs to draw")
     camp = pd.DataFrame(campaign) if campaign is not None else pd.DataFrame(
         columns=["task", "T", "model", "best", "state"])
-    fig, ax = plt.subplots(figsize=(max(0.95 * len(models) + 2.2, 8.0), 0.55 * len(rows) + 2.4))
+    fig, ax = plt.subplots(figsize=(0.95 * len(models) + 2.2, 0.55 * len(rows) + 2.4))
     budgets = set()
     for i, (task, T) in enumerate(rows):
         for j, m in enumerate(models):
@@ -74,7 +74,7 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
     ax.set_xlim(0, len(models))
     ax.set_ylim(len(rows), 0)
     ax.set_xticks(np.arange(len(models)) + 0.5, [model_label(m) for m in models],
-                  rotation=30, ha="left", rotation_mode="anchor")
+                  rotation=90, ha="center", va="bottom")  # upright: no two collide
     ax.xaxis.tick_top()
     ax.set_yticks(np.arange(len(rows)) + 0.5, [f"{t}, $T$ = {T}" for t, T in rows])
     ax.tick_params(length=0, labelsize=12)
@@ -92,7 +92,8 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
         handles.append(Patch(facecolor="white", edgecolor=CAMPAIGN_COLOR, lw=2,
                              label=f"campaign at the authors' budget{auth}: best accuracy "
                                    f"so far"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2,
+    # one entry a line: two columns would make the figure wider than the page column
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=1,
               fontsize=11, frameon=False)
     fig.tight_layout()
     return fig

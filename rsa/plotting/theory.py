@@ -131,15 +131,19 @@ def _log_edges(v: np.ndarray) -> np.ndarray:
 def plot_floor_map(values, xs, ys, ax=None, xlabel: str = "", ylabel: str = "",
                    cbar_label: str = r"$\log_{10} g$", contours=None,
                    contour_label: str | None = None, curve=None, annotate: bool = True,
-                   vmin: float | None = None, title: str | None = None):
+                   vmin: float | None = None, title: str | None = None,
+                   lines=()):
     """A map of ``log10(values)`` over a grid: ``values[a, b]`` at (``xs[b]``, ``ys[a]``).
 
     Both axes are logarithmic (``xs``, ``ys``: positive and increasing). ``contours``:
     an optional (array like ``values``, levels) pair drawn as dashed lines (e.g. the
     cost nu + rho), named ``contour_label`` in the legend (unlabelled on the map, where
     the cell values are written).
-    ``curve``: an optional (x, y, label) drawn on top. ``annotate`` writes each cell's
-    value. ``vmin`` clips the colour scale from below (cells under it share one colour).
+    ``curve``: an optional (x, y, label) drawn on top. ``lines``: more level lines,
+    each (array like ``values``, levels, label, dict of line keywords: ``color``,
+    ``ls``, ``lw``), drawn solid white by default and named in the legend. ``annotate``
+    writes each cell's value. ``vmin`` clips the colour scale from below (cells under it
+    share one colour).
     """
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -168,6 +172,11 @@ def plot_floor_map(values, xs, ys, ax=None, xlabel: str = "", ylabel: str = "",
                    linewidths=1.2, linestyles="--")
         if contour_label:
             handles.append(Line2D([], [], color="white", ls="--", label=contour_label))
+    for C, levels, label, kw in lines:
+        style = {"color": "white", "ls": "-", "lw": 2.2, **kw}
+        ax.contour(xs, ys, np.asarray(C, dtype=float), levels=levels,
+                   colors=style["color"], linewidths=style["lw"], linestyles=style["ls"])
+        handles.append(Line2D([], [], label=label, **style))
     if curve is not None:
         cx, cy, clabel = curve
         (line,) = ax.plot(cx, cy, color="tab:red", lw=2, label=clabel)
@@ -185,7 +194,7 @@ def plot_floor_map(values, xs, ys, ax=None, xlabel: str = "", ylabel: str = "",
     ax.set_ylabel(ylabel)
     if handles:  # below the axes, so that no cell is hidden
         leg = ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                        ncol=len(handles), fontsize="small", facecolor="0.3",
+                        ncol=min(len(handles), 2), fontsize="small", facecolor="0.3",
                         framealpha=0.9)
         for text in leg.get_texts():
             text.set_color("white")
