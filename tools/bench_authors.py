@@ -58,10 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rsa.models.heads import build_task_model
-from rsa.tasks import copy_batch, get_task
-from rsa.train.config import resolve_config
-from rsa.train.loop import make_optimizer, train_step
+from rsa.train.loop import train_step
 
 AUTHOR_FILES = ("RNN.py", "common.py", "exp_numpy.py", "copytask.py")
 HOW_TO_GET = ("get the authors' code with: git clone https://github.com/bhargav104/MemoryNets "
@@ -166,14 +163,11 @@ def authors_step(net, opt, x, y, diagnostics: bool) -> float:
 def rsa_setup(T: int, kernel: str, batch: int, seed: int = 0):
     """rsa's RelRNN on the copy task (tools/bench_kernels.py's setup), tanh, nu 10, rho 15,
     with the authors' lr."""
-    c = resolve_config(model="relrnn", task="copy", T=T, batch=batch, hidden_size=HIDDEN,
-                       kernel=kernel, nonlinearity="tanh", nu=NU, rho=RHO, lr=LR)
-    torch.manual_seed(seed)
-    m = build_task_model(c.model, get_task(c.task), c.hidden_size, nu=c.nu, rho=c.rho,
-                         nonlinearity=c.nonlinearity, init=c.init, kernel=c.kernel)
-    opt = make_optimizer(c.optimizer, m.parameters(), c.lr)
-    x, y = copy_batch(T, batch, torch.Generator().manual_seed(1 + seed))
-    return m, opt, x, y, c.clip
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_kernels import _setup
+
+    return _setup("relrnn", T, kernel, batch, HIDDEN, seed, nonlinearity="tanh", nu=NU,
+                  rho=RHO, lr=LR)
 
 
 def bench(authors_folder: Path, T: int, batch: int, rounds: int) -> dict:

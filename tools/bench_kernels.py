@@ -34,9 +34,12 @@ from rsa.train.config import resolve_config
 from rsa.train.loop import make_optimizer, train_step
 
 
-def _setup(model: str, T: int, kernel: str, batch: int, hidden: int, seed: int = 0):
+def _setup(model: str, T: int, kernel: str, batch: int, hidden: int, seed: int = 0,
+           **options):
+    """A model on the copy task, its optimizer, one batch and the clipping norm, for
+    :func:`rsa.train.loop.train_step` (``options``: other train settings, e.g. ``lr``)."""
     c = resolve_config(model=model, task="copy", T=T, batch=batch, hidden_size=hidden,
-                       kernel=kernel)
+                       kernel=kernel, **options)
     torch.manual_seed(seed)
     m = build_task_model(c.model, get_task(c.task), c.hidden_size, nu=c.nu, rho=c.rho,
                          nonlinearity=c.nonlinearity, init=c.init, kernel=c.kernel)

@@ -105,6 +105,27 @@ def _cell(Z, A, C, TC, H, t, ib, one):  # pragma: no cover - compiled
             h[k] = a[3 * n + k] * tc[k]
 
 
+def _cell_grad(G, gh, A, C, TC, DZ, gcell, t, one):  # pragma: no cover - compiled
+    """The cell's backward at step t: from G_h_t = G[t] + gh (B, n), the gates' gradients
+    into DZ[t] (G_z_t, B, 4n); ``gcell`` holds G_cell_{t+1} on entry and G_cell_t on
+    return (G_cell_t = G_h_t sigma(o) (1 - tanh^2 cell_t) + G_cell_{t+1} sigma(f_{t+1}))."""
+    T, B, n = C.shape
+    for b in range(B):
+        a, dz = A[t, b], DZ[t, b]
+        for k in range(n):
+            ghk = G[t, b, k] + gh[b, k]
+            i_, f_, g_, o_ = a[k], a[n + k], a[2 * n + k], a[3 * n + k]
+            tc = TC[t, b, k]
+            gck = ghk * o_ * (one - tc * tc)
+            if t < T - 1:
+                gck += gcell[b, k] * A[t + 1, b, n + k]
+            gcell[b, k] = gck
+            dz[k] = gck * g_ * (i_ * (one - i_))
+            dz[n + k] = gck * C[t - 1, b, k] * (f_ * (one - f_)) if t > 0 else 0 * gck
+            dz[2 * n + k] = gck * i_ * (one - g_ * g_)
+            dz[3 * n + k] = ghk * tc * (o_ * (one - o_))
+
+
 def _forward(ux, VQT, WkT, v, nu, rho, lim):  # pragma: no cover - compiled
     """The whole forward. Returns H, A (activated gates, T, B, 4n), C (cells), TC
     (their tanh), S (S[t] = s_{t-1}), QA (a_t), KA (b_t), EQ, EK (their exp(2 .)), FQ,
@@ -178,22 +199,10 @@ def _backward(gH, H, A, C, TC, QA, KA, EQ, EK, FQ, FK, SL, ALPHA, VQ, Wk, v, nu,
     g = np.empty(nu + rho, dt)
     for t in range(T - 1, -1, -1):
         np.dot(GB[t], Wk, gh)
+        _cell_grad(GH, gh, A, C, TC, DZ, gcell, t, one)
         for b in range(B):
-            a, dz = A[t, b], DZ[t, b]
-            for k in range(n):
-                ghk = GH[t, b, k] + gh[b, k]
-                i_, f_, g_, o_ = a[k], a[n + k], a[2 * n + k], a[3 * n + k]
-                tc = TC[t, b, k]
-                gck = ghk * o_ * (one - tc * tc)
-                if t < T - 1:
-                    gck += gcell[b, k] * A[t + 1, b, n + k]
-                gcell[b, k] = gck
-                dz[k] = gck * g_ * (i_ * (one - i_))
-                dz[n + k] = gck * C[t - 1, b, k] * (f_ * (one - f_)) if t > 0 else 0 * gck
-                dz[2 * n + k] = gck * i_ * (one - g_ * g_)
-                dz[3 * n + k] = ghk * tc * (o_ * (one - o_))
             for k in range(4 * n):
-                zg[b, k] = dz[k]
+                zg[b, k] = DZ[t, b, k]
         if t == 0:
             break
         np.dot(zg, VQ, gc)
@@ -247,20 +256,7 @@ def _lstm_backward(gH, A, C, TC, V):  # pragma: no cover - compiled
     for t in range(T - 1, -1, -1):
         if t < T - 1:
             np.dot(DZ[t + 1], V, gh)
-        for b in range(B):
-            a, dz = A[t, b], DZ[t, b]
-            for k in range(n):
-                ghk = gH[t, b, k] + gh[b, k]
-                i_, f_, g_, o_ = a[k], a[n + k], a[2 * n + k], a[3 * n + k]
-                tc = TC[t, b, k]
-                gck = ghk * o_ * (one - tc * tc)
-                if t < T - 1:
-                    gck += gcell[b, k] * A[t + 1, b, n + k]
-                gcell[b, k] = gck
-                dz[k] = gck * g_ * (i_ * (one - i_))
-                dz[n + k] = gck * C[t - 1, b, k] * (f_ * (one - f_)) if t > 0 else 0 * gck
-                dz[2 * n + k] = gck * i_ * (one - g_ * g_)
-                dz[3 * n + k] = ghk * tc * (o_ * (one - o_))
+        _cell_grad(gH, gh, A, C, TC, DZ, gcell, t, one)
     return DZ
 
 
@@ -268,6 +264,8 @@ if numba is not None:
     _FAST = {"reassoc", "contract"}  # reordered sums (rounding only), vectorised loops
     _cell = numba.njit(cache=True, nogil=True, inline="always", fastmath=_FAST,
                        error_model="numpy")(_cell)
+    _cell_grad = numba.njit(cache=True, nogil=True, inline="always", fastmath=_FAST,
+                            error_model="numpy")(_cell_grad)
     _lstm_forward = numba.njit(cache=True, nogil=True, fastmath=_FAST,
                                error_model="numpy")(_lstm_forward)
     _lstm_backward = numba.njit(cache=True, nogil=True, fastmath=_FAST,
