@@ -181,25 +181,30 @@ def test_the_time_to_budget_of_a_run_with_a_short_history(tmp_path):
     assert row["hours to budget"] == pytest.approx(500 * 3.0 / 3600)
 
 
-def test_every_stored_or_in_flight_run_keeps_the_kernel_of_its_job():
-    """A job's arguments name the kernel its runs trained on: the torch kernel for those
-    started before the compiled kernels landed (their results record none, or 'torch'),
-    so that resuming them never switches kernel."""
+def test_every_stored_run_records_the_kernel_of_its_job_and_in_flight_runs_their_parts():
+    """A stored run's job names the kernel its record holds (the torch kernel for those
+    trained before the compiled kernels landed: their results record none, or 'torch'),
+    so that its recorded command names it. An in-flight run may resume on another kernel
+    than its last part's (the RelRNN copy T = 1000 did): every part then names its
+    kernel, and the last part's is the checkpoint's."""
     from rsa.book import data_dir
 
     data = data_dir()
-    seen = 0
+    stored = inflight = 0
     for job in campaign.JOBS:
         for seed in job.seeds:
             name = job.name(seed)
-            stored = data / campaign.SCALE / name / "results.json"
-            inflight = data / campaign.SCALE / "inflight" / f"{name}.pt"
-            if stored.is_file():
-                config = io.load_json(stored)["config"]
-            elif inflight.is_file():
-                config = torch.load(inflight, map_location="cpu", weights_only=True)["config"]
-            else:
-                continue
-            seen += 1
-            assert config.get("kernel", "torch") == job.args.get("kernel", "torch"), name
-    assert seen >= 10
+            results = data / campaign.SCALE / name / "results.json"
+            state = data / campaign.SCALE / "inflight" / f"{name}.pt"
+            if results.is_file():
+                config = io.load_json(results)["config"]
+                assert config.get("kernel", "torch") == job.args.get("kernel", "torch"), name
+                stored += 1
+            elif state.is_file():
+                ckpt = torch.load(state, map_location="cpu", weights_only=True)
+                made = ckpt["config"].get("kernel", "torch")
+                parts = [g.get("kernel", made) for g in ckpt["state"]["segments"]]
+                assert parts and parts[-1] == made, name
+                assert set(parts) <= {"torch", "compiled"}, name
+                inflight += 1
+    assert stored >= 8 and stored + inflight >= 10

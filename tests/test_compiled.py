@@ -117,17 +117,56 @@ def test_config_kernel_default_and_errors():
         resolve_config(**TINY, kernel="compiled", device="cuda")
 
 
-def test_compiled_run_records_its_kernel_and_resumes_on_it(tmp_path):
+def _segment_kernels(out):
+    import json
+    return [(g["start_step"], g["end_step"], g["kernel"])
+            for g in json.loads((out / "results.json").read_text())["summary"]["segments"]]
+
+
+def _same_weights(a, b, exact):
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(p, q) if exact else torch.allclose(p, q, rtol=1e-4, atol=1e-5)
+
+
+def _check_kernel_resume(tmp_path, capfd, args):
+    """A run records its kernel in each part; resumed on its kernel it continues exactly;
+    resumed on the other kernel it trains on (the switch said and recorded) to the same
+    weights within float32 rounding; a checkpoint whose parts name no kernel (made when
+    the kernel was an identity field) ran on its config's kernel."""
+    import shutil
+
     from rsa import io
     from rsa.train import train
-    out = tmp_path / "run"
-    r = train(**TINY, steps=2, kernel="compiled", out_dir=str(out))
+    from rsa.train.checkpoint import CHECKPOINT
+    out, same, other = tmp_path / "run", tmp_path / "same", tmp_path / "other"
+    r = train(**args, steps=2, kernel="compiled", out_dir=str(out))
     assert r.model.core.kernel == "compiled"
     assert io.load_manifest(out)["parameters"]["kernel"] == "compiled"
-    with pytest.raises(ValueError, match=r"different config.*'kernel': \('compiled', 'torch'\)"):
-        train(**TINY, steps=4, out_dir=str(out))
-    resumed = train(**TINY, steps=4, kernel="compiled", out_dir=str(out))
-    assert resumed.summary["steps_done"] == 4
+    assert _segment_kernels(out) == [(0, 2, "compiled")]
+    shutil.copytree(out, same)
+    shutil.copytree(out, other)
+    capfd.readouterr()
+    resumed = train(**args, steps=4, kernel="compiled", out_dir=str(same))
+    assert "kernel" not in capfd.readouterr().err
+    _same_weights(resumed, train(**args, steps=4, kernel="compiled"), exact=True)
+    assert _segment_kernels(same) == [(0, 2, "compiled"), (2, 4, "compiled")]
+    switched = train(**args, steps=4, out_dir=str(other))  # the torch kernel
+    assert ("from update 2 of 4 on the torch kernel (its updates so far ran on the compiled "
+            "kernel") in capfd.readouterr().err
+    assert switched.model.core.kernel == "torch"
+    assert _segment_kernels(other) == [(0, 2, "compiled"), (2, 4, "torch")]
+    _same_weights(switched, resumed, exact=False)
+    # a checkpoint from before segments named their kernel: its parts ran on its config's
+    ckpt = torch.load(out / CHECKPOINT, weights_only=True)
+    del ckpt["config"]["kernel"], ckpt["state"]["segments"][0]["kernel"]
+    torch.save(ckpt, out / CHECKPOINT)
+    train(**args, steps=3, kernel="compiled", out_dir=str(out))
+    assert "ran on the torch kernel" in capfd.readouterr().err
+    assert _segment_kernels(out) == [(0, 2, "torch"), (2, 3, "compiled")]
+
+
+def test_compiled_run_records_its_kernel_and_may_resume_on_the_other(tmp_path, capfd):
+    _check_kernel_resume(tmp_path, capfd, TINY)
 
 
 def test_compiled_training_equals_torch_training():
@@ -497,19 +536,7 @@ def test_relrnn_kernel_option():
 
 
 @pytest.mark.parametrize("model", ["relrnn", "rellstm", "memrnn"])
-def test_compiled_screened_run_records_its_kernel_and_resumes_on_it(tmp_path, model):
-    from rsa import io
-    from rsa.train import train
-    RELRNN_TINY = dict(TINY, model=model, T=4, **({} if model == "memrnn" else
-                                                  dict(nu=2, rho=3)))
-    out = tmp_path / "run"
-    r = train(**RELRNN_TINY, steps=2, kernel="compiled", out_dir=str(out))
-    assert r.model.core.kernel == "compiled"
-    assert io.load_manifest(out)["parameters"]["kernel"] == "compiled"
-    with pytest.raises(ValueError, match=r"different config.*'kernel': \('compiled', 'torch'\)"):
-        train(**RELRNN_TINY, steps=4, out_dir=str(out))
-    resumed = train(**RELRNN_TINY, steps=4, kernel="compiled", out_dir=str(out))
-    assert resumed.summary["steps_done"] == 4
-    fresh = train(**RELRNN_TINY, steps=4)  # the torch path, float32: the same training
-    for p, q in zip(resumed.model.parameters(), fresh.model.parameters(), strict=True):
-        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)
+def test_compiled_screened_run_records_its_kernel_and_may_resume_on_the_other(
+        tmp_path, capfd, model):
+    _check_kernel_resume(tmp_path, capfd, dict(TINY, model=model, T=4, **(
+        {} if model == "memrnn" else dict(nu=2, rho=3))))

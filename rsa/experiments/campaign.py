@@ -101,8 +101,9 @@ def _denoise_rellstm(seed: int) -> Job:
 
 # The compiled CPU kernel (rsa.models.kernels.compiled*, equal to the torch kernel to
 # 1e-10 in float64, two to four times faster here) for the jobs not yet started when it
-# landed; a run keeps the kernel that started it, so the jobs already stored or in flight
-# keep the torch kernel.
+# landed, and for the RelRNN copy T = 1000, which resumed on it at update 47 000 (each
+# part of a run records its kernel); the jobs already stored keep the torch kernel that
+# trained them, so that their recorded command names it.
 _COMPILED = {"kernel": "compiled"}
 
 
@@ -120,7 +121,8 @@ JOBS: tuple[Job, ...] = (
         seeds=(0, 1, 2), population=True),
     _denoise_rellstm(0),
     Job("c", "RelRNN, copy, T = 1000 (the authors' README command)",
-        _seq("relrnn", "copy", 1000, nu=10, rho=15, lr=2e-4, nonlinearity="tanh")),
+        _seq("relrnn", "copy", 1000, nu=10, rho=15, lr=2e-4, nonlinearity="tanh",
+             **_COMPILED)),
     _denoise_rellstm(1),
     _denoise_rellstm(2),
     Job("d", "SAB, copy, T = 20, the release's training",

@@ -18,12 +18,14 @@ from rsa.models.heads import check_model_kernel
 from rsa.tasks import get_task, train_size
 
 OPTIMIZERS = ("rmsprop", "adam")
-# Fields that must match to resume from a checkpoint (steps may grow; device, output
-# folder, progress bar and data folder may change).
+# Fields that must match to resume from a checkpoint (steps may grow; device, kernel,
+# output folder, progress bar and data folder may change: the device and the kernel
+# compute the same function, and each part of a run records where and on which kernel
+# it ran, in its segment).
 _IDENTITY = ("model", "task", "T", "hidden_size", "optimizer", "lr", "clip", "batch", "seed",
              *(o.name for o in registry.config_options()), "eval_every", "eval_batch",
-             "stop_when_solved", "stall_updates", "patience_updates", "kernel")
-# identity fields added later, with the value a checkpoint without them was made with
+             "stop_when_solved", "stall_updates", "patience_updates")
+# fields added later, with the value a checkpoint without them was made with
 _IDENTITY_DEFAULTS = {"stop_when_solved": False, "stall_updates": 0, "patience_updates": 0,
                       "kernel": "torch"}
 
@@ -76,8 +78,10 @@ class TrainConfig:
     (the compiled CPU kernel of :mod:`rsa.models.kernels.compiled`, and
     :mod:`rsa.models.kernels.compiled_screened` for the RelRNN and the MemRNN,
     :mod:`rsa.models.kernels.compiled_rellstm` for the RelLSTM, for the models that have
-    one); an identity field, so a run resumes on the kernel that trained it, and a
-    stored run without it reads as ``"torch"``.
+    one). Both kernels compute the same function (equal to 1e-10 in float64; float32
+    differs in the last bits, as between two CPUs), so, like ``device``, it may change
+    when a run resumes: each segment of the run records its kernel, a stored run without
+    it reads as ``"torch"``, and resuming on the same kernel continues exactly.
 
     ``out_dir=None`` writes nothing. ``data_dir`` is the MNIST folder (default
     ``data/mnist``).

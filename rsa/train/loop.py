@@ -33,7 +33,14 @@ from rsa.train.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from rsa.train.config import OPTIMIZERS, TrainConfig, config_command, resolve_config, torch_device
+from rsa.train.config import (
+    _IDENTITY_DEFAULTS,
+    OPTIMIZERS,
+    TrainConfig,
+    config_command,
+    resolve_config,
+    torch_device,
+)
 from rsa.train.lock import hold
 from rsa.train.state import Interval, RunState
 from rsa.train.stopping import _stop_reason, memoryless_loss, solved_at
@@ -274,8 +281,12 @@ def _open(c: TrainConfig, argv) -> tuple[_Run, RunState, TrainResult | None]:
         ckpt = resumable_checkpoint(run.checkpoint, c, run.recorded, run.device)
         state = RunState.from_checkpoint(restore(run.checkpoint, ckpt, run.model,
                                                  run.optimizer, run.stream, run.device))
+        made_on = _segment_kernels(state, ckpt["config"])
         if state.step < c.steps and not state.stopped_early:
-            print(f"resuming {run.out} from update {state.step} of {c.steps}",
+            switch = ("" if made_on == c.kernel else
+                      f" on the {c.kernel} kernel (its updates so far ran on the {made_on} "
+                      f"kernel; each part records its kernel)")
+            print(f"resuming {run.out} from update {state.step} of {c.steps}{switch}",
                   file=sys.stderr, flush=True)
         finished = _finished_run(run.out, state, c)
         if finished is not None:  # nothing to train: the record stays as it is
@@ -291,6 +302,16 @@ def _open(c: TrainConfig, argv) -> tuple[_Run, RunState, TrainResult | None]:
             command=config_command(TrainConfig(**run.recorded)),
             files=["results.json", "history.csv", "manifest.json", CHECKPOINT, MODEL_FILE])
     return run, state, None
+
+
+def _segment_kernels(state: RunState, made: dict) -> str:
+    """The kernel of the checkpoint's last part, after filling in the kernel of its parts
+    recorded before segments named it (until then the kernel was an identity field, so
+    every such part ran on the checkpoint's ``kernel``, absent meaning ``"torch"``)."""
+    made_on = made.get("kernel", _IDENTITY_DEFAULTS["kernel"])
+    for seg in state.segments:
+        seg.setdefault("kernel", made_on)
+    return state.segments[-1]["kernel"] if state.segments else made_on
 
 
 def _prepare(c: TrainConfig) -> _Run:
@@ -345,7 +366,8 @@ def _run_updates(run: _Run, state: RunState) -> None:
 def _start_segment(run: _Run, state: RunState) -> dict:
     """This call's segment (where it ran, from which step), recorded if it trains."""
     segment = {"start_step": state.step, "end_step": state.step, "wall_time_s": 0.0,
-               "device": str(run.device), "cpu": io._cpu_model(),
+               "device": str(run.device), "kernel": run.config.kernel,
+               "cpu": io._cpu_model(),
                "torch_threads": torch.get_num_threads(),
                "git": io.git_commit()}  # the code of this part (with its diff if dirty)
     if state.step < run.config.steps and not state.stopped_early:
