@@ -181,6 +181,28 @@ def test_the_time_to_budget_of_a_run_with_a_short_history(tmp_path):
     assert row["hours to budget"] == pytest.approx(500 * 3.0 / 3600)
 
 
+def test_the_time_to_budget_follows_the_current_part_once_it_has_three_intervals(tmp_path):
+    # 30 intervals at 4 s an update on the torch kernel, then a part on the compiled
+    # kernel at 1 s an update: with 2 intervals of it the estimate is still the last 20's
+    # median (4 s); with 3 it is the new part's 1 s
+    jobs = (Job("x", "tiny", {**ARGS, "steps": 100_000}),)
+    path = tmp_path / "data" / "paper" / "inflight" / f"{jobs[0].name(0)}.pt"
+    path.parent.mkdir(parents=True)
+    for new, pace in ((2, 4.0), (3, 1.0)):
+        hist, wall = [], 0.0
+        for k in range(31 + new):
+            hist.append({"step": 250 * k, "wall_time_s": wall})
+            wall += 250 * (4.0 if k < 30 else 1.0)
+        step = hist[-1]["step"]
+        segs = [{"start_step": 0, "kernel": "torch"}, {"start_step": 7500, "kernel": "compiled"}]
+        torch.save({"config": {"kernel": "compiled"},
+                    "state": {"step": step, "best_val_accuracy": 0.5, "segments": segs,
+                              "wall_time_s": hist[-1]["wall_time_s"], "history": hist}}, path)
+        row = campaign.status_table(tmp_path / "data", jobs).loc[0]
+        assert row["hours to budget"] == pytest.approx((100_000 - step) * pace / 3600), new
+        assert row["kernel"] == "torch, compiled from 7 500"
+
+
 def test_every_stored_run_records_the_kernel_of_its_job_and_in_flight_runs_their_parts():
     """A stored run's job names the kernel its record holds (the torch kernel for those
     trained before the compiled kernels landed: their results record none, or 'torch'),
@@ -208,3 +230,20 @@ def test_every_stored_run_records_the_kernel_of_its_job_and_in_flight_runs_their
                 assert set(parts) <= {"torch", "compiled"}, name
                 inflight += 1
     assert stored >= 8 and stored + inflight >= 10
+
+
+def test_kernel_parts_names_each_kernel_and_where_it_took_over():
+    parts = campaign.kernel_parts
+    assert parts([], {}) == "torch"
+    assert parts([], {"kernel": "compiled"}) == "compiled"
+    # parts recorded before they named their kernel ran on the config's (a resume fills
+    # them in, rsa.train.loop, before its own part is added)
+    old = [{"start_step": 0}, {"start_step": 40343}]
+    assert parts(old, {}) == "torch"
+    assert parts(old, {"kernel": "compiled"}) == "compiled"
+    old = [dict(g, kernel="torch") for g in old]
+    assert parts([*old, {"start_step": 47045, "kernel": "compiled"},
+                  {"start_step": 50000, "kernel": "compiled"}],
+                 {"kernel": "compiled"}) == "torch, compiled from 47 045"
+    assert parts([{"start_step": 0, "kernel": "compiled"}, {"start_step": 9, "kernel": "torch"}],
+                 {"kernel": "torch"}) == "compiled, torch from 9"

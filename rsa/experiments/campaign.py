@@ -36,7 +36,7 @@ from pathlib import Path
 from rsa import io
 
 __all__ = ["Job", "JOBS", "AUTHORS_STEPS", "job_command", "job_runs", "run", "snapshot",
-           "status_table", "restore_inflight", "main"]
+           "status_table", "kernel_parts", "restore_inflight", "main"]
 
 SCALE = "paper"
 AUTHORS_STEPS = 200_000  # the authors' scripts: 200 000 updates on copy and denoise
@@ -328,23 +328,45 @@ def _progress(data: Path, name: str) -> dict | None:
 
     stored = data / SCALE / name / "results.json"
     if stored.is_file() and io.load_json(stored).get("complete") is True:
-        s = io.load_json(stored)["summary"]
+        record = io.load_json(stored)
+        s = record["summary"]
         return {"step": s["steps_done"], "best": s["best_val_accuracy"],
                 "wall_s": s["wall_time_s"], "reason": s.get("stop_reason"),
-                "solved_step": s.get("solved_step"), "rate": None, "finished": True}
+                "solved_step": s.get("solved_step"), "rate": None, "finished": True,
+                "kernel": kernel_parts(s.get("segments") or [], record["config"])}
     committed = _inflight(data, name)
     if not committed.is_file():
         return None
-    st = torch.load(committed, map_location="cpu", weights_only=True)["state"]
+    ckpt = torch.load(committed, map_location="cpu", weights_only=True)
+    st = ckpt["state"]
     hist = st["history"]
     # seconds per update: the median over the last 20 logged intervals, so that one
-    # interval spanning a pause (a stopped or restarted process) does not set the pace
+    # interval spanning a pause (a stopped or restarted process) does not set the pace;
+    # only the current part's, once it has three (a part may run on another kernel)
+    pairs = [(a, b) for a, b in zip(hist[:-1], hist[1:], strict=True) if b["step"] > a["step"]]
+    segs = st.get("segments") or []
+    current = [(a, b) for a, b in pairs if segs and a["step"] >= segs[-1]["start_step"]]
     rates = [(b["wall_time_s"] - a["wall_time_s"]) / (b["step"] - a["step"])
-             for a, b in list(zip(hist[:-1], hist[1:], strict=True))[-20:]
-             if b["step"] > a["step"]]
+             for a, b in (current if len(current) >= 3 else pairs)[-20:]]
     rate = statistics.median(rates) if rates else None
     return {"step": st["step"], "best": st["best_val_accuracy"], "wall_s": st["wall_time_s"],
-            "reason": None, "solved_step": None, "rate": rate, "finished": False}
+            "reason": None, "solved_step": None, "rate": rate, "finished": False,
+            "kernel": kernel_parts(st.get("segments") or [], ckpt.get("config", {}))}
+
+
+def kernel_parts(segments: list[dict], config: dict) -> str:
+    """The kernel(s) a run trained on, from its parts (``segments``; a part recorded
+    before parts named their kernel ran on its config's, absent meaning torch):
+    ``"torch"``, ``"compiled"``, or ``"torch, compiled from 47 045"``."""
+    made = config.get("kernel", "torch")
+    words: list[str] = []
+    last = None
+    for seg in segments:
+        k = seg.get("kernel", made)
+        if k != last:
+            words.append(k if last is None else f"{k} from {_n(seg['start_step'])}")
+            last = k
+    return ", ".join(words) or made
 
 
 def _n(k: int) -> str:
@@ -356,7 +378,8 @@ def status_table(data: Path, jobs=JOBS):
     """One row per campaign run (a pandas DataFrame): its cell, title, name, budget and
     the authors', updates done, best validation accuracy so far, CPU-hours spent (one
     thread per job; a population's runs share theirs, counted once on its first run),
-    the estimate to finish the budget at the recent speed, and its state (solved at,
+    the estimate to finish the budget at the recent speed, the kernel it trained on
+    (:func:`kernel_parts`; for a run not started, its job's), and its state (solved at,
     not solved within, in flight, not started)."""
     import pandas as pd
 
@@ -369,12 +392,13 @@ def status_table(data: Path, jobs=JOBS):
             row = {"cell": job.cell, "run": name, "what": job.title, "budget": budget,
                    "authors' budget": job.authors or None, "updates done": None,
                    "best val. accuracy": None, "CPU-hours": None, "hours to budget": None,
-                   "state": "not started"}
+                   "kernel": job.args.get("kernel", "torch"), "state": "not started"}
             if p is not None:
                 shared = job.population and i > 0
                 row.update({
                     "updates done": p["step"], "best val. accuracy": p["best"],
-                    "CPU-hours": None if shared else p["wall_s"] / 3600})
+                    "CPU-hours": None if shared else p["wall_s"] / 3600,
+                    "kernel": p["kernel"]})
                 if p["finished"]:
                     row["state"] = (f"solved at {_n(p['solved_step'])}" if p["solved_step"]
                                     else f"not solved within {_n(p['step'])} ({p['reason']})")
