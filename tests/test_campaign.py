@@ -247,3 +247,18 @@ def test_kernel_parts_names_each_kernel_and_where_it_took_over():
                  {"kernel": "compiled"}) == "torch, compiled from 47 045"
     assert parts([{"start_step": 0, "kernel": "compiled"}, {"start_step": 9, "kernel": "torch"}],
                  {"kernel": "torch"}) == "compiled, torch from 9"
+
+
+def test_a_finished_classification_run_reads_as_finished_not_as_not_solved(tmp_path):
+    """MNIST has no solved rule: its finished run stopped by early stopping or its budget."""
+    jobs = (Job("f", "pixels", {"model": "rnn", "task": "mnist10k", "steps": 8000}),
+            Job("a", "copy", {**ARGS, "steps": 8000}))
+    for job, reason in zip(jobs, ("patience", "budget"), strict=True):
+        folder = tmp_path / "data" / "paper" / job.name(0)
+        folder.mkdir(parents=True)
+        io.write_json(folder / "results.json", {"complete": True, "config": {}, "summary": {
+            "steps_done": 1200, "best_val_accuracy": 0.9, "wall_time_s": 36.0,
+            "stop_reason": reason, "solved_step": None}})
+    table = campaign.status_table(tmp_path / "data", jobs)
+    assert table.loc[0, "state"] == "finished at 1 200 (early stopping)"
+    assert table.loc[1, "state"] == "not solved within 1 200 (budget)"

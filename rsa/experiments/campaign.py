@@ -383,6 +383,8 @@ def status_table(data: Path, jobs=JOBS):
     not solved within, in flight, not started)."""
     import pandas as pd
 
+    from rsa.tasks import get_task
+
     rows = []
     for job in jobs:
         for i, seed in enumerate(job.seeds):
@@ -399,7 +401,12 @@ def status_table(data: Path, jobs=JOBS):
                     "updates done": p["step"], "best val. accuracy": p["best"],
                     "CPU-hours": None if shared else p["wall_s"] / 3600,
                     "kernel": p["kernel"]})
-                if p["finished"]:
+                if p["finished"] and get_task(job.args["task"]).kind != "sequence":
+                    # a classification run (MNIST): no solved rule, early stopping
+                    row["state"] = (f"finished at {_n(p['step'])} ("
+                                    + ("early stopping" if p["reason"] == "patience"
+                                       else p["reason"]) + ")")
+                elif p["finished"]:
                     row["state"] = (f"solved at {_n(p['solved_step'])}" if p["solved_step"]
                                     else f"not solved within {_n(p['step'])} ({p['reason']})")
                 else:
