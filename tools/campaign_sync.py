@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CHAPTERS = ("copy_denoise.ipynb", "digits.ipynb", "reproducibility.ipynb")  # the chapters that read it
+# the chapters that read it
+CHAPTERS = ("copy_denoise.ipynb", "digits.ipynb", "reproducibility.ipynb")
 BEGIN = "<!-- campaign-table: begin (python tools/campaign_sync.py) -->"
 END = "<!-- campaign-table: end -->"
 
