@@ -69,17 +69,43 @@ def compare(model, x, freeze_attention=False):
     dict(top_k=1, attn_every_k=1, truncate_length=4),   # k = 1: every weight 0
     dict(top_k=2, attn_every_k=2, truncate_length=4, block_attn_grad_past=True),
 ])
-def test_sab_matches_the_reference(kwargs):
-    model = make(**kwargs)
+@pytest.mark.parametrize("score_form", SAB.SCORE_FORMS)
+def test_sab_matches_the_reference(kwargs, score_form):
+    model = make(**kwargs, score_form=score_form)
     x = torch.randn(13, 3, 3, dtype=torch.float64)
     trace = compare(model, x)
     if kwargs["top_k"] == 1:  # quirk 2: beyond one slot the only kept one is clamped
         assert (trace.alpha[0, :, 0] != 0).all() and (trace.alpha[1:] == 0).all()
 
 
-def test_sab_matches_the_reference_with_frozen_attention():
-    compare(make(top_k=2, attn_every_k=1, truncate_length=3),
+@pytest.mark.parametrize("score_form", SAB.SCORE_FORMS)
+def test_sab_matches_the_reference_with_frozen_attention(score_form):
+    compare(make(top_k=2, attn_every_k=1, truncate_length=3, score_form=score_form),
             torch.randn(9, 2, 3, dtype=torch.float64), freeze_attention=True)
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_the_separable_score_is_the_released_one(block):
+    """The two computations of the scores (quirk 5): the same outputs, attention and
+    parameter gradients in float64, at the release's copy setting on 60 steps; a
+    separable score that dropped the slots' term would fail."""
+    released = make(n=8, block_attn_grad_past=block)
+    separable = make(n=8, block_attn_grad_past=block, score_form="separable")
+    separable.load_state_dict(released.state_dict())
+    assert released.score_form == "released"  # the default: the release's computation
+    x = torch.randn(60, 4, 3, dtype=torch.float64)
+    proj = torch.randn(60, 4, 16, dtype=torch.float64)
+    (o1, t1), (o2, t2) = released(x, record=True), separable(x, record=True)
+    torch.testing.assert_close(o2, o1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(t2.alpha, t1.alpha, rtol=1e-12, atol=1e-12)
+    assert torch.equal(t2.index, t1.index)
+    g1 = torch.autograd.grad((o1 * proj).sum(), list(released.parameters()))
+    g2 = torch.autograd.grad((o2 * proj).sum(), list(separable.parameters()))
+    for a, b in zip(g2, g1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"score_form must be one of \('released', "
+                                         r"'separable'\), got 'fast'"):
+        SAB(3, 4, score_form="fast")
 
 
 def test_memory_shorter_than_k_uses_raw_scores():

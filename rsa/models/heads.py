@@ -46,7 +46,7 @@ def check_model_kernel(model_name: str, kernel: str) -> str:
 def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | None = None,
                 rho: int | None = None, nonlinearity: str | None = None,
                 init: str | None = None, fused: bool | None = None,
-                kernel: str = "torch") -> nn.Module:
+                kernel: str = "torch", score_form: str | None = None) -> nn.Module:
     """The core model ``model_name``, one of :data:`MODELS` (:mod:`rsa.models.registry`).
 
     ``fused`` (MemRNN, RelRNN and RelLSTM; default True) picks the fused sequence
@@ -66,7 +66,8 @@ def build_model(model_name: str, input_size: int, hidden_size: int, nu: int | No
     ``compiled``); ValueError for another value or a model without one.
     """
     options = registry.check_options(model_name, fused=fused, nu=nu, rho=rho,
-                                     nonlinearity=nonlinearity, init=init)
+                                     nonlinearity=nonlinearity, init=init,
+                                     score_form=score_form)
     if check_model_kernel(model_name, kernel) == "compiled":
         options["kernel"] = kernel
     return registry.get(model_name).model_class()(input_size, hidden_size, **options)

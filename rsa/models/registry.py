@@ -140,6 +140,10 @@ OPTIONS = {o.name: o for o in (
                   "nonlinearity applies to {user_list}"),
     Option("init", str, "initialisation of the recurrent matrix V",
            choices=("orthogonal", "orthogonal_random", "xavier"), by_model=True),
+    Option("score_form", str, "how SAB computes its attention scores: released, the "
+           "release's tanh of the state-slot concatenation, O(m n) a step; or separable, "
+           "the same scores in O(m + n) a step, faster to train",
+           choices=("released", "separable")),
 )}
 
 # Per-task defaults that are not model options: fields of rsa.train.TrainConfig.
@@ -274,6 +278,7 @@ _TABLE = (
     # -- outside MODELS (in_plan=False): the converged plan's baselines -----------------
     ModelSpec("sab", "rsa.models.sab:SAB", "SAB", "#ca9161",  # brown: the authors' SAB numbers'
               family="lstm", defaults={"lr": _LR_LSTM},  # the release's copy lr
+              options=("score_form",),
               # per step t the (B, m_t, 2n) tanh of the score and the (B, m_t) weights,
               # m_t <= 1 + t (attn_every_k >= 1): at most 4 B n L^2 bytes, plus the LSTM's
               memory=lambda B, n, L: 4 * B * n * L * L + _linear_memory(B, n, L),

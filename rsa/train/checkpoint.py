@@ -233,7 +233,7 @@ def load_trained(out_dir: str | Path, device: str = "cpu") -> TaskModel:
             c: dict[str, Any] = ckpt["config"]
             model = build_task_model(c["model"], c["task"], c["hidden_size"], nu=c["nu"],
                                      rho=c["rho"], nonlinearity=c["nonlinearity"],
-                                     init=c["init"])
+                                     init=c["init"], score_form=c.get("score_form"))
             model.load_state_dict(ckpt["model"])
         except UNREADABLE as e:
             failures.append(f"{str(candidate)!r} ({type(e).__name__}: {_one_line(e, 80)})")

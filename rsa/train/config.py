@@ -115,6 +115,7 @@ class TrainConfig:
     stall_updates: int = 0
     patience_updates: int = 0
     kernel: str = "torch"
+    score_form: str | None = None
 
 
 if TrainConfig.__doc__:  # (python -OO strips docstrings)

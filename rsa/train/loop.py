@@ -320,7 +320,7 @@ def _prepare(c: TrainConfig) -> _Run:
     torch.manual_seed(c.seed)  # model initialisation
     model = build_task_model(c.model, get_task(c.task), c.hidden_size, nu=c.nu, rho=c.rho,
                              nonlinearity=c.nonlinearity, init=c.init,
-                             kernel=c.kernel).to(device)
+                             kernel=c.kernel, score_form=c.score_form).to(device)
     optimizer = make_optimizer(c.optimizer, model.parameters(), c.lr)
     stream, val, test, steps_per_epoch = _data(c, device)
     # what is recorded: paths inside the repository relative to its root
