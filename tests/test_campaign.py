@@ -262,3 +262,20 @@ def test_a_finished_classification_run_reads_as_finished_not_as_not_solved(tmp_p
     table = campaign.status_table(tmp_path / "data", jobs)
     assert table.loc[0, "state"] == "finished at 1 200 (early stopping)"
     assert table.loc[1, "state"] == "not solved within 1 200 (budget)"
+
+
+def test_classification_status_reads_a_finished_and_a_missing_run(tmp_path):
+    jobs = (Job("f", "RNN", {"model": "rnn", "task": "mnist10k", "steps": 8000}),
+            Job("f", "LSTM", {"model": "lstm", "task": "mnist10k", "steps": 8000}),
+            Job("a", "copy", {**ARGS, "steps": 8000}))  # not a classification run
+    folder = tmp_path / "data" / "paper" / jobs[0].name(0)
+    folder.mkdir(parents=True)
+    io.write_json(folder / "results.json", {"complete": True, "config": {}, "summary": {
+        "steps_done": 1200, "best_val_accuracy": 0.9, "wall_time_s": 7200.0,
+        "stop_reason": "patience", "solved_step": None, "best_model_test_accuracy": 0.88}})
+    rnn, lstm = campaign.classification_status(tmp_path / "data", 80, jobs)
+    assert rnn == {"model": "rnn", "epochs done": 15.0, "budget (epochs)": 100.0,
+                   "best validation accuracy": 0.9, "test accuracy (best weights)": 0.88,
+                   "CPU-hours": 2.0, "state": "stopped by patience"}
+    assert lstm["epochs done"] is None and lstm["state"] == "not started"
+    assert lstm["test accuracy (best weights)"] is None

@@ -36,7 +36,8 @@ from pathlib import Path
 from rsa import io
 
 __all__ = ["Job", "JOBS", "AUTHORS_STEPS", "job_command", "job_runs", "run", "snapshot",
-           "status_table", "kernel_parts", "restore_inflight", "main"]
+           "status_table", "kernel_parts", "classification_status", "restore_inflight",
+           "main"]
 
 SCALE = "paper"
 AUTHORS_STEPS = 200_000  # the authors' scripts: 200 000 updates on copy and denoise
@@ -419,6 +420,37 @@ def status_table(data: Path, jobs=JOBS):
                         row["hours to budget"] = (budget - p["step"]) * p["rate"] / 3600
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def classification_status(data: Path, steps_per_epoch: int, jobs=JOBS) -> list[dict]:
+    """The campaign's classification runs (MNIST, cell f), one dict each: model, epochs
+    done (None: not started), budget in epochs, best validation accuracy, the test
+    accuracy of the best-validation weights (a finished run only), CPU-hours, and the
+    state ("stopped by patience", "reached its budget", "in flight", "not started").
+    The book's chapter *Sequential digits and MNIST* shows it."""
+    table = status_table(data, jobs)
+    rows = []
+    for job in jobs:
+        if job.args["task"] not in ("mnist10k", "pmnist10k"):
+            continue
+        for seed in job.seeds:
+            row = table[table["run"] == job.name(seed)].iloc[0]
+            results = data / SCALE / job.name(seed) / "results.json"
+            record = io.load_json(results) if results.is_file() else None
+            s = record["summary"] if record and record.get("complete") is True else None
+            done = row["updates done"]
+            rows.append({
+                "model": job.args["model"],
+                "epochs done": None if done is None or done != done else done / steps_per_epoch,
+                "budget (epochs)": job.args["steps"] / steps_per_epoch,
+                "best validation accuracy": row["best val. accuracy"],
+                "test accuracy (best weights)": None if s is None
+                else s["best_model_test_accuracy"],
+                "CPU-hours": row["CPU-hours"],
+                "state": row["state"] if s is None else
+                ("stopped by patience" if s["stop_reason"] == "patience"
+                 else "reached its budget")})
+    return rows
 
 
 def format_status(data: Path, jobs=JOBS, table=None) -> str:
