@@ -60,12 +60,6 @@ STAGES = ("train", "transfer", "gradients", "cost")
 UNFUSED = registry.FUSED  # fused by default; also costed with fused=False
 
 
-STAGES = ("train", "transfer", "gradients", "cost")
-
-
-UNFUSED = registry.FUSED  # fused by default; also costed with fused=False
-
-
 def run_name(task: str, model: str, T: int | None, seed: int, rho: int | None = None,
              variant: str | None = None) -> str:
     """Folder name of one training run, e.g. ``copy/relrnn_T100_s0``; an alternative
