@@ -279,3 +279,45 @@ def test_classification_status_reads_a_finished_and_a_missing_run(tmp_path):
                    "CPU-hours": 2.0, "state": "stopped by patience"}
     assert lstm["epochs done"] is None and lstm["state"] == "not started"
     assert lstm["test accuracy (best weights)"] is None
+
+
+def test_the_compiled_kernel_falls_back_to_torch_without_numba(monkeypatch):
+    from rsa.models.kernels import compiled
+
+    said = []
+    monkeypatch.setattr(compiled, "available", lambda: False)
+    args = campaign._runnable({"model": "relrnn", "kernel": "compiled"}, said.append)
+    assert args == {"model": "relrnn", "kernel": "torch"} and "numba" in said[0]
+    monkeypatch.setattr(compiled, "available", lambda: True)
+    assert campaign._runnable({"kernel": "compiled"}, said.append) == {"kernel": "compiled"}
+
+
+def test_classification_status_gives_none_not_nan_and_any_stop_reason(tmp_path):
+    jobs = tuple(Job("f", m, {"model": m, "task": "mnist10k", "steps": 8000})
+                 for m in ("rnn", "lstm", "relrnn"))
+    for job, reason in zip(jobs[:2], ("nan", None), strict=True):
+        folder = tmp_path / "data" / "paper" / job.name(0)
+        folder.mkdir(parents=True)
+        io.write_json(folder / "results.json", {"complete": True, "config": {}, "summary": {
+            "steps_done": 160, "best_val_accuracy": 0.5, "wall_time_s": 36.0,
+            "stop_reason": reason, "solved_step": None, "best_model_test_accuracy": 0.4}})
+    table = campaign.status_table(tmp_path / "data", jobs)
+    assert list(table["state"][:2]) == ["finished at 160 (nan)", "finished at 160 (None)"]
+    rnn, lstm, relrnn = campaign.classification_status(tmp_path / "data", 80, jobs)
+    assert rnn["state"] == "stopped (nan)" and lstm["state"] == "stopped (None)"
+    assert relrnn["best validation accuracy"] is None and relrnn["CPU-hours"] is None
+    assert relrnn["epochs done"] is None
+
+
+def test_the_dry_run_leaves_out_a_finished_classification_run(tmp_path, monkeypatch):
+    import argparse
+
+    folder = tmp_path / "data" / "paper" / "mnist10k" / "rnn_s0"
+    folder.mkdir(parents=True)
+    io.write_json(folder / "results.json", {"complete": True, "config": {}, "summary": {}})
+    said = []
+    a = argparse.Namespace(data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"),
+                           status=False, dry_run=True, snapshot=False, select=None)
+    assert campaign.main(a, log=said.append) == 0
+    assert not any(line.startswith("[f] mnist10k/rnn_s0") for line in said)
+    assert any(line.startswith("[f] mnist10k/lstm_s0") for line in said)

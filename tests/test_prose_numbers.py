@@ -7,7 +7,8 @@ test reads each executed chapter and requires every decimal number, and every in
 of three digits or more, of its Markdown cells to be printed by one of its code cells
 (or to be a constant of its code), up to the prose's rounding: a number with d decimals
 matches a printed number that rounds to it at d decimals, and an integer ending in k
-zeros ("about 790") one that rounds to it at its last non-zero digit (787.81).
+zeros one that rounds to it at its last non-zero digit (787.81) only where the text says
+it is approximate ("about 790"), else at its units. Comments of code cells do not count.
 
 The few numbers that no cell prints are derived in the text itself (a proof's
 arithmetic, a closed form at one parameter, a sequence length L = T + 20), are settings
@@ -30,6 +31,8 @@ PROSE_NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w]|\.\d)")
 PROSE_INTEGER = re.compile(r"(?<![\w.$^{_\-/])(?:\d{1,3}(?: \d{3})+|\d{3,})(?![\w]|\.\d)")
 PRINTED_NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\d])")
 THOUSANDS = re.compile(r"(?<=\d)[ ,](?=\d{3}\b)")  # "113 913", "113,913"
+APPROXIMATE = re.compile(r"(about|around|roughly|nearly|almost|some|~|≈)\s*$")
+COMMENT = re.compile(r"#.*$", re.M)  # a code cell's comments are not its computation
 
 
 def _sigma(j: int, nu: int, rho: int) -> float:
@@ -69,7 +72,7 @@ def _sequence_length(T: int) -> int:
 DERIVED = {
     "accuracy_vs_cost.ipynb": {
         **{str(T + 20): ("round", f"L = T + 20 at T = {T}", lambda T=T: _sequence_length(T))
-           for T in (400, 600, 800)},
+           for T in (100, 400, 600, 800)},
     },
     "bounds.ipynb": {
         "220": ("round", "the step after which lambda^(2(t-1)) < 1e-20 at lambda = 0.9",
@@ -99,6 +102,7 @@ DERIVED = {
     },
     "kappa_d_tradeoff.ipynb": {
         "0.13": ("round", "lambda^200 at lambda = 0.99", lambda: 0.99 ** 200),
+        "120": ("round", "L = T + 20 at T = 100", lambda: _sequence_length(100)),
         "220": ("round", "L = T + 20 at T = 200", lambda: _sequence_length(200)),
         "820": ("round", "L = T + 20 at T = 800", lambda: _sequence_length(800)),
     },
@@ -137,10 +141,11 @@ def _value(number: str) -> float:
     return float(number.replace(" ", ""))
 
 
-def rounds_to(value: float, number: str) -> bool:
-    """``value`` rounded to the digits of ``number`` is ``number`` (an integer: rounded
-    at its last non-zero digit)."""
-    d = _decimals(number)
+def rounds_to(value: float, number: str, about: bool = True) -> bool:
+    """``value`` rounded to the digits of ``number`` is ``number``; an integer ending in
+    zeros is rounded at its last non-zero digit only when the text says it is
+    approximate (``about``), else at its units."""
+    d = _decimals(number) if about or "." in number else 0
     return abs(round(value, d) - _value(number)) < 0.5 * 10.0 ** -(d + 3)
 
 
@@ -160,7 +165,7 @@ def chapter_text(path) -> tuple[str, list[float]]:
             continue
         if cell["cell_type"] != "code":
             continue
-        texts = [source]
+        texts = [COMMENT.sub("", source)]
         for out in cell.get("outputs", []):
             texts.append("".join(out.get("text", "")))
             texts += ["".join(v) for k, v in out.get("data", {}).items()
@@ -175,8 +180,11 @@ def unbacked(prose: str, printed: list[float], derived: dict) -> list[str]:
     ``derived`` does not give."""
     values = set(printed)
     missing = []
-    for number in PROSE_NUMBER.findall(prose) + PROSE_INTEGER.findall(prose):
-        if number in derived or any(rounds_to(v, number) for v in values):
+    found = [(m.group(), True) for m in PROSE_NUMBER.finditer(prose)] + [
+        (m.group(), bool(APPROXIMATE.search(prose[max(0, m.start() - 12):m.start()])))
+        for m in PROSE_INTEGER.finditer(prose)]
+    for number, about in found:
+        if number in derived or any(rounds_to(v, number, about) for v in values):
             continue
         missing.append(number)
     return missing
@@ -214,6 +222,8 @@ def test_the_check_finds_a_typed_number_and_accepts_rounding():
     assert not bounds_above(0.3746, "0.374") and not bounds_above(0.3720, "0.374")
     # integers: "about 790" is 787.81 at its last non-zero digit; 113 913 printed grouped
     assert unbacked("about 790 times", [787.81], {}) == []
+    assert unbacked("after 790 updates", [787.81], {}) == ["790"]  # not said to be rounded
+    assert unbacked("T = 1000", [1499.0, 500.0], {}) == ["1000"]
     assert unbacked("about 240 steps", [219.5], {}) == ["240"]
     assert unbacked("loss 113 913", [113913.0], {}) == []
     assert unbacked("loss 113 913", [113912.0], {}) == ["113 913"]

@@ -307,3 +307,22 @@ def test_a_few_training_updates(tmp_path):
     assert any(not torch.equal(p, q) for p, q in
                zip(fresh.state_dict().values(), result.model.state_dict().values(),
                    strict=True))
+
+
+def test_a_sab_run_may_resume_with_the_other_score_form(tmp_path):
+    """The score form is another computation of the same function: a run may change it
+    on resume, and each part records its form (the parts before it read as released)."""
+    import json
+
+    from rsa.train.checkpoint import CHECKPOINT
+    tiny = dict(model="sab", task="copy", T=3, hidden_size=4, batch=2, eval_batch=4,
+                eval_every=2, checkpoint_every=2, progress=False, out_dir=str(tmp_path / "r"))
+    train(**tiny, steps=2)
+    ckpt = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=True)
+    del ckpt["state"]["segments"][0]["score_form"]  # as a part from before it was recorded
+    torch.save(ckpt, tmp_path / "r" / CHECKPOINT)
+    r = train(**tiny, steps=4, score_form="separable")
+    assert r.model.core.score_form == "separable"
+    parts = json.loads((tmp_path / "r" / "results.json").read_text())["summary"]["segments"]
+    assert [(p["start_step"], p["score_form"]) for p in parts] == [(0, "released"),
+                                                                  (2, "separable")]

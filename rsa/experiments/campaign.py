@@ -287,6 +287,20 @@ def snapshot(data: Path, runs: Path, log=print, jobs=JOBS, wait_s: float = 60) -
 
 # -- training -----------------------------------------------------------------------------
 
+def _runnable(args: dict, log=print) -> dict:
+    """A job's arguments as this machine can train them: on the torch kernel, said, where
+    the compiled kernel is asked for and numba is missing (both compute the same
+    function, and each part of a run records its kernel)."""
+    from rsa.models.kernels.compiled import available
+
+    if args.get("kernel") == "compiled" and not available():
+        log("    numba is not installed here: training on the torch kernel instead of the "
+            "compiled one (the same function; pip install -e '.[compiled]' for the "
+            "compiled kernel)")
+        return {**args, "kernel": "torch"}
+    return args
+
+
 def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS) -> None:
     """Train the campaign's jobs in order (or those whose cell letter or run name is in
     ``select``), each resumed from its work folder or its committed in-flight state;
@@ -312,13 +326,14 @@ def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS) -> None:
                 continue
             restore_inflight(job, data, runs, log)
             log(f"{label}: training up to {job.args['steps']} updates")
+            args = _runnable(job.args, log)
             if job.population:
                 train_population(seeds=[s for s, _, _ in todo],
                                  out_dirs=[str(w) for _, _, w in todo], progress=False,
-                                 **job.args)
+                                 **args)
             else:
                 s, _, w = todo[0]
-                train(seed=s, out_dir=str(w), progress=False, **job.args)
+                train(seed=s, out_dir=str(w), progress=False, **args)
             for _, name, work in todo:
                 _store(name, work, data)
                 log(f"    {name}: stored")
@@ -347,10 +362,15 @@ def _progress(data: Path, name: str) -> dict | None:
     hist = st["history"]
     # seconds per update: the median over the last 20 logged intervals, so that one
     # interval spanning a pause (a stopped or restarted process) does not set the pace;
-    # only the current part's, once it has three (a part may run on another kernel)
+    # only those since the run last changed kernel, once there are three
     pairs = [(a, b) for a, b in zip(hist[:-1], hist[1:], strict=True) if b["step"] > a["step"]]
     segs = st.get("segments") or []
-    current = [(a, b) for a, b in pairs if segs and a["step"] >= segs[-1]["start_step"]]
+    start = None  # where the trailing parts on the last part's kernel begin
+    for seg in reversed(segs):
+        if seg.get("kernel") != segs[-1].get("kernel"):
+            break
+        start = seg["start_step"]
+    current = [(a, b) for a, b in pairs if start is not None and a["step"] >= start]
     rates = [(b["wall_time_s"] - a["wall_time_s"]) / (b["step"] - a["step"])
              for a, b in (current if len(current) >= 3 else pairs)[-20:]]
     rate = statistics.median(rates) if rates else None
@@ -410,7 +430,7 @@ def status_table(data: Path, jobs=JOBS):
                     # a classification run (MNIST): no solved rule, early stopping
                     row["state"] = (f"finished at {_n(p['step'])} ("
                                     + ("early stopping" if p["reason"] == "patience"
-                                       else p["reason"]) + ")")
+                                       else str(p["reason"])) + ")")
                 elif p["finished"]:
                     row["state"] = (f"solved at {_n(p['solved_step'])}" if p["solved_step"]
                                     else f"not solved within {_n(p['step'])} ({p['reason']})")
@@ -428,28 +448,35 @@ def classification_status(data: Path, steps_per_epoch: int, jobs=JOBS) -> list[d
     accuracy of the best-validation weights (a finished run only), CPU-hours, and the
     state ("stopped by patience", "reached its budget", "in flight", "not started").
     The book's chapter *Sequential digits and MNIST* shows it."""
+    import pandas as pd
+
+    from rsa.tasks import get_task
+
+    def value(v):  # the table's missing values (None or NaN) as None
+        return None if v is None or pd.isna(v) else v
+
     table = status_table(data, jobs)
     rows = []
     for job in jobs:
-        if job.args["task"] not in ("mnist10k", "pmnist10k"):
+        if get_task(job.args["task"]).kind == "sequence":
             continue
         for seed in job.seeds:
             row = table[table["run"] == job.name(seed)].iloc[0]
             results = data / SCALE / job.name(seed) / "results.json"
             record = io.load_json(results) if results.is_file() else None
             s = record["summary"] if record and record.get("complete") is True else None
-            done = row["updates done"]
+            done = value(row["updates done"])
+            stopped = {"patience": "stopped by patience", "budget": "reached its budget"}
             rows.append({
                 "model": job.args["model"],
-                "epochs done": None if done is None or done != done else done / steps_per_epoch,
+                "epochs done": None if done is None else done / steps_per_epoch,
                 "budget (epochs)": job.args["steps"] / steps_per_epoch,
-                "best validation accuracy": row["best val. accuracy"],
+                "best validation accuracy": value(row["best val. accuracy"]),
                 "test accuracy (best weights)": None if s is None
                 else s["best_model_test_accuracy"],
-                "CPU-hours": row["CPU-hours"],
+                "CPU-hours": value(row["CPU-hours"]),
                 "state": row["state"] if s is None else
-                ("stopped by patience" if s["stop_reason"] == "patience"
-                 else "reached its budget")})
+                stopped.get(s["stop_reason"], f"stopped ({s['stop_reason']})")})
     return rows
 
 
@@ -488,11 +515,9 @@ def main(a, log=print) -> int:
         log(format_status(data))
         return 0
     if a.dry_run:  # what would run, in order, and nothing else
-        states = status_table(data)
         for job in JOBS:
             left = [n for n in (job.name(s) for s in job.seeds)
-                    if not states[states["run"] == n]["state"].iloc[0].startswith(
-                        ("solved", "not solved"))]
+                    if not _stored(data, n)]
             if left:
                 log(f"[{job.cell}] {', '.join(left)}: {job_command(job)}")
         return 0

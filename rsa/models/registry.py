@@ -90,7 +90,9 @@ class Option:
     error names the model. Options of one ``group`` that a model does not take are
     refused together; ``absent`` is the message for a model that does not take the
     option (fields ``model``, ``value``, ``family``, ``user_list``; default: "... applies
-    to ... only").
+    to ... only"). ``identity``: a run resumes only with the value it was made with
+    (False: another computation of the same function, which may change on resume; each
+    part of the run records its value).
     """
 
     name: str
@@ -102,6 +104,7 @@ class Option:
     group: str | None = None
     absent: str | None = None
     config: bool = True
+    identity: bool = True
 
     def check(self, value, model: str, spec: ModelSpec):
         """``value`` (not None) as the model takes it, or ValueError naming it and what
@@ -143,7 +146,7 @@ OPTIONS = {o.name: o for o in (
     Option("score_form", str, "how SAB computes its attention scores: released, the "
            "release's tanh of the state-slot concatenation, O(m n) a step; or separable, "
            "the same scores in O(m + n) a step, faster to train",
-           choices=("released", "separable")),
+           choices=("released", "separable"), identity=False),
 )}
 
 # Per-task defaults that are not model options: fields of rsa.train.TrainConfig.

@@ -57,7 +57,7 @@ Quirks of the release kept here (each changes the function or its gradient):
    w_m^T tanh(m_j) once per slot, when it joins the memory, and w_h^T tanh(hhat_t) once
    per step, O(m + n) per step for the score. The two agree to rounding (outputs and
    gradients within 1e-10 in float64, ``tests/test_sab.py``); the separable form trains
-   about three times faster at T = 100 (``tools/bench_sab.py``). ``python -m rsa train
+   2.4 times faster at T = 100 here (``tools/bench_sab.py``). ``python -m rsa train
    --model sab --score-form separable`` trains with it (the campaign's SAB copy at
    T = 100 does); the cost stage measures the released form, as the authors ran it.
 6. **The zero state stays in memory.** m_0 = 0 (the initial state) is never removed; it

@@ -19,12 +19,12 @@ from rsa.tasks import get_task, train_size
 
 OPTIMIZERS = ("rmsprop", "adam")
 # Fields that must match to resume from a checkpoint (steps may grow; device, kernel,
-# output folder, progress bar and data folder may change: the device and the kernel
-# compute the same function, and each part of a run records where and on which kernel
-# it ran, in its segment).
+# SAB's score_form, output folder, progress bar and data folder may change: the device,
+# the kernel and the score form compute the same function, and each part of a run
+# records where and on which kernel (and score form) it ran, in its segment).
 _IDENTITY = ("model", "task", "T", "hidden_size", "optimizer", "lr", "clip", "batch", "seed",
-             *(o.name for o in registry.config_options()), "eval_every", "eval_batch",
-             "stop_when_solved", "stall_updates", "patience_updates")
+             *(o.name for o in registry.config_options() if o.identity), "eval_every",
+             "eval_batch", "stop_when_solved", "stall_updates", "patience_updates")
 # fields added later, with the value a checkpoint without them was made with
 _IDENTITY_DEFAULTS = {"stop_when_solved": False, "stall_updates": 0, "patience_updates": 0,
                       "kernel": "torch"}

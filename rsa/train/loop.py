@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from rsa import io
+from rsa.models import registry
 from rsa.models.heads import TaskModel, build_task_model
 from rsa.tasks import PixelBatches, get_task, load_pixel_data, make_generator, synthetic_batch
 from rsa.train.checkpoint import (
@@ -305,12 +306,20 @@ def _open(c: TrainConfig, argv) -> tuple[_Run, RunState, TrainResult | None]:
 
 
 def _segment_kernels(state: RunState, made: dict) -> str:
-    """The kernel of the checkpoint's last part, after filling in the kernel of its parts
-    recorded before segments named it (until then the kernel was an identity field, so
-    every such part ran on the checkpoint's ``kernel``, absent meaning ``"torch"``)."""
+    """The kernel of the checkpoint's last part, after filling in the kernel (and SAB's
+    score form) of its parts recorded before segments named them: until then both were
+    identity fields, so every such part ran with the checkpoint's ``made`` config
+    (``kernel`` absent meaning ``"torch"``, ``score_form`` the class's default). A
+    checkpoint from before parts were kept gets one part for its updates."""
     made_on = made.get("kernel", _IDENTITY_DEFAULTS["kernel"])
+    if not state.segments and state.step > 0:  # a checkpoint from before parts were kept
+        state.segments.append({"start_step": 0, "end_step": state.step})
+    scores = registry.get(made["model"]).takes("score_form")
     for seg in state.segments:
         seg.setdefault("kernel", made_on)
+        if scores:  # SAB's score form, an option that may change on resume too
+            seg.setdefault("score_form", made.get("score_form")
+                           or registry.class_default(made["model"], "score_form"))
     return state.segments[-1]["kernel"] if state.segments else made_on
 
 
@@ -370,6 +379,9 @@ def _start_segment(run: _Run, state: RunState) -> dict:
                "cpu": io._cpu_model(),
                "torch_threads": torch.get_num_threads(),
                "git": io.git_commit()}  # the code of this part (with its diff if dirty)
+    if registry.get(run.config.model).takes("score_form"):  # SAB: how it computed scores
+        segment["score_form"] = (run.config.score_form
+                                 or registry.class_default(run.config.model, "score_form"))
     if state.step < run.config.steps and not state.stopped_early:
         state.segments.append(segment)
     return segment
