@@ -305,21 +305,29 @@ def _open(c: TrainConfig, argv) -> tuple[_Run, RunState, TrainResult | None]:
     return run, state, None
 
 
+def _computations(model: str, values: dict) -> dict:
+    """The model options of ``model`` that are not identity fields (another computation
+    of the same function, e.g. SAB's ``score_form``), each as ``values`` gives it or else
+    the class's default: what each part of a run records beside its kernel."""
+    return {o.name: values.get(o.name) or registry.class_default(model, o.name)
+            for o in registry.config_options()
+            if not o.identity and registry.get(model).takes(o.name)}
+
+
 def _segment_kernels(state: RunState, made: dict) -> str:
-    """The kernel of the checkpoint's last part, after filling in the kernel (and SAB's
-    score form) of its parts recorded before segments named them: until then both were
-    identity fields, so every such part ran with the checkpoint's ``made`` config
-    (``kernel`` absent meaning ``"torch"``, ``score_form`` the class's default). A
-    checkpoint from before parts were kept gets one part for its updates."""
+    """The kernel of the checkpoint's last part, after filling in the kernel (and the
+    other non-identity options, :func:`_computations`) of its parts recorded before
+    segments named them: until then they were identity fields, so every such part ran
+    with the checkpoint's ``made`` config (``kernel`` absent meaning ``"torch"``, an
+    option absent its class's default). A checkpoint from before parts were kept gets
+    one part for its updates."""
     made_on = made.get("kernel", _IDENTITY_DEFAULTS["kernel"])
     if not state.segments and state.step > 0:  # a checkpoint from before parts were kept
         state.segments.append({"start_step": 0, "end_step": state.step})
-    scores = registry.get(made["model"]).takes("score_form")
     for seg in state.segments:
-        seg.setdefault("kernel", made_on)
-        if scores:  # SAB's score form, an option that may change on resume too
-            seg.setdefault("score_form", made.get("score_form")
-                           or registry.class_default(made["model"], "score_form"))
+        for name, value in {"kernel": made_on,
+                            **_computations(made["model"], made)}.items():
+            seg.setdefault(name, value)
     return state.segments[-1]["kernel"] if state.segments else made_on
 
 
@@ -378,10 +386,8 @@ def _start_segment(run: _Run, state: RunState) -> dict:
                "device": str(run.device), "kernel": run.config.kernel,
                "cpu": io._cpu_model(),
                "torch_threads": torch.get_num_threads(),
-               "git": io.git_commit()}  # the code of this part (with its diff if dirty)
-    if registry.get(run.config.model).takes("score_form"):  # SAB: how it computed scores
-        segment["score_form"] = (run.config.score_form
-                                 or registry.class_default(run.config.model, "score_form"))
+               "git": io.git_commit(),  # the code of this part (with its diff if dirty)
+               **_computations(run.config.model, run.recorded)}
     if state.step < run.config.steps and not state.stopped_early:
         state.segments.append(segment)
     return segment
