@@ -260,7 +260,7 @@ def test_a_finished_classification_run_reads_as_finished_not_as_not_solved(tmp_p
             "steps_done": 1200, "best_val_accuracy": 0.9, "wall_time_s": 36.0,
             "stop_reason": reason, "solved_step": None}})
     table = campaign.status_table(tmp_path / "data", jobs)
-    assert table.loc[0, "state"] == "finished at 1 200 (early stopping)"
+    assert table.loc[0, "state"] == "finished at 1 200, stopped by patience"
     assert table.loc[1, "state"] == "not solved within 1 200 (budget)"
 
 
@@ -302,9 +302,11 @@ def test_classification_status_gives_none_not_nan_and_any_stop_reason(tmp_path):
             "steps_done": 160, "best_val_accuracy": 0.5, "wall_time_s": 36.0,
             "stop_reason": reason, "solved_step": None, "best_model_test_accuracy": 0.4}})
     table = campaign.status_table(tmp_path / "data", jobs)
-    assert list(table["state"][:2]) == ["finished at 160 (nan)", "finished at 160 (None)"]
+    assert list(table["state"][:2]) == ["finished at 160, stopped: diverged (NaN loss)",
+                                        "finished at 160, stopped: no reason recorded"]
     rnn, lstm, relrnn = campaign.classification_status(tmp_path / "data", 80, jobs)
-    assert rnn["state"] == "stopped (nan)" and lstm["state"] == "stopped (None)"
+    assert rnn["state"] == "stopped: diverged (NaN loss)"
+    assert lstm["state"] == "stopped: no reason recorded"
     assert relrnn["best validation accuracy"] is None and relrnn["CPU-hours"] is None
     assert relrnn["epochs done"] is None
 

@@ -403,6 +403,16 @@ def _n(k: int) -> str:
     return f"{int(k):,}".replace(",", " ")
 
 
+def _finished(reason) -> str:
+    """How a finished classification run stopped, in the words of both campaign tables:
+    "stopped by patience" (early stopping), "reached its budget", or "stopped: ..."
+    (e.g. "stopped: diverged (NaN loss)")."""
+    from rsa.train import stop_in_words
+
+    return {"patience": "stopped by patience", "budget": "reached its budget"}.get(
+        reason, "stopped: " + stop_in_words(reason, missing="no reason recorded"))
+
+
 def status_table(data: Path, jobs=JOBS):
     """One row per campaign run (a pandas DataFrame): its cell, title, name, budget and
     the authors', updates done, best validation accuracy so far, CPU-hours spent (one
@@ -432,9 +442,7 @@ def status_table(data: Path, jobs=JOBS):
                     "kernel": p["kernel"]})
                 if p["finished"] and get_task(job.args["task"]).kind != "sequence":
                     # a classification run (MNIST): no solved rule, early stopping
-                    row["state"] = (f"finished at {_n(p['step'])} ("
-                                    + ("early stopping" if p["reason"] == "patience"
-                                       else str(p["reason"])) + ")")
+                    row["state"] = f"finished at {_n(p['step'])}, {_finished(p['reason'])}"
                 elif p["finished"]:
                     row["state"] = (f"solved at {_n(p['solved_step'])}" if p["solved_step"]
                                     else f"not solved within {_n(p['step'])} ({p['reason']})")
@@ -470,7 +478,6 @@ def classification_status(data: Path, steps_per_epoch: int, jobs=JOBS) -> list[d
             record = io.load_json(results) if results.is_file() else None
             s = record["summary"] if record and record.get("complete") is True else None
             done = value(row["updates done"])
-            stopped = {"patience": "stopped by patience", "budget": "reached its budget"}
             rows.append({
                 "model": job.args["model"],
                 "epochs done": None if done is None else done / steps_per_epoch,
@@ -479,8 +486,7 @@ def classification_status(data: Path, steps_per_epoch: int, jobs=JOBS) -> list[d
                 "test accuracy (best weights)": None if s is None
                 else s["best_model_test_accuracy"],
                 "CPU-hours": value(row["CPU-hours"]),
-                "state": row["state"] if s is None else
-                stopped.get(s["stop_reason"], f"stopped ({s['stop_reason']})")})
+                "state": row["state"] if s is None else _finished(s["stop_reason"])})
     return rows
 
 
