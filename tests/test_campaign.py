@@ -323,3 +323,33 @@ def test_the_dry_run_leaves_out_a_finished_classification_run(tmp_path, monkeypa
     assert campaign.main(a, log=said.append) == 0
     assert not any(line.startswith("[f] mnist10k/rnn_s0") for line in said)
     assert any(line.startswith("[f] mnist10k/lstm_s0") for line in said)
+
+
+def test_the_state_says_where_a_copy_or_denoise_run_exploded(tmp_path):
+    # the chapter's diagnosis (a validation loss not finite or above 10 ln 9 = 21.97 on
+    # copy): a stored run, an in-flight one, and one that came near the bound but stayed
+    # below it; an MNIST run is never diagnosed
+    jobs = tuple(Job("e", f"run {k}", {**ARGS, "steps": 8}, seeds=(k,)) for k in range(3))
+    data = tmp_path / "data"
+    losses = {0: [0.5, 30.0, 0.4, 0.3], 1: [0.5, float("nan"), 0.4], 2: [0.5, 21.9, 0.4, 0.3]}
+
+    def history(k):
+        return [{"step": 2 * (i + 1), "val_loss": v, "wall_time_s": float(i)}
+                for i, v in enumerate(losses[k])]
+
+    for k in (0, 2):
+        folder = data / "paper" / jobs[k].name(k)
+        folder.mkdir(parents=True)
+        io.write_json(folder / "results.json", {
+            "complete": True, "config": {"task": "copy"}, "history": history(k),
+            "summary": {"steps_done": 8, "best_val_accuracy": 0.5, "wall_time_s": 4.0,
+                        "stop_reason": "budget", "solved_step": None}})
+    path = data / "paper" / "inflight" / f"{jobs[1].name(1)}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"config": {"task": "copy"},
+                "state": {"step": 6, "best_val_accuracy": 0.5, "wall_time_s": 3.0,
+                          "history": history(1)}}, path)
+    table = campaign.status_table(data, jobs)
+    assert list(table["state"]) == ["not solved within 8 (budget), exploded at 4",
+                                    "in flight, exploded at 4", "not solved within 8 (budget)"]
+    assert campaign._exploded(history(0), {"task": "mnist10k"}) is None

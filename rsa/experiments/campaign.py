@@ -357,7 +357,8 @@ def _progress(data: Path, name: str) -> dict | None:
         return {"step": s["steps_done"], "best": s["best_val_accuracy"],
                 "wall_s": s["wall_time_s"], "reason": s.get("stop_reason"),
                 "solved_step": s.get("solved_step"), "rate": None, "finished": True,
-                "kernel": kernel_parts(s.get("segments") or [], record["config"])}
+                "kernel": kernel_parts(s.get("segments") or [], record["config"]),
+                "exploded": _exploded(record.get("history") or [], record["config"])}
     committed = _inflight(data, name)
     if not committed.is_file():
         return None
@@ -380,7 +381,20 @@ def _progress(data: Path, name: str) -> dict | None:
     rate = statistics.median(rates) if rates else None
     return {"step": st["step"], "best": st["best_val_accuracy"], "wall_s": st["wall_time_s"],
             "reason": None, "solved_step": None, "rate": rate, "finished": False,
-            "kernel": kernel_parts(st.get("segments") or [], ckpt.get("config", {}))}
+            "kernel": kernel_parts(st.get("segments") or [], ckpt.get("config", {})),
+            "exploded": _exploded(hist, ckpt.get("config", {}))}
+
+
+def _exploded(history: list[dict], config: dict) -> int | None:
+    """The update at which a copy/denoise run exploded (:func:`rsa.experiments.exploded_at`,
+    as the chapter *Copy and denoise* diagnoses it), or None: never, or another task."""
+    from rsa.experiments.store import exploded_at
+    from rsa.tasks import get_task
+
+    task = config.get("task")
+    if task is None or get_task(task).kind != "sequence":
+        return None
+    return exploded_at(history, get_task(task).n_classes)
 
 
 def kernel_parts(segments: list[dict], config: dict) -> str:
@@ -419,7 +433,8 @@ def status_table(data: Path, jobs=JOBS):
     thread per job; a population's runs share theirs, counted once on its first run),
     the estimate to finish the budget at the recent speed, the kernel it trained on
     (:func:`kernel_parts`; for a run not started, its job's), and its state (solved at,
-    not solved within, in flight, not started)."""
+    not solved within, in flight, not started; with the update at which a copy/denoise
+    run exploded, if it did)."""
     import pandas as pd
 
     from rsa.tasks import get_task
@@ -450,6 +465,8 @@ def status_table(data: Path, jobs=JOBS):
                     row["state"] = "in flight"
                     if p["rate"] is not None and not shared:
                         row["hours to budget"] = (budget - p["step"]) * p["rate"] / 3600
+                if p["exploded"] is not None:  # the chapter's diagnosis, with where
+                    row["state"] += f", exploded at {_n(p['exploded'])}"
             rows.append(row)
     return pd.DataFrame(rows)
 
