@@ -3,7 +3,8 @@
 1. ``python -m rsa reproduce --scale paper --snapshot``: the in-flight state of every
    unfinished run into ``data/paper/inflight/``, finished runs into ``data/paper/``;
 2. the campaign table of the README (between its ``campaign-table`` markers);
-3. the chapters that read it (*Copy and denoise*, *Digits*, *Reproducibility*), re-executed in
+3. the chapters that read it (*Copy and denoise*, *Digits*, *Sparse attentive
+   backtracking*, *Reproducibility*), re-executed in
    place.
 
 Run it from the repository root, about once an hour while the campaign trains and
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # the chapters that read it
-CHAPTERS = ("copy_denoise.ipynb", "digits.ipynb", "reproducibility.ipynb")
+CHAPTERS = ("copy_denoise.ipynb", "digits.ipynb", "sab.ipynb", "reproducibility.ipynb")
 BEGIN = "<!-- campaign-table: begin (python tools/campaign_sync.py) -->"
 END = "<!-- campaign-table: end -->"
 
