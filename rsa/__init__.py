@@ -21,7 +21,7 @@ The machinery:
 - :mod:`rsa.train`: one training loop with checkpoint/resume (``python -m rsa train``),
   populations of seeds trained as one computation (:mod:`rsa.train.population`);
 - :mod:`rsa.experiments`: the plans, the stored results and the stages of
-  ``python -m rsa reproduce``, the campaign at the authors' budget, SLURM, the
+  ``python -m rsa reproduce``, the campaign (the runs that decide a verdict), SLURM, the
   benchmarks (``python -m rsa bench``);
 - :mod:`rsa.io`: atomic writes, manifests with provenance, loading stored runs;
 - :mod:`rsa.plotting`, :mod:`rsa.book`: the figures and the chapters' helpers.

@@ -353,3 +353,20 @@ def test_the_state_says_where_a_copy_or_denoise_run_exploded(tmp_path):
     assert list(table["state"]) == ["not solved within 8 (budget), exploded at 4",
                                     "in flight, exploded at 4", "not solved within 8 (budget)"]
     assert campaign._exploded(history(0), {"task": "mnist10k"}) is None
+
+
+def test_a_population_counts_the_time_of_its_longest_run_once(tmp_path):
+    # three seeds trained as one population, stopped after 1, 3 and 2 hours of its clock:
+    # the process ran 3 hours, shown on the first run's row
+    job = Job("a", "pop", {**ARGS, "steps": 8}, seeds=(0, 1, 2), population=True)
+    for seed, hours in zip(job.seeds, (1.0, 3.0, 2.0), strict=True):
+        folder = tmp_path / "data" / "paper" / job.name(seed)
+        folder.mkdir(parents=True)
+        io.write_json(folder / "results.json", {
+            "complete": True, "config": {"task": "copy"}, "history": [],
+            "summary": {"steps_done": 8, "best_val_accuracy": 0.5,
+                        "wall_time_s": 3600 * hours, "stop_reason": "solved",
+                        "solved_step": 6}})
+    table = campaign.status_table(tmp_path / "data", (job,))
+    assert table.loc[0, "CPU-hours"] == pytest.approx(3.0)
+    assert table["CPU-hours"][1:].isna().all()

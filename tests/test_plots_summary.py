@@ -33,7 +33,13 @@ def test_outcome_grid_counts_the_runs():
 
 def test_every_colour_drawn_has_a_legend_entry_and_the_campaign_is_marked():
     camp = pd.DataFrame([dict(task="denoise", T=100, model="rellstm", best=0.63,
-                              state="in flight")])
+                              state="in flight"),
+                         dict(task="copy", T=100, model="lstm", best=0.99,
+                              state="solved at 5 000"),
+                         dict(task="copy", T=100, model="lstm", best=0.99,
+                              state="solved at 7 250"),
+                         dict(task="copy", T=200, model="rnn", best=float("nan"),
+                              state="not started")])
     fig = plot_outcome_grid(RUNS, camp, authors_budget=200000)
     ax = fig.axes[0]
     legend = {h.get_label(): h for h in ax.get_legend().legend_handles}
@@ -45,7 +51,8 @@ def test_every_colour_drawn_has_a_legend_entry_and_the_campaign_is_marked():
     assert drawn <= legend_colors, drawn - legend_colors
     assert any("campaign" in k and "200 000" in k for k in legend)
     texts = [t.get_text() for t in ax.texts]
-    assert "0.630" in texts and "2/2" in texts and "1/2" in texts and "0/1" in texts
+    assert "0.630" in texts and "solved 2/2" in texts and "not started" in texts
+    assert "2/2" in texts and "1/2" in texts and "0/1" in texts
     assert "—" in texts  # denoise rnn: not run
     assert any("within its updates (at most 20 000)" in k for k in legend)
     assert set(OUTCOME_COLORS) == {"all", "some", "none", "not run"}

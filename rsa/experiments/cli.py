@@ -38,9 +38,10 @@ def main(argv=None) -> int:
                     "a GPU or days of CPU).")
     p.add_argument("--scale", default="converged", choices=sorted(PLANS) + ["paper"],
                    help="which plan (default: converged, what the experiment chapters read); "
-                        "paper: the campaign at the authors' budget (rsa.experiments.campaign: the "
-                        "cells that decide a verdict, resumed from the in-flight state "
-                        "committed under data/paper/inflight/)")
+                        "paper: the campaign (rsa.experiments.campaign: the cells that decide "
+                        "a verdict, at the authors' budget or a stated one, without the stall "
+                        "rule, resumed from the in-flight state committed under "
+                        "data/paper/inflight/)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
                    metavar="STAGE",
                    help="stages to run, in this order: " + ", ".join(STAGES)

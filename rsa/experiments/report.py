@@ -61,7 +61,8 @@ def plan_status(scale: str, data=None) -> str:
         out += "\n\nAlternatives (the authors' options, for unsolved seed-0 runs): " + "; ".join(
             f"{r['name']}: " + (("solved at " + str(found[r['name']]['summary']['solved_step'])
                                  if found[r["name"]]["summary"].get("solved") else
-                                 "not solved (" + stop_in_words(
+                                 f"not solved within {found[r['name']]['summary']['steps_done']} ("
+                                 + stop_in_words(
                                      found[r["name"]]["summary"].get("stop_reason")) + ")")
                                 if r["name"] in found else "not run yet")
             for r in alternatives) + "."

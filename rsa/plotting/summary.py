@@ -37,8 +37,9 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
     stored runs were solved (every run, some, none within their updates, not run) and
     says ``k/n``. ``campaign``: rows with ``task``, ``T``, ``model``, ``best`` (best
     validation accuracy so far) and ``state`` of the runs trained at the authors'
-    budget; such a cell gets an outlined box and the campaign's best accuracy and
-    state. ``authors_budget`` is named in the legend."""
+    budget; such a cell gets an outlined box that says "solved k/k" once every seed is
+    solved, else the best accuracy so far, or "not started". ``authors_budget`` is named
+    in the legend."""
     grid = outcome_grid(table)
     grid = grid[grid["task"].isin(tasks)]
     rows = [(t, T) for t in tasks for T in sorted(grid[grid["task"] == t]["T"].unique())]
@@ -66,9 +67,9 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
                 ax.add_patch(Rectangle((j + 0.05, i + 0.05), 0.9, 0.9, fill=False,
                                        edgecolor=CAMPAIGN_COLOR, lw=2.2))
                 best = mine["best"].max()
-                solved = mine["state"].astype(str).str.startswith("solved").any()
-                label = ("solved" if solved else
-                         f"{best:.3f}" if best == best else "queued")
+                k = int(mine["state"].astype(str).str.startswith("solved").sum())
+                label = (f"solved {k}/{len(mine)}" if k == len(mine) else
+                         f"{best:.3f}" if best == best else "not started")
                 ax.text(j + 0.5, i + 0.74, label, ha="center", va="center", fontsize=10,
                         color=CAMPAIGN_COLOR, fontweight="bold")
     ax.set_xlim(0, len(models))
@@ -90,8 +91,8 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
         auth = "" if authors_budget is None else \
             f" ({authors_budget:,}".replace(",", " ") + " updates)"
         handles.append(Patch(facecolor="white", edgecolor=CAMPAIGN_COLOR, lw=2,
-                             label=f"campaign at the authors' budget{auth}: best accuracy "
-                                   f"so far"))
+                             label=f"campaign at the authors' budget{auth}: seeds "
+                                   f"solved, else best accuracy so far"))
     # one entry a line: two columns would make the figure wider than the page column
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=1,
               fontsize=11, frameon=False)
