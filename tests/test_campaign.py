@@ -319,7 +319,8 @@ def test_the_dry_run_leaves_out_a_finished_classification_run(tmp_path, monkeypa
     io.write_json(folder / "results.json", {"complete": True, "config": {}, "summary": {}})
     said = []
     a = argparse.Namespace(data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"),
-                           status=False, dry_run=True, snapshot=False, select=None)
+                           status=False, dry_run=True, snapshot=False, select=None,
+                           executor="local", device="cpu")
     assert campaign.main(a, log=said.append) == 0
     assert not any(line.startswith("[f] mnist10k/rnn_s0") for line in said)
     assert any(line.startswith("[f] mnist10k/lstm_s0") for line in said)

@@ -38,7 +38,8 @@ from pathlib import Path
 
 from rsa import io
 
-__all__ = ["Job", "JOBS", "AUTHORS_STEPS", "job_command", "job_runs", "run", "snapshot",
+__all__ = ["Job", "JOBS", "AUTHORS_STEPS", "job_command", "job_runs", "jobs_left", "run",
+           "snapshot",
            "status_table", "kernel_parts", "classification_status", "restore_inflight",
            "main"]
 
@@ -311,17 +312,47 @@ def _runnable(args: dict, log=print) -> dict:
     return args
 
 
-def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS) -> None:
+def _selected(job: Job, select) -> bool:
+    """Whether ``select`` (cell letters or run names; None: every job) names ``job``."""
+    return not select or job.cell in select or bool(
+        {job.name(s) for s in job.seeds} & set(select))
+
+
+def jobs_left(data: Path, select=None, jobs=JOBS) -> list[Job]:
+    """The jobs (of ``select``: cell letters or run names) with a run not stored under
+    ``data``, in order; a ValueError naming ``select`` when it names no job."""
+    chosen = [job for job in jobs if _selected(job, select)]
+    if select and not chosen:
+        raise ValueError(f"--select {' '.join(select)} names no campaign job; give cell "
+                         f"letters ({', '.join(sorted({j.cell for j in jobs}))}) or run "
+                         f"names such as {jobs[0].name(jobs[0].seeds[0])!r}")
+    return [job for job in chosen if any(not _stored(data, job.name(s)) for s in job.seeds)]
+
+
+def _on_device(args: dict, device: str) -> dict:
+    """The job's arguments on ``device`` (``auto``: this machine's GPU if it has one):
+    on a GPU with the torch kernel, the compiled one being CPU-only (both compute the
+    same function; each part of a run records its device and kernel)."""
+    from rsa.experiments.stages import resolve_device
+
+    device = resolve_device(device)
+    if device == "cpu":
+        return args
+    return {**args, "device": device, "kernel": "torch"}
+
+
+def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS, device: str = "cpu"
+        ) -> None:
     """Train the campaign's jobs in order (or those whose cell letter or run name is in
-    ``select``), each resumed from its work folder or its committed in-flight state;
-    a job that another process trains (its lock) is left to it."""
+    ``select``) on ``device`` (:func:`_on_device`), each resumed from its work folder or
+    its committed in-flight state; a job that another process trains (its lock) is left
+    to it."""
     from rsa.train import train
     from rsa.train.lock import claim
     from rsa.train.population import train_population
 
     for k, job in enumerate(jobs, 1):
-        names = [name for _, name, _ in job_runs(job, runs)]
-        if select and job.cell not in select and not set(names) & set(select):
+        if not _selected(job, select):
             continue
         todo = [(s, n, w) for s, n, w in job_runs(job, runs) if not _stored(data, n)]
         label = f"[{job.cell} {k}/{len(jobs)}] {job.title}, seeds {list(job.seeds)}"
@@ -336,7 +367,7 @@ def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS) -> None:
                 continue
             restore_inflight(job, data, runs, log)
             log(f"{label}: training up to {job.args['steps']} updates")
-            args = _runnable(job.args, log)
+            args = _runnable(_on_device(job.args, device), log)
             if job.population:
                 train_population(seeds=[s for s, _, _ in todo],
                                  out_dirs=[str(w) for _, _, w in todo], progress=False,
@@ -546,7 +577,11 @@ def main(a, log=print) -> int:
     """``python -m rsa reproduce --scale paper`` (:mod:`rsa.experiments`' parser):
     ``--status`` prints the table, ``--dry-run`` the commands of the jobs left, in
     order, ``--snapshot`` copies the in-flight states into ``data/paper/`` (then commit
-    them), otherwise the jobs train (``--select``: cell letters or run names)."""
+    them), ``--executor slurm`` submits the jobs left as one job array
+    (:func:`rsa.experiments.cluster.submit_campaign`), otherwise the jobs train here on
+    ``--device`` (``--select``: cell letters or run names)."""
+    import dataclasses
+
     data = Path(a.data_dir) if a.data_dir else io.data_root()
     runs = Path(a.runs_dir) if a.runs_dir else io.runs_root()
     if a.status:
@@ -554,20 +589,34 @@ def main(a, log=print) -> int:
             raise ValueError(f"--data-dir {a.data_dir!r} holds no {SCALE}/ folder")
         log(format_status(data))
         return 0
-    if a.dry_run:  # what would run, in order, and nothing else
-        for job in JOBS:
-            left = [n for n in (job.name(s) for s in job.seeds)
-                    if not _stored(data, n)]
-            if left:
-                log(f"[{job.cell}] {', '.join(left)}: {job_command(job)}")
-        return 0
     if a.snapshot:
         n = snapshot(data, runs, log)
         log(f"{n} file(s) written under {data / SCALE}")
         return 0
+    slurm = None
+    if a.executor == "slurm":
+        from rsa.experiments.cluster import submit_campaign
+
+        slurm = dict(select=a.select, device=a.device, threads=a.threads,
+                     data_dir=a.data_dir, runs_dir=a.runs_dir, folder=a.slurm_dir,
+                     partition=a.partition, gpus=a.gpus, cpus=a.cpus, mem_gb=a.mem_gb,
+                     time_min=a.time_min, max_parallel=a.max_parallel,
+                     max_timeouts=a.max_timeouts)
+    if a.dry_run:  # what would run, in order, and nothing else
+        for job in jobs_left(data, a.select):
+            left = [n for n in (job.name(s) for s in job.seeds) if not _stored(data, n)]
+            here = dataclasses.replace(job, args=_on_device(job.args, a.device))
+            log(f"[{job.cell}] {', '.join(left)}: {job_command(here)}")
+        if slurm is not None:
+            log("\n" + submit_campaign(**slurm, dry_run=True))
+        return 0
+    if slurm is not None:
+        submit_campaign(**slurm, log=log)
+        return 0
     import torch
 
+    jobs_left(data, a.select)  # a --select that names no job is an error, not a no-op
     torch.set_num_threads(a.threads)
-    run(data, runs, a.select, log)
+    run(data, runs, a.select, log, device=a.device)
     return 0
 

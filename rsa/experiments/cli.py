@@ -128,11 +128,12 @@ def main(argv=None) -> int:
     if a.scale == "paper":
         from rsa.experiments import campaign
 
-        if a.executor != "local" or a.stages != list(STAGES) or a.budget or a.shard:
-            p.error("--scale paper (the campaign) runs its jobs here, in order, with "
-                    "--threads, --select, --data-dir, --runs-dir, --status, --dry-run "
-                    "and --snapshot only; start one process per core (the run locks "
-                    "share the jobs out)")
+        if a.stages != list(STAGES) or a.budget or a.shard:
+            p.error("--scale paper (the campaign) trains its jobs in order, with "
+                    "--device, --threads, --select, --data-dir, --runs-dir, --status, "
+                    "--dry-run, --snapshot and the cluster options only (not --stages, "
+                    "--budget or --shard); start one process per core (the run locks "
+                    "share the jobs out), or submit them with --executor slurm")
 
         try:
             return campaign.main(a, log=lambda s: print(s, flush=True))
