@@ -247,6 +247,12 @@ def test_kernel_parts_names_each_kernel_and_where_it_took_over():
                  {"kernel": "compiled"}) == "torch, compiled from 47 045"
     assert parts([{"start_step": 0, "kernel": "compiled"}, {"start_step": 9, "kernel": "torch"}],
                  {"kernel": "torch"}) == "compiled, torch from 9"
+    # a part on a GPU says so (its hours are a GPU's), and so does a move back to the CPU
+    gpu = [{"start_step": 0, "kernel": "compiled", "device": "cpu"},
+           {"start_step": 60000, "kernel": "torch", "device": "cuda:0"},
+           {"start_step": 61000, "kernel": "torch", "device": "cpu"}]
+    assert parts(gpu, {"kernel": "compiled"}) == \
+        "compiled, torch on cuda:0 from 60 000, torch from 61 000"
 
 
 def test_a_finished_classification_run_reads_as_finished_not_as_not_solved(tmp_path):

@@ -14,7 +14,8 @@ import torch
 from rsa import experiments, io
 from rsa.experiments import campaign, cluster
 from rsa.experiments.campaign import Job
-from tests.helpers import on_call
+from rsa.train.lock import RunLockedError
+from tests.helpers import holding, on_call
 from tests.test_cluster import _sbatch_options, fake_slurm  # noqa: F401  (a fixture)
 
 train_mod = importlib.import_module("rsa.train.loop")  # where the loop looks train_step up
@@ -112,3 +113,50 @@ def test_a_select_that_names_no_campaign_job_is_an_error(tmp_path, capsys):
                           str(tmp_path / "runs")])
     assert "--select zz names no campaign job" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_device_auto_is_resolved_on_the_node_not_where_it_is_submitted(tmp_path,
+                                                                      fake_slurm):  # noqa: F811
+    out = cluster.submit_campaign(device="auto", data_dir=tmp_path / "data",
+                                  runs_dir=tmp_path / "runs", jobs=JOBS, select=["x"],
+                                  log=lambda s: None)
+    assert out[0].submission().function.device == "auto"  # what the node receives
+    (script,) = fake_slurm.iterdir()
+    assert _sbatch_options(script)["gpus-per-node"] == "1"
+
+
+def test_the_slurm_dry_run_with_device_auto_shows_the_job_as_it_is(tmp_path, capsys,
+                                                                    monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    assert experiments.main(["--scale", "paper", "--dry-run", "--executor", "slurm",
+                             "--device", "auto", "--select", "g", "--runs-dir",
+                             str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "--kernel compiled" in out and "(on a GPU node: --device cuda --kernel torch)" in out
+
+
+def test_every_select_item_must_name_a_job(tmp_path):
+    with pytest.raises(ValueError, match=r"--select zz names no campaign job"):
+        campaign.jobs_left(tmp_path / "data", ["x", "zz"], JOBS)
+    assert campaign.jobs_left(tmp_path / "data", ["x"], JOBS) == [JOBS[0]]
+
+
+def test_an_element_whose_run_another_process_trains_fails(tmp_path):
+    job = cluster.CampaignJob("cpu", str(tmp_path / "data"), str(tmp_path / "runs"),
+                              jobs=JOBS)
+    with holding(JOBS[0].work(tmp_path / "runs", 0)) as other, \
+            pytest.raises(RunLockedError, match=rf"{JOBS[0].name(0)}: trained by another"):
+        job(JOBS[0].name(0))
+    assert other.pid and not (tmp_path / "data" / "paper" / JOBS[0].name(0)).exists()
+    with pytest.raises(ValueError, match="names no campaign job"):
+        job("copy/nothing_s0")
+
+
+def test_a_population_job_is_one_element_and_stores_every_seed(tmp_path):
+    pop = (Job("p", "pop", ARGS, seeds=(0, 1), population=True),)
+    (element,) = cluster.submit_campaign(cluster="debug", device="cpu", jobs=pop,
+                                         data_dir=tmp_path / "data",
+                                         runs_dir=tmp_path / "runs", log=lambda s: None)
+    assert element.result() == pop[0].name(0)
+    for seed in (0, 1):
+        assert io.load_run(tmp_path / "data" / "paper" / pop[0].name(seed))["complete"]

@@ -39,7 +39,13 @@ def test_every_colour_drawn_has_a_legend_entry_and_the_campaign_is_marked():
                          dict(task="copy", T=100, model="lstm", best=0.99,
                               state="solved at 7 250"),
                          dict(task="copy", T=200, model="rnn", best=float("nan"),
-                              state="not started")])
+                              state="not started"),
+                         # one seed of three solved: not its 1.000 as the cell's accuracy
+                         *(dict(task="copy", T=200, model="lstm", best=b, state=st)
+                           for b, st in ((1.0, "solved at 9 000"), (0.41, "in flight"),
+                                         (float("nan"), "in flight"))),
+                         dict(task="denoise", T=100, model="lstm", best=float("nan"),
+                              state="in flight")])  # before its first evaluation
     fig = plot_outcome_grid(RUNS, camp, authors_budget=200000)
     ax = fig.axes[0]
     legend = {h.get_label(): h for h in ax.get_legend().legend_handles}
@@ -52,6 +58,7 @@ def test_every_colour_drawn_has_a_legend_entry_and_the_campaign_is_marked():
     assert any("campaign" in k and "200 000" in k for k in legend)
     texts = [t.get_text() for t in ax.texts]
     assert "0.630" in texts and "solved 2/2" in texts and "not started" in texts
+    assert "solved 1/3" in texts and "1.000" not in texts and "in flight" in texts
     assert "2/2" in texts and "1/2" in texts and "0/1" in texts
     assert "—" in texts  # denoise rnn: not run
     assert any("within its updates (at most 20 000)" in k for k in legend)

@@ -320,12 +320,14 @@ def _selected(job: Job, select) -> bool:
 
 def jobs_left(data: Path, select=None, jobs=JOBS) -> list[Job]:
     """The jobs (of ``select``: cell letters or run names) with a run not stored under
-    ``data``, in order; a ValueError naming ``select`` when it names no job."""
-    chosen = [job for job in jobs if _selected(job, select)]
-    if select and not chosen:
-        raise ValueError(f"--select {' '.join(select)} names no campaign job; give cell "
+    ``data``, in order; a ValueError naming the items of ``select`` that name no job."""
+    unknown = [x for x in select or () if not any(_selected(job, [x]) for job in jobs)]
+    if unknown:
+        raise ValueError(f"--select {' '.join(unknown)} names no campaign job; give cell "
                          f"letters ({', '.join(sorted({j.cell for j in jobs}))}) or run "
-                         f"names such as {jobs[0].name(jobs[0].seeds[0])!r}")
+                         f"names such as {jobs[0].name(jobs[0].seeds[0])!r} (exact names: "
+                         f"no patterns with --scale paper)")
+    chosen = [job for job in jobs if _selected(job, select)]
     return [job for job in chosen if any(not _stored(data, job.name(s)) for s in job.seeds)]
 
 
@@ -342,15 +344,16 @@ def _on_device(args: dict, device: str) -> dict:
 
 
 def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS, device: str = "cpu"
-        ) -> None:
+        ) -> list[str]:
     """Train the campaign's jobs in order (or those whose cell letter or run name is in
     ``select``) on ``device`` (:func:`_on_device`), each resumed from its work folder or
     its committed in-flight state; a job that another process trains (its lock) is left
-    to it."""
+    to it. Returns the names of the runs so left."""
     from rsa.train import train
     from rsa.train.lock import claim
     from rsa.train.population import train_population
 
+    left = []
     for k, job in enumerate(jobs, 1):
         if not _selected(job, select):
             continue
@@ -364,6 +367,7 @@ def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS, device: str =
             if any(o is not None for o in owners):
                 log(f"{label}: being trained by "
                     f"{next(o for o in owners if o is not None)}; skipped")
+                left += [n for (_, n, _), o in zip(todo, owners, strict=True) if o is not None]
                 continue
             restore_inflight(job, data, runs, log)
             log(f"{label}: training up to {job.args['steps']} updates")
@@ -378,6 +382,7 @@ def run(data: Path, runs: Path, select=None, log=print, jobs=JOBS, device: str =
             for _, name, work in todo:
                 _store(name, work, data)
                 log(f"    {name}: stored")
+    return left
 
 
 # -- the campaign table -------------------------------------------------------------------
@@ -404,12 +409,12 @@ def _progress(data: Path, name: str) -> dict | None:
     hist = st["history"]
     # seconds per update: the median over the last 20 logged intervals, so that one
     # interval spanning a pause (a stopped or restarted process) does not set the pace;
-    # only those since the run last changed kernel, once there are three
+    # only those since the run last changed kernel or device, once there are three
     pairs = [(a, b) for a, b in zip(hist[:-1], hist[1:], strict=True) if b["step"] > a["step"]]
     segs = st.get("segments") or []
-    start = None  # where the trailing parts on the last part's kernel begin
+    start = None  # where the trailing parts on the last part's kernel and device begin
     for seg in reversed(segs):
-        if seg.get("kernel") != segs[-1].get("kernel"):
+        if _computed_on(seg, {}) != _computed_on(segs[-1], {}):
             break
         start = seg["start_step"]
     current = [(a, b) for a, b in pairs if start is not None and a["step"] >= start]
@@ -434,19 +439,27 @@ def _exploded(history: list[dict], config: dict) -> int | None:
     return exploded_at(history, get_task(task).n_classes)
 
 
+def _computed_on(seg: dict, config: dict) -> str:
+    """A part's kernel, and its device when that is not the CPU: ``"compiled"``,
+    ``"torch on cuda"`` (a part recorded before parts named their kernel ran on its
+    config's, absent meaning torch)."""
+    kernel = seg.get("kernel", config.get("kernel", "torch"))
+    device = seg.get("device", config.get("device", "cpu"))
+    return kernel if device == "cpu" else f"{kernel} on {device}"
+
+
 def kernel_parts(segments: list[dict], config: dict) -> str:
-    """The kernel(s) a run trained on, from its parts (``segments``; a part recorded
-    before parts named their kernel ran on its config's, absent meaning torch):
-    ``"torch"``, ``"compiled"``, or ``"torch, compiled from 47 045"``."""
-    made = config.get("kernel", "torch")
+    """The kernel(s) a run trained on, from its parts (``segments``), with the device of
+    a part not on the CPU: ``"torch"``, ``"compiled"``, ``"torch, compiled from 47 045"``
+    or ``"compiled, torch on cuda from 60 000"``."""
     words: list[str] = []
     last = None
     for seg in segments:
-        k = seg.get("kernel", made)
+        k = _computed_on(seg, config)
         if k != last:
             words.append(k if last is None else f"{k} from {_n(seg['start_step'])}")
             last = k
-    return ", ".join(words) or made
+    return ", ".join(words) or _computed_on({}, config)
 
 
 def _n(k: int) -> str:
@@ -467,8 +480,9 @@ def _finished(reason) -> str:
 def status_table(data: Path, jobs=JOBS):
     """One row per campaign run (a pandas DataFrame): its cell, title, name, budget and
     the authors', updates done, best validation accuracy so far, CPU-hours spent (one
-    thread per job; a population's runs share one process, whose time, the clock of its
-    run that trained longest, is counted once, on its first run),
+    thread per job, or of a GPU for the parts of a run on one, which its kernel column
+    names; a population's runs share one process, whose time, the clock of its run that
+    trained longest, is counted once, on its first run),
     the estimate to finish the budget at the recent speed, the kernel it trained on
     (:func:`kernel_parts`; for a run not started, its job's), and its state (solved at,
     not solved within, in flight, not started; with the update at which a copy/denoise
@@ -603,10 +617,14 @@ def main(a, log=print) -> int:
                      time_min=a.time_min, max_parallel=a.max_parallel,
                      max_timeouts=a.max_timeouts)
     if a.dry_run:  # what would run, in order, and nothing else
+        # --device auto is resolved where the job runs: on a SLURM node, not here
+        later = a.device == "auto" and slurm is not None
         for job in jobs_left(data, a.select):
             left = [n for n in (job.name(s) for s in job.seeds) if not _stored(data, n)]
-            here = dataclasses.replace(job, args=_on_device(job.args, a.device))
-            log(f"[{job.cell}] {', '.join(left)}: {job_command(here)}")
+            here = job if later else dataclasses.replace(job, args=_on_device(job.args,
+                                                                              a.device))
+            log(f"[{job.cell}] {', '.join(left)}: {job_command(here)}"
+                + (" (on a GPU node: --device cuda --kernel torch)" if later else ""))
         if slurm is not None:
             log("\n" + submit_campaign(**slurm, dry_run=True))
         return 0

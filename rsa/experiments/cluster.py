@@ -28,6 +28,7 @@ from rsa import io
 from rsa.experiments.plan import PLANS, STAGES, Plan, plan_runs, run_name, select_runs
 from rsa.experiments.stages import reproduce, set_deterministic
 from rsa.experiments.store import run_states
+from rsa.train.lock import RunLockedError
 
 __all__ = ["PlanJob", "CampaignJob", "submit", "submit_campaign", "INSTALL", "REQUEUE_SIGNALS"]
 
@@ -90,7 +91,8 @@ class CampaignJob:
     ``device`` (``auto``: the node's GPU if it has one; on a GPU the job trains with the
     torch kernel, the compiled one being CPU-only, and each part of the run records its
     device and kernel), resumed from its work folder or its committed in-flight state.
-    Requeued like :class:`PlanJob`."""
+    Requeued like :class:`PlanJob`; fails (:class:`rsa.train.lock.RunLockedError`) when
+    another process holds a run of the job, rather than end as if it had trained it."""
 
     device: str
     data_dir: str
@@ -103,10 +105,16 @@ class CampaignJob:
 
         from rsa.experiments import campaign
 
+        jobs = self.jobs or campaign.JOBS
+        campaign.jobs_left(Path(self.data_dir), [name], jobs)  # a name of no job: an error
         torch.set_num_threads(self.threads)
         with _requeued_on_signal():
-            campaign.run(Path(self.data_dir), Path(self.runs_dir), select=[name], log=_log,
-                         jobs=self.jobs or campaign.JOBS, device=self.device)
+            left = campaign.run(Path(self.data_dir), Path(self.runs_dir), select=[name],
+                                log=_log, jobs=jobs, device=self.device)
+        if left:  # the element must not end as if it had trained them
+            raise RunLockedError(f"{', '.join(left)}: trained by another process (its "
+                                 f"run lock); this element trained nothing; submit it "
+                                 f"again when that process has stopped")
         return name
 
     def checkpoint(self, *args, **kwargs):

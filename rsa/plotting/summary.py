@@ -37,9 +37,9 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
     stored runs were solved (every run, some, none within their updates, not run) and
     says ``k/n``. ``campaign``: rows with ``task``, ``T``, ``model``, ``best`` (best
     validation accuracy so far) and ``state`` of the runs trained at the authors'
-    budget; such a cell gets an outlined box that says "solved k/k" once every seed is
-    solved, else the best accuracy so far, or "not started". ``authors_budget`` is named
-    in the legend."""
+    budget; such a cell gets an outlined box that says "solved k/n" once k of its n
+    seeds are solved, else the best accuracy so far ("in flight" before a first
+    evaluation), or "not started". ``authors_budget`` is named in the legend."""
     grid = outcome_grid(table)
     grid = grid[grid["task"].isin(tasks)]
     rows = [(t, T) for t in tasks for T in sorted(grid[grid["task"] == t]["T"].unique())]
@@ -66,10 +66,12 @@ def plot_outcome_grid(table, campaign=None, tasks=("copy", "denoise"),
             if len(mine):
                 ax.add_patch(Rectangle((j + 0.05, i + 0.05), 0.9, 0.9, fill=False,
                                        edgecolor=CAMPAIGN_COLOR, lw=2.2))
-                best = mine["best"].max()
-                k = int(mine["state"].astype(str).str.startswith("solved").sum())
-                label = (f"solved {k}/{len(mine)}" if k == len(mine) else
-                         f"{best:.3f}" if best == best else "not started")
+                states = mine["state"].astype(str)
+                k = int(states.str.startswith("solved").sum())
+                best = mine[~states.str.startswith("solved")]["best"].max()
+                label = (f"solved {k}/{len(mine)}" if k else
+                         "not started" if (states == "not started").all() else
+                         f"{best:.3f}" if best == best else "in flight")
                 ax.text(j + 0.5, i + 0.74, label, ha="center", va="center", fontsize=10,
                         color=CAMPAIGN_COLOR, fontweight="bold")
     ax.set_xlim(0, len(models))

@@ -309,8 +309,8 @@ def _computations(model: str, values: dict) -> dict:
     """The model options of ``model`` that are not identity fields (another computation
     of the same function, e.g. SAB's ``score_form``), each as ``values`` gives it or else
     the class's default: what each part of a run records beside its kernel."""
-    return {o.name: values.get(o.name) or registry.class_default(model, o.name)
-            for o in registry.config_options()
+    return {o.name: registry.class_default(model, o.name) if values.get(o.name) is None
+            else values[o.name] for o in registry.config_options()
             if not o.identity and registry.get(model).takes(o.name)}
 
 
