@@ -135,8 +135,20 @@ def main(argv=None) -> int:
                     "--budget or --shard); start one process per core (the run locks "
                     "share the jobs out), or submit them with --executor slurm")
 
+        submit = None
+        if a.executor == "slurm":  # the campaign's jobs left as one job array
+            import functools
+
+            from rsa.experiments.cluster import submit_campaign
+
+            submit = functools.partial(
+                submit_campaign, select=a.select, device=a.device, threads=a.threads,
+                data_dir=a.data_dir, runs_dir=a.runs_dir, folder=a.slurm_dir,
+                partition=a.partition, gpus=a.gpus, cpus=a.cpus, mem_gb=a.mem_gb,
+                time_min=a.time_min, max_parallel=a.max_parallel,
+                max_timeouts=a.max_timeouts)
         try:
-            return campaign.main(a, log=lambda s: print(s, flush=True))
+            return campaign.main(a, log=lambda s: print(s, flush=True), submit=submit)
         except (ValueError, RuntimeError) as e:
             p.error(str(e))
     if a.data_dir and (a.status or a.dry_run) and not Path(a.data_dir).is_dir():
