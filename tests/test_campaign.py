@@ -377,3 +377,16 @@ def test_a_population_counts_the_time_of_its_longest_run_once(tmp_path):
     table = campaign.status_table(tmp_path / "data", (job,))
     assert table.loc[0, "CPU-hours"] == pytest.approx(3.0)
     assert table["CPU-hours"][1:].isna().all()
+
+
+def test_a_run_stopped_by_the_nan_rule_says_so(tmp_path):
+    job = Job("e", "nan", {**ARGS, "steps": 8})
+    folder = tmp_path / "data" / "paper" / job.name(0)
+    folder.mkdir(parents=True)
+    io.write_json(folder / "results.json", {
+        "complete": True, "config": {"task": "copy"},
+        "history": [{"step": 2, "val_loss": 0.5}, {"step": 4, "val_loss": float("nan")}],
+        "summary": {"steps_done": 4, "best_val_accuracy": 0.9, "wall_time_s": 4.0,
+                    "stop_reason": "nan", "solved_step": None}})
+    state = campaign.status_table(tmp_path / "data", (job,)).loc[0, "state"]
+    assert state == "not solved within 4 (NaN loss), exploded at 4"

@@ -371,7 +371,8 @@ def status_table(data: Path, jobs=JOBS):
                     row["state"] = f"finished at {_n(p['step'])}, {_finished(p['reason'])}"
                 elif p["finished"]:
                     row["state"] = (f"solved at {_n(p['solved_step'])}" if p["solved_step"]
-                                    else f"not solved within {_n(p['step'])} ({p['reason']})")
+                                    else f"not solved within {_n(p['step'])} "
+                                    f"({'NaN loss' if p['reason'] == 'nan' else p['reason']})")
                 else:
                     row["state"] = "in flight"
                     if p["rate"] is not None and not shared:
